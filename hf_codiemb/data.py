@@ -1,0 +1,702 @@
+"""The unified CoDiEmb data format: loading and validation.
+
+One record is one training example of one task (see ``docs/design.md``, "Dataset columns"):
+
+- **IR** datasets have the columns ``query`` (str), ``positives`` (list[str], at least one) and ``negatives``
+  (list[str], possibly empty), plus ``positive_scores`` / ``negative_scores`` (list[float]) when every record
+  of the source has them.
+- **STS** datasets have the columns ``sentence1`` (str), ``sentence2`` (str) and ``score`` (float).
+
+Accepted inputs:
+
+- JSON Lines in the unified format: ``task``, ``query``, ``positives``, ``negatives``, optional
+  ``positive_scores`` / ``negative_scores`` and ``instruction``. An STS triple ``(s1, s2, y)`` is
+  ``{"task": "sts", "query": s1, "positives": [s2], "positive_scores": [y]}``.
+- JSON Lines in the FlagEmbedding format ``{query, pos, neg}`` (optional ``pos_scores`` / ``neg_scores`` /
+  ``prompt``), for IR.
+- The STS Benchmark tsv (``split, genre, dataset, year, sid, score, sentence1, sentence2``), the Chinese
+  STS-B / generic ``s1 <TAB> s2 <TAB> score`` tsv, for STS.
+- A :class:`datasets.Dataset` with the corresponding columns.
+
+Every record is validated; a record that breaks the format raises :class:`DataFormatError` naming the
+source, the 1-based line (or row) and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.resources
+import json
+import logging
+import math
+import os
+import pathlib
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DataFormatError",
+    "IR_COLUMNS",
+    "STS_COLUMNS",
+    "TASKS",
+    "demo_data_path",
+    "ir_task_from_sts_pairs",
+    "ir_train_from_sts_pairs",
+    "load_dataset_for_task",
+    "load_ir_dataset",
+    "load_sts_dataset",
+]
+
+IR_COLUMNS = ("query", "positives", "negatives")
+STS_COLUMNS = ("sentence1", "sentence2", "score")
+TASKS = ("ir", "sts")
+
+# Files larger than this get a tqdm progress bar while they are read.
+_PROGRESS_BAR_MIN_BYTES = 32 * 1024 * 1024
+_JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+
+
+
+class DataFormatError(ValueError):
+    """A record that breaks the unified data format.
+
+    Attributes:
+        source: the file path or dataset name.
+        line: the 1-based line number (files) or row number (datasets), or ``None`` for a whole-source problem.
+        field: the offending field (column), or ``None`` when the record as a whole is malformed.
+        problem: what is wrong, without the location.
+    """
+
+    def __init__(self, source: str, line: int | None, field: str | None, problem: str) -> None:
+        self.source = str(source)
+        self.line = line
+        self.field = field
+        self.problem = problem
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        parts = [self.source]
+        if self.line is not None:
+            parts.append(f"line {self.line}")
+        if self.field is not None:
+            parts.append(f"field {self.field!r}")
+        return ", ".join(parts) + f": {self.problem}"
+
+    def __reduce__(self):  # keep the exception picklable (multiprocessing, datasets.map)
+        return (type(self), (self.source, self.line, self.field, self.problem))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _source_name(source: Any, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, Dataset):
+        return f"dataset {source.info.dataset_name!r}" if source.info.dataset_name else "dataset"
+    return str(source)
+
+
+def _check_path(source: str | os.PathLike[str]) -> pathlib.Path:
+    path = pathlib.Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return path
+
+
+def _maybe_progress(lines: Iterable[str], path: pathlib.Path) -> Iterable[str]:
+    """Wrap ``lines`` in a progress bar when ``path`` is big enough for one to be useful."""
+    if path.stat().st_size < _PROGRESS_BAR_MIN_BYTES:
+        return lines
+    return tqdm(lines, desc=f"Reading {path.name}", unit=" lines")
+
+
+def _iter_jsonl(path: pathlib.Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` for every non-blank line of a JSON Lines file."""
+    with path.open("r", encoding="utf-8") as handle:
+        for line_number, line in enumerate(_maybe_progress(handle, path), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(name, line_number, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(name, line_number, None, f"must be a JSON object, got {type(record).__name__}")
+            yield line_number, record
+
+
+def _iter_dataset_rows(dataset: Dataset) -> Iterator[tuple[int, dict[str, Any]]]:
+    for row_number, row in enumerate(dataset, start=1):
+        yield row_number, row
+
+
+def _require_text(record: Mapping[str, Any], field: str, name: str, line: int | None) -> str:
+    if field not in record or record[field] is None:
+        raise DataFormatError(name, line, field, "missing")
+    value = record[field]
+    if not isinstance(value, str):
+        raise DataFormatError(name, line, field, f"must be a string, got {type(value).__name__} {_short_repr(value)}")
+    if not value.strip():
+        raise DataFormatError(name, line, field, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _require_text_list(
+    record: Mapping[str, Any], field: str, name: str, line: int | None, *, allow_empty: bool, default_empty: bool
+) -> list[str]:
+    expected = "a list of strings" if allow_empty else "a non-empty list of strings"
+    if field not in record or record[field] is None:
+        if default_empty:
+            return []
+        raise DataFormatError(name, line, field, f"missing (must be {expected})")
+    value = record[field]
+    if not isinstance(value, list):
+        raise DataFormatError(name, line, field, f"must be {expected}, got {type(value).__name__} {_short_repr(value)}")
+    if not value and not allow_empty:
+        raise DataFormatError(name, line, field, f"must be {expected}, got []")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise DataFormatError(
+                name, line, field, f"item {index} must be a string, got {type(item).__name__} {_short_repr(item)}"
+            )
+        if not item.strip():
+            raise DataFormatError(name, line, field, f"item {index} must be a non-empty string, got {item!r}")
+    return list(value)
+
+
+def _check_score(
+    value: Any, field: str, name: str, line: int | None, score_range: tuple[float, float] | None
+) -> float:
+    """Convert ``value`` to a finite float inside ``score_range`` or raise :class:`DataFormatError`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataFormatError(name, line, field, "missing score")
+    if isinstance(value, bool):
+        raise DataFormatError(name, line, field, f"must be a number, got {value!r}")
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise DataFormatError(name, line, field, f"must be a number, got {_short_repr(value)}") from None
+    if not math.isfinite(score):
+        raise DataFormatError(name, line, field, f"must be a finite number, got {value!r}")
+    if score_range is not None:
+        low, high = score_range
+        if not low <= score <= high:
+            raise DataFormatError(name, line, field, f"score {score:g} is outside the declared range [{low:g}, {high:g}]")
+    return score
+
+
+def _optional_scores(
+    record: Mapping[str, Any], field: str, expected_len: int, name: str, line: int | None
+) -> list[float] | None:
+    """Validate an optional list of scores that must match its texts one to one."""
+    if field not in record or record[field] is None:
+        return None
+    value = record[field]
+    if not isinstance(value, list):
+        raise DataFormatError(name, line, field, f"must be a list of numbers, got {type(value).__name__}")
+    if len(value) != expected_len:
+        raise DataFormatError(
+            name, line, field, f"has {len(value)} scores for {expected_len} texts (must be one score per text)"
+        )
+    return [_check_score(item, field, name, line, None) for item in value]
+
+
+def _check_task(record: Mapping[str, Any], expected: str, name: str, line: int | None) -> None:
+    task = record.get("task")
+    if task is None:
+        return
+    if not isinstance(task, str) or task.lower() != expected:
+        raise DataFormatError(
+            name, line, "task", f"is {task!r} but this source is loaded as a {expected!r} dataset "
+            "(every dataset file belongs to exactly one task)"
+        )
+
+
+def _check_max_records(max_records: int | None) -> None:
+    if max_records is not None and (not isinstance(max_records, int) or max_records < 1):
+        raise ValueError(f"max_records must be a positive integer or None, got {max_records!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# IR
+# --------------------------------------------------------------------------------------------------------------
+
+_IR_FORMATS = ("auto", "unified", "flagembedding", "dataset")
+# Field names per IR record format: (positives, negatives, positive scores, negative scores, instruction)
+_IR_FIELDS = {
+    "unified": ("positives", "negatives", "positive_scores", "negative_scores", "instruction"),
+    "flagembedding": ("pos", "neg", "pos_scores", "neg_scores", "prompt"),
+}
+
+
+def _detect_ir_record_format(record: Mapping[str, Any], name: str, line: int | None) -> str:
+    if "positives" in record:
+        return "unified"
+    if "pos" in record:
+        return "flagembedding"
+    raise DataFormatError(
+        name, line, "positives", "missing (expected the unified format with 'positives' or the FlagEmbedding "
+        "format with 'pos')"
+    )
+
+
+def _parse_ir_record(record: Mapping[str, Any], record_format: str, name: str, line: int | None) -> dict[str, Any]:
+    """Validate one IR record and convert it to the unified columns."""
+    pos_field, neg_field, pos_scores_field, neg_scores_field, instruction_field = _IR_FIELDS[record_format]
+    _check_task(record, "ir", name, line)
+    query = _require_text(record, "query", name, line)
+    positives = _require_text_list(record, pos_field, name, line, allow_empty=False, default_empty=False)
+    negatives = _require_text_list(record, neg_field, name, line, allow_empty=True, default_empty=True)
+    parsed: dict[str, Any] = {"query": query, "positives": positives, "negatives": negatives}
+    positive_scores = _optional_scores(record, pos_scores_field, len(positives), name, line)
+    negative_scores = _optional_scores(record, neg_scores_field, len(negatives), name, line)
+    if positive_scores is not None:
+        parsed["positive_scores"] = positive_scores
+    if negative_scores is not None:
+        parsed["negative_scores"] = negative_scores
+    instruction = record.get(instruction_field)
+    if instruction is not None:
+        if not isinstance(instruction, str):
+            raise DataFormatError(name, line, instruction_field, f"must be a string, got {type(instruction).__name__}")
+        parsed["instruction"] = instruction
+    return parsed
+
+
+def _iter_ir_source(
+    source: Any, format: str, name: str
+) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """Yield ``(line, raw_record, record_format)`` from a file or dataset."""
+    if format not in _IR_FORMATS:
+        raise ValueError(f"unknown IR data format {format!r}; expected one of {_IR_FORMATS}")
+    if isinstance(source, Dataset):
+        rows = _iter_dataset_rows(source)
+    else:
+        if format == "dataset":
+            raise TypeError(f"format='dataset' needs a datasets.Dataset, got {type(source).__name__}")
+        rows = _iter_jsonl(_check_path(source), name)
+    record_format = format if format in _IR_FIELDS else None
+    for line, record in rows:
+        if record_format is None:  # auto: the first record decides, later records must follow it
+            record_format = _detect_ir_record_format(record, name, line)
+        yield line, record, record_format
+
+
+def load_ir_dataset(
+    source: str | os.PathLike[str] | Dataset,
+    *,
+    format: str = "auto",
+    name: str | None = None,
+    max_records: int | None = None,
+    keep_instruction: bool = False,
+) -> Dataset:
+    """Load and validate an IR training dataset.
+
+    Args:
+        source: a JSON Lines file (unified or FlagEmbedding format) or a :class:`datasets.Dataset` whose
+            columns are those of one of these formats.
+        format: ``"auto"`` (detected from the first record), ``"unified"``, ``"flagembedding"`` or
+            ``"dataset"``.
+        name: the name used in error messages and logs (default: the file path).
+        max_records: keep only the first ``max_records`` records.
+        keep_instruction: keep an ``instruction`` column when every record has one. Off by default: the
+            trainer takes instructions from the per-dataset ``prompts`` of the training arguments
+            (``docs/design.md``), and an extra text column would be fed to the model.
+
+    Returns:
+        A dataset with the columns ``query``, ``positives``, ``negatives`` and, when every record has them,
+        ``positive_scores`` / ``negative_scores``.
+
+    Raises:
+        DataFormatError: a record breaks the format (the message names source, line and field).
+        FileNotFoundError: ``source`` is a path that does not exist.
+    """
+    _check_max_records(max_records)
+    source_name = _source_name(source, name)
+    records: list[dict[str, Any]] = []
+    for line, raw, record_format in _iter_ir_source(source, format, source_name):
+        records.append(_parse_ir_record(raw, record_format, source_name, line))
+        if max_records is not None and len(records) >= max_records:
+            break
+    if not records:
+        raise DataFormatError(source_name, None, None, "contains no records")
+    columns = list(IR_COLUMNS) + _consistent_optional_columns(
+        records, ["positive_scores", "negative_scores"] + (["instruction"] if keep_instruction else []), source_name
+    )
+    _log_instructions(records, source_name)
+    logger.info("Loaded %d IR records from %s", len(records), source_name)
+    return Dataset.from_dict({column: [record[column] for record in records] for column in columns})
+
+
+def _consistent_optional_columns(records: list[dict[str, Any]], optional: list[str], name: str) -> list[str]:
+    """Return the optional columns present in every record; warn about those present in only some."""
+    kept = []
+    for column in optional:
+        count = sum(column in record for record in records)
+        if count == len(records):
+            kept.append(column)
+        elif count:
+            logger.warning(
+                "%s: %r is present in %d of %d records only; dropping the column", name, column, count, len(records)
+            )
+    return kept
+
+
+def _log_instructions(records: list[dict[str, Any]], name: str) -> None:
+    instructions = {record["instruction"] for record in records if "instruction" in record}
+    if instructions:
+        logger.info(
+            "%s: %d distinct instruction(s) in the records, e.g. %r; set them as the dataset's query prompt",
+            name,
+            len(instructions),
+            next(iter(instructions)),
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# STS
+# --------------------------------------------------------------------------------------------------------------
+
+_STS_FORMATS = ("auto", "unified", "stsb", "tsv", "dataset")
+_STSB_HEADER = ("split", "genre", "dataset", "year", "sid", "score", "sentence1", "sentence2")
+_TSV_HEADER_NAMES = {"score", "label", "similarity", "gold", "labels"}
+
+
+def _sts_pairs_from_unified(
+    record: Mapping[str, Any], name: str, line: int | None, score_range: tuple[float, float] | None
+) -> list[dict[str, Any]]:
+    """Turn one unified STS record into its ``(sentence1, sentence2, score)`` pairs.
+
+    ``query=s1, positives=[s2], positive_scores=[y]`` is one pair; several positives (and negatives with
+    ``negative_scores``) give one pair each.
+    """
+    _check_task(record, "sts", name, line)
+    sentence1 = _require_text(record, "query", name, line)
+    positives = _require_text_list(record, "positives", name, line, allow_empty=False, default_empty=False)
+    negatives = _require_text_list(record, "negatives", name, line, allow_empty=True, default_empty=True)
+    pairs = []
+    for texts, field in ((positives, "positive_scores"), (negatives, "negative_scores")):
+        if not texts:
+            continue
+        scores = record.get(field)
+        if scores is None:
+            raise DataFormatError(name, line, field, "missing score (STS records need one score per text)")
+        if not isinstance(scores, list):
+            raise DataFormatError(name, line, field, f"must be a list of numbers, got {type(scores).__name__}")
+        if len(scores) != len(texts):
+            raise DataFormatError(name, line, field, f"has {len(scores)} scores for {len(texts)} texts")
+        for text, score in zip(texts, scores):
+            pairs.append(
+                {"sentence1": sentence1, "sentence2": text, "score": _check_score(score, field, name, line, score_range)}
+            )
+    return pairs
+
+
+def _sts_pair_from_row(
+    row: Mapping[str, Any], name: str, line: int | None, score_range: tuple[float, float] | None
+) -> dict[str, Any]:
+    """Validate a ``sentence1, sentence2, score`` row (a dataset row or a parsed tsv line)."""
+    score_field = "score" if "score" in row else ("label" if "label" in row else "score")
+    return {
+        "sentence1": _require_text(row, "sentence1", name, line),
+        "sentence2": _require_text(row, "sentence2", name, line),
+        "score": _check_score(row.get(score_field), score_field, name, line, score_range),
+    }
+
+
+def _iter_tsv_rows(path: pathlib.Path) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, fields)``; one record per physical line (``QUOTE_NONE``: quotes are text)."""
+    with path.open("r", encoding="utf-8", newline="") as handle:
+        reader = csv.reader(_maybe_progress(handle, path), delimiter="\t", quoting=csv.QUOTE_NONE)
+        for line_number, fields in enumerate(reader, start=1):
+            if not fields or all(not field.strip() for field in fields):
+                continue
+            yield line_number, fields
+
+
+def _detect_tsv_format(path: pathlib.Path, name: str) -> str:
+    for line, fields in _iter_tsv_rows(path):
+        if len(fields) >= len(_STSB_HEADER):
+            return "stsb"
+        if len(fields) == 3:
+            return "tsv"
+        raise DataFormatError(
+            name, line, None, f"has {len(fields)} tab-separated fields; expected 3 (s1, s2, score) or 8 (STS-B)"
+        )
+    raise DataFormatError(name, None, None, "contains no records")
+
+
+def _iter_stsb_rows(path: pathlib.Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """STS Benchmark tsv: ``split, genre, dataset, year, sid, score, sentence1, sentence2`` (header optional).
+
+    Extra trailing fields (some distributions append source notes) are ignored.
+    """
+    for line, fields in _iter_tsv_rows(path):
+        if line == 1 and [field.strip().lower() for field in fields[: len(_STSB_HEADER)]] == list(_STSB_HEADER):
+            continue
+        if len(fields) < len(_STSB_HEADER):
+            missing = _STSB_HEADER[len(fields)] if len(fields) < len(_STSB_HEADER) else None
+            raise DataFormatError(
+                name, line, missing, f"missing: the line has {len(fields)} tab-separated fields, expected 8"
+            )
+        yield line, {"sentence1": fields[6], "sentence2": fields[7], "score": fields[5]}
+
+
+def _iter_plain_tsv_rows(path: pathlib.Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Generic / Chinese STS-B tsv: ``s1 <TAB> s2 <TAB> score``; a header line naming the score is skipped."""
+    for line, fields in _iter_tsv_rows(path):
+        if line == 1 and len(fields) == 3 and fields[2].strip().lower() in _TSV_HEADER_NAMES:
+            continue
+        if len(fields) != 3:
+            field = ("sentence1", "sentence2", "score")[len(fields)] if len(fields) < 3 else None
+            problem = f"the line has {len(fields)} tab-separated fields, expected 3 (s1, s2, score)"
+            raise DataFormatError(name, line, field, ("missing: " if field else "") + problem)
+        yield line, {"sentence1": fields[0], "sentence2": fields[1], "score": fields[2]}
+
+
+def _iter_sts_pairs(
+    source: Any, format: str, name: str, score_range: tuple[float, float] | None
+) -> Iterator[dict[str, Any]]:
+    if format not in _STS_FORMATS:
+        raise ValueError(f"unknown STS data format {format!r}; expected one of {_STS_FORMATS}")
+    if isinstance(source, Dataset):
+        yield from _iter_sts_dataset(source, name, score_range)
+        return
+    if format == "dataset":
+        raise TypeError(f"format='dataset' needs a datasets.Dataset, got {type(source).__name__}")
+    path = _check_path(source)
+    if format == "auto":
+        format = "unified" if path.suffix.lower() in _JSONL_SUFFIXES else _detect_tsv_format(path, name)
+    if format == "unified":
+        for line, record in _iter_jsonl(path, name):
+            yield from _sts_pairs_from_unified(record, name, line, score_range)
+        return
+    rows = _iter_stsb_rows(path, name) if format == "stsb" else _iter_plain_tsv_rows(path, name)
+    for line, row in rows:
+        yield _sts_pair_from_row(row, name, line, score_range)
+
+
+def _iter_sts_dataset(
+    dataset: Dataset, name: str, score_range: tuple[float, float] | None
+) -> Iterator[dict[str, Any]]:
+    columns = set(dataset.column_names)
+    unified = "query" in columns and "positives" in columns
+    if not unified and not {"sentence1", "sentence2"} <= columns:
+        raise DataFormatError(
+            name, None, None, f"has columns {sorted(columns)}; expected sentence1, sentence2, score "
+            "(or the unified query, positives, positive_scores)"
+        )
+    for row_number, row in _iter_dataset_rows(dataset):
+        if unified:
+            yield from _sts_pairs_from_unified(row, name, row_number, score_range)
+        else:
+            yield _sts_pair_from_row(row, name, row_number, score_range)
+
+
+def load_sts_dataset(
+    source: str | os.PathLike[str] | Dataset,
+    *,
+    format: str = "auto",
+    score_range: tuple[float, float] | None = (0.0, 5.0),
+    name: str | None = None,
+    max_records: int | None = None,
+) -> Dataset:
+    """Load and validate an STS dataset.
+
+    Args:
+        source: a unified JSON Lines file (``.jsonl``/``.json``), an STS Benchmark tsv (8 columns, header
+            optional, CRLF tolerated, quotes are plain text), a ``s1 <TAB> s2 <TAB> score`` tsv (e.g. the
+            Chinese STS-B ``.data`` files), or a :class:`datasets.Dataset` with ``sentence1, sentence2, score``
+            (``label`` is accepted for ``score``) or the unified columns.
+        format: ``"auto"``, ``"unified"``, ``"stsb"``, ``"tsv"`` or ``"dataset"``. ``"auto"`` picks unified
+            for JSON suffixes, else looks at the number of fields of the first line.
+        score_range: the declared ``(low, high)`` range of the gold scores (inclusive); a score outside it
+            is an error. ``None`` disables the check.
+        name: the name used in error messages and logs (default: the file path).
+        max_records: keep only the first ``max_records`` pairs.
+
+    Returns:
+        A dataset with the columns ``sentence1``, ``sentence2`` (str) and ``score`` (float).
+
+    Raises:
+        DataFormatError: a record breaks the format (missing / non-numeric / NaN / out-of-range score,
+            empty sentence, bad JSON, wrong task, ...), naming source, line and field.
+        FileNotFoundError: ``source`` is a path that does not exist.
+    """
+    _check_max_records(max_records)
+    if score_range is not None and not score_range[0] <= score_range[1]:
+        raise ValueError(f"score_range must be (low, high) with low <= high, got {score_range!r}")
+    source_name = _source_name(source, name)
+    pairs: list[dict[str, Any]] = []
+    for pair in _iter_sts_pairs(source, format, source_name, score_range):
+        pairs.append(pair)
+        if max_records is not None and len(pairs) >= max_records:
+            break
+    if not pairs:
+        raise DataFormatError(source_name, None, None, "contains no records")
+    logger.info("Loaded %d STS pairs from %s", len(pairs), source_name)
+    return Dataset.from_dict({column: [pair[column] for pair in pairs] for column in STS_COLUMNS})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dispatch, demo data
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_dataset_for_task(task: str, source: str | os.PathLike[str] | Dataset, **kwargs: Any) -> Dataset:
+    """Load ``source`` as a dataset of ``task`` (``"ir"`` or ``"sts"``); ``kwargs`` go to the task's loader."""
+    loaders = {"ir": load_ir_dataset, "sts": load_sts_dataset}
+    key = task.lower() if isinstance(task, str) else task
+    if key not in loaders:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return loaders[key](source, **kwargs)
+
+
+def demo_data_path(name: str) -> pathlib.Path:
+    """Path of a demo data file shipped in ``hf_codiemb/demo_data`` (e.g. ``"ir_train.jsonl"``).
+
+    The demo data is authored by the project (Apache-2.0); see ``hf_codiemb/demo_data/README.md``.
+    """
+    resource = importlib.resources.files("hf_codiemb") / "demo_data" / name
+    path = pathlib.Path(str(resource))
+    if not path.is_file():
+        available = sorted(
+            entry.name for entry in (importlib.resources.files("hf_codiemb") / "demo_data").iterdir()
+            if entry.name.endswith(".jsonl")
+        )
+        raise FileNotFoundError(f"no demo data file {name!r}; available: {available}")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tasks constructed from STS pairs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _sts_rows(sts_dataset: Dataset | Iterable[Mapping[str, Any]]) -> list[tuple[str, str, float]]:
+    return [(row["sentence1"], row["sentence2"], float(row["score"])) for row in sts_dataset]
+
+
+def ir_task_from_sts_pairs(
+    sts_dataset: Dataset | Iterable[Mapping[str, Any]], min_score: float = 4.0
+) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """Build a paraphrase-retrieval IR evaluation task from STS pairs.
+
+    - **corpus**: every distinct sentence of the split (``sentence1`` and ``sentence2`` of all pairs, whatever
+      their score), deduplicated by exact text, ids ``"c0", "c1", ...`` in order of first appearance.
+    - **queries**: the distinct ``sentence1`` of the pairs scored ``>= min_score``, ids ``"q0", "q1", ...``.
+    - **relevant**: for each query, the corpus ids of the ``sentence2`` of all its pairs scored
+      ``>= min_score``.
+
+    Choice on identical texts: a pair whose two sentences are exactly identical gives no relevant document
+    (retrieving the query's own text is trivial), and a query left with no relevant document is dropped.
+    The query's own text stays in the corpus (other queries may need it); :func:`hf_codiemb.evaluation.evaluate_ir`
+    ignores a retrieved document whose text equals the query's when it is not relevant, as BEIR ignores
+    identical ids.
+
+    Returns:
+        ``(queries, corpus, relevant)``, dictionaries ready for ``InformationRetrievalEvaluator``.
+    """
+    rows = _sts_rows(sts_dataset)
+    corpus_ids: dict[str, str] = {}
+    for sentence1, sentence2, _ in rows:
+        for text in (sentence1, sentence2):
+            if text not in corpus_ids:
+                corpus_ids[text] = f"c{len(corpus_ids)}"
+    query_relevant: dict[str, set[str]] = {}
+    for sentence1, sentence2, score in rows:
+        if score >= min_score and sentence1 != sentence2:
+            query_relevant.setdefault(sentence1, set()).add(corpus_ids[sentence2])
+    queries = {f"q{index}": text for index, text in enumerate(query_relevant)}
+    relevant = {qid: query_relevant[text] for qid, text in queries.items()}
+    corpus = {cid: text for text, cid in corpus_ids.items()}
+    logger.info(
+        "STS-derived IR task: %d queries, %d corpus sentences (min_score=%g)", len(queries), len(corpus), min_score
+    )
+    return queries, corpus, relevant
+
+
+def ir_train_from_sts_pairs(
+    sts_dataset: Dataset | Iterable[Mapping[str, Any]],
+    min_score: float = 4.0,
+    num_negatives: int = 4,
+    seed: int = 0,
+    max_negative_score: float | None = None,
+) -> Dataset:
+    """Build IR training records from STS pairs (a *constructed* task, not a real retrieval dataset).
+
+    Each pair scored ``>= min_score`` gives ``query = sentence1``, ``positives = [sentence2]``. Its
+    ``num_negatives`` negatives are drawn (seeded) first from the sentences of the same ``sentence1``'s
+    low-scored pairs (score ``<= max_negative_score``, default ``min_score / 2``), which are topically close
+    but not paraphrases, then from random other sentences of the split. A negative is never the query, the
+    positive, or any sentence paired with the query at a score above ``max_negative_score``.
+
+    This lets IR training run on STS Benchmark English, which has no retrieval data; results on it measure
+    paraphrase retrieval only.
+
+    Returns:
+        A dataset with the IR columns ``query``, ``positives``, ``negatives``.
+    """
+    if num_negatives < 0:
+        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+    if max_negative_score is None:
+        max_negative_score = min_score / 2
+    rows = _sts_rows(sts_dataset)
+    rng = random.Random(seed)
+    all_sentences = list(dict.fromkeys(text for s1, s2, _ in rows for text in (s1, s2)))
+    close: dict[str, list[str]] = {}
+    related: dict[str, set[str]] = {}
+    for sentence1, sentence2, score in rows:
+        for a, b in ((sentence1, sentence2), (sentence2, sentence1)):
+            if score <= max_negative_score:
+                close.setdefault(a, []).append(b)
+            else:
+                related.setdefault(a, set()).add(b)
+    records: dict[str, list] = {"query": [], "positives": [], "negatives": []}
+    for sentence1, sentence2, score in rows:
+        if score < min_score or sentence1 == sentence2:
+            continue
+        excluded = {sentence1, sentence2} | related.get(sentence1, set())
+        negatives = _draw_negatives(close.get(sentence1, []), all_sentences, excluded, num_negatives, rng)
+        records["query"].append(sentence1)
+        records["positives"].append([sentence2])
+        records["negatives"].append(negatives)
+    if not records["query"]:
+        raise ValueError(f"no STS pair is scored >= min_score={min_score}")
+    logger.info("Constructed %d IR training records from STS pairs", len(records["query"]))
+    return Dataset.from_dict(records)
+
+
+def _draw_negatives(
+    close: list[str], pool: list[str], excluded: set[str], count: int, rng: random.Random
+) -> list[str]:
+    """Draw ``count`` distinct negatives: close ones first (shuffled), then random ones from ``pool``."""
+    candidates = [text for text in dict.fromkeys(close) if text not in excluded]
+    rng.shuffle(candidates)
+    negatives = candidates[:count]
+    chosen = set(negatives) | excluded
+    available = len(pool) - len(chosen & set(pool))
+    while len(negatives) < count and available > 0:
+        text = pool[rng.randrange(len(pool))]
+        if text not in chosen:
+            negatives.append(text)
+            chosen.add(text)
+            available -= 1
+    return negatives

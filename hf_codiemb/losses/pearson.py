@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import Tensor, nn
+
+from sentence_transformers import util
+from sentence_transformers.sentence_transformer.model import SentenceTransformer
+
+from ._common import CODIEMB_CITATION, check_scores, embed_pair_scores, function_name, safe_pearson_loss
+
+logger = logging.getLogger(__name__)
+
+
+class PearsonLoss(nn.Module):
+    def __init__(
+        self,
+        model: SentenceTransformer | None,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] = util.pairwise_cos_sim,
+        eps: float = 1e-12,
+    ) -> None:
+        """
+        Pearson-correlation loss for Semantic Textual Similarity (STS), one of the order-aware STS objectives of
+        CoDiEmb. For a batch of pairs with predicted similarity ``c_i`` (cosine of the two embeddings) and gold
+        score ``y_i`` it computes::
+
+            loss = 1 - pearson(c, y)
+
+        The loss only depends on the linear agreement of predictions and gold scores across the batch, so gold
+        scores may be on any scale (0-5, 0-1, binary labels...). A batch in which the gold or the predicted scores
+        have no variance (e.g. a batch of one pair, or all gold scores equal) has loss 0 with zero, finite
+        gradients, never NaN.
+
+        Args:
+            model: SentenceTransformer model (may be ``None`` when only :meth:`compute_from_scores` is used).
+            similarity_fct: Function computing the PAIRWISE similarity of two embedding batches.
+                Default ``util.pairwise_cos_sim``.
+            eps: Variance below which a side of the batch counts as constant (loss 0).
+
+        References:
+            - CoDiEmb: https://arxiv.org/abs/2508.11442 (reference code: TencentCloudADP/youtu-embedding,
+              ``PearsonCorrelationLoss``; ours also handles constant predictions, where the reference divides by 0)
+
+        Requirements:
+            - Sentence pairs with a float gold similarity score; batches of more than one pair.
+
+        Inputs:
+            +--------------------------------+------------------------+
+            | Inputs                         | Labels                 |
+            +================================+========================+
+            | (sentence_A, sentence_B) pairs | float similarity score |
+            +--------------------------------+------------------------+
+
+        Example:
+            ::
+
+                import torch
+                from hf_codiemb.losses import PearsonLoss
+
+                loss = PearsonLoss(model=None)
+                predicted = torch.tensor([0.9, 0.2, 0.5], requires_grad=True)
+                value = loss.compute_from_scores(predicted, torch.tensor([5.0, 1.0, 3.0]))
+                value.backward()
+        """
+        super().__init__()
+        self.model = model
+        self.similarity_fct = similarity_fct
+        self.eps = eps
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        scores = embed_pair_scores(self.model, sentence_features, self.similarity_fct, type(self).__name__)
+        return self.compute_from_scores(scores, labels)
+
+    def compute_from_scores(self, predicted: Tensor, gold: Tensor) -> Tensor:
+        """``1 - pearson(predicted, gold)`` for 1-D tensors; 0 when either has no variance.
+
+        Raises:
+            ValueError: on mismatched shapes or a non-finite gold score.
+        """
+        predicted, gold = check_scores(predicted, gold, type(self).__name__)
+        return self._loss(predicted, gold)
+
+    def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
+        return safe_pearson_loss(predicted, gold, self.eps)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"similarity_fct": function_name(self.similarity_fct), "eps": self.eps}
+
+    @property
+    def citation(self) -> str:
+        return CODIEMB_CITATION

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sentence_transformers import util
+from sentence_transformers.sentence_transformer.model import SentenceTransformer
+
+from ._common import CODIEMB_CITATION, average_ranks, check_scores, embed_pair_scores, function_name
+
+logger = logging.getLogger(__name__)
+
+
+class RankKLLoss(nn.Module):
+    def __init__(
+        self,
+        model: SentenceTransformer | None,
+        temperature: float = 0.05,
+        reduction: Literal["batchmean", "sum"] = "batchmean",
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] = util.pairwise_cos_sim,
+    ) -> None:
+        """
+        Rank-KL loss for Semantic Textual Similarity (STS): a KL divergence between a target distribution built from
+        the gold *ranks* and the softmax of the predicted similarities. For predicted similarities ``c`` and gold
+        scores ``y`` of a batch of ``n`` pairs:
+
+        - ``r_i`` = rank of ``y_i`` among the batch, ascending, 0-based, ties sharing their average rank, divided by
+          ``n - 1`` so the lowest gold score gets 0 and the highest 1;
+        - ``target = softmax(r / temperature)``, ``log_pred = log_softmax(c / temperature)``;
+        - ``loss = sum_i target_i * (log target_i - log_pred_i)``, divided by ``n`` for ``reduction="batchmean"``.
+
+        ``reduction="batchmean"`` matches the reference code, which calls
+        ``F.kl_div(log_pred, target, reduction="batchmean")`` on 1-D tensors (that divides the sum by ``n``);
+        ``"sum"`` gives the plain KL divergence.
+
+        Because only ranks enter the target, the loss aligns with Spearman correlation and ignores the scale of the
+        gold scores. A batch of one pair, or one in which every gold score is equal (no ranking information), gives
+        loss 0 with zero gradients (the reference would instead pull all predictions towards equality).
+
+        Args:
+            model: SentenceTransformer model (may be ``None`` when only :meth:`compute_from_scores` is used).
+            temperature: Temperature of both softmaxes (reference: 0.05).
+            reduction: ``"batchmean"`` (sum / n, the reference) or ``"sum"``.
+            similarity_fct: Function computing the PAIRWISE similarity of two embedding batches.
+
+        References:
+            - CoDiEmb: https://arxiv.org/abs/2508.11442 (reference code: TencentCloudADP/youtu-embedding,
+              ``RankKLDivergenceLoss``)
+
+        Requirements:
+            - Sentence pairs with a float gold similarity score.
+
+        Inputs:
+            +--------------------------------+------------------------+
+            | Inputs                         | Labels                 |
+            +================================+========================+
+            | (sentence_A, sentence_B) pairs | float similarity score |
+            +--------------------------------+------------------------+
+
+        Example:
+            ::
+
+                import torch
+                from hf_codiemb.losses import RankKLLoss
+
+                loss = RankKLLoss(model=None, temperature=0.05)
+                predicted = torch.tensor([0.9, 0.2, 0.5, 0.5], requires_grad=True)
+                value = loss.compute_from_scores(predicted, torch.tensor([5.0, 1.0, 3.0, 3.0]))
+                value.backward()
+        """
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}.")
+        if reduction not in ("batchmean", "sum"):
+            raise ValueError(f"reduction must be 'batchmean' or 'sum', got {reduction!r}.")
+        self.model = model
+        self.temperature = temperature
+        self.reduction = reduction
+        self.similarity_fct = similarity_fct
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        scores = embed_pair_scores(self.model, sentence_features, self.similarity_fct, type(self).__name__)
+        return self.compute_from_scores(scores, labels)
+
+    def compute_from_scores(self, predicted: Tensor, gold: Tensor) -> Tensor:
+        """Rank-KL loss of 1-D predicted scores against 1-D gold scores (see the class docstring).
+
+        Raises:
+            ValueError: on mismatched shapes or a non-finite gold score.
+        """
+        predicted, gold = check_scores(predicted, gold, type(self).__name__)
+        return self._loss(predicted, gold)
+
+    def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
+        n = predicted.numel()
+        if n < 2:
+            return (predicted * 0).sum()
+        normalised_ranks = average_ranks(gold) / (n - 1)
+        log_target = F.log_softmax(normalised_ranks / self.temperature, dim=0)
+        log_pred = F.log_softmax(predicted / self.temperature, dim=0)
+        kl = (log_target.exp() * (log_target - log_pred)).sum()
+        if self.reduction == "batchmean":
+            kl = kl / n
+        has_order = gold.max() > gold.min()
+        return torch.where(has_order, kl, torch.zeros_like(kl))
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature,
+            "reduction": self.reduction,
+            "similarity_fct": function_name(self.similarity_fct),
+        }
+
+    @property
+    def citation(self) -> str:
+        return CODIEMB_CITATION

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sentence_transformers import util
+from sentence_transformers.sentence_transformer.model import SentenceTransformer
+
+from ._common import (
+    CODIEMB_CITATION,
+    average_ranks,
+    check_scores,
+    embed_pair_scores,
+    function_name,
+    safe_pearson_loss,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def soft_rank(values: Tensor, regularization_strength: float) -> Tensor:
+    """Pairwise-sigmoid soft rank of a 1-D tensor: ``sum_j sigmoid((v_i - v_j) / s) - 0.5``.
+
+    0-based and ascending; tends to the hard rank (ties: average rank) as ``s -> 0``. Differentiable everywhere.
+    """
+    diff = (values.unsqueeze(1) - values.unsqueeze(0)) / regularization_strength
+    return torch.sigmoid(diff).sum(dim=1) - 0.5
+
+
+class SoftSpearmanLoss(nn.Module):
+    def __init__(
+        self,
+        model: SentenceTransformer | None,
+        regularization_strength: float = 0.05,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] = util.pairwise_cos_sim,
+        eps: float = 1e-12,
+    ) -> None:
+        """
+        Differentiable Spearman loss for Semantic Textual Similarity (STS)::
+
+            loss = 1 - pearson(soft_rank(c), rank(y))
+
+        where ``rank(y)`` are the gold ranks (ties sharing their average rank) and
+        ``soft_rank(c)_i = sum_j sigmoid((c_i - c_j) / regularization_strength) - 0.5`` is a pairwise-sigmoid soft
+        rank of the predicted similarities. As ``regularization_strength -> 0`` the soft rank becomes the hard rank
+        and the loss becomes ``1 - spearman(c, y)``; larger values give smoother, less vanishing gradients.
+        ``regularization_strength`` is on the scale of the predicted scores (cosines in [-1, 1]).
+        A batch with no variance in either side (one pair, all gold equal) gives loss 0 with zero gradients.
+
+        Args:
+            model: SentenceTransformer model (may be ``None`` when only :meth:`compute_from_scores` is used).
+            regularization_strength: Sigmoid temperature of the soft rank.
+            similarity_fct: Function computing the PAIRWISE similarity of two embedding batches.
+            eps: Variance below which a side of the batch counts as constant (loss 0).
+
+        References:
+            - CoDiEmb: https://arxiv.org/abs/2508.11442 (order-aware STS objectives; the reference code has no
+              soft-Spearman term, it is an optional addition of hf_codiemb)
+            - Soft ranks: Blondel et al., "Fast Differentiable Sorting and Ranking", https://arxiv.org/abs/2002.08871
+              (regularised isotonic variant; here the simpler pairwise-sigmoid relaxation is used)
+
+        Requirements:
+            - Sentence pairs with a float gold similarity score.
+
+        Inputs:
+            +--------------------------------+------------------------+
+            | Inputs                         | Labels                 |
+            +================================+========================+
+            | (sentence_A, sentence_B) pairs | float similarity score |
+            +--------------------------------+------------------------+
+
+        Example:
+            ::
+
+                import torch
+                from hf_codiemb.losses import SoftSpearmanLoss
+
+                loss = SoftSpearmanLoss(model=None, regularization_strength=0.05)
+                predicted = torch.tensor([0.9, 0.2, 0.5, 0.4], requires_grad=True)
+                value = loss.compute_from_scores(predicted, torch.tensor([5.0, 1.0, 3.0, 3.0]))
+                value.backward()
+        """
+        super().__init__()
+        if not regularization_strength > 0:
+            raise ValueError(f"regularization_strength must be positive, got {regularization_strength}.")
+        self.model = model
+        self.regularization_strength = regularization_strength
+        self.similarity_fct = similarity_fct
+        self.eps = eps
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        scores = embed_pair_scores(self.model, sentence_features, self.similarity_fct, type(self).__name__)
+        return self.compute_from_scores(scores, labels)
+
+    def compute_from_scores(self, predicted: Tensor, gold: Tensor) -> Tensor:
+        """``1 - pearson(soft_rank(predicted), rank(gold))`` for 1-D tensors.
+
+        Raises:
+            ValueError: on mismatched shapes or a non-finite gold score.
+        """
+        predicted, gold = check_scores(predicted, gold, type(self).__name__)
+        return self._loss(predicted, gold)
+
+    def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
+        if predicted.numel() < 2:
+            return (predicted * 0).sum()
+        return safe_pearson_loss(soft_rank(predicted, self.regularization_strength), average_ranks(gold), self.eps)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "regularization_strength": self.regularization_strength,
+            "similarity_fct": function_name(self.similarity_fct),
+            "eps": self.eps,
+        }
+
+    @property
+    def citation(self) -> str:
+        return CODIEMB_CITATION
