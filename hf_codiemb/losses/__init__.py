@@ -1,0 +1,21 @@
+"""CoDiEmb losses: multi-positive InfoNCE for IR and order-aware losses for STS (one loss per module)."""
+
+from __future__ import annotations
+
+from .codiemb_sts import CoDiEmbSTSLoss
+from .multi_positive_info_nce import MultiPositiveInfoNCELoss, multi_positive_info_nce
+from .pearson import PearsonLoss
+from .pro import PROLoss
+from .rank_kl import RankKLLoss
+from .soft_spearman import SoftSpearmanLoss, soft_rank
+
+__all__ = [
+    "CoDiEmbSTSLoss",
+    "MultiPositiveInfoNCELoss",
+    "PROLoss",
+    "PearsonLoss",
+    "RankKLLoss",
+    "SoftSpearmanLoss",
+    "multi_positive_info_nce",
+    "soft_rank",
+]

@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from sentence_transformers.sentence_transformer.model import SentenceTransformer
+from sentence_transformers.util import all_gather_with_grad, cos_sim
+
+from ._common import CODIEMB_CITATION, function_name
+
+logger = logging.getLogger(__name__)
+
+
+def multi_positive_info_nce(
+    query_embeddings: Tensor,
+    positive_embeddings: Tensor,
+    negative_embeddings: Tensor | None = None,
+    temperature: float = 0.02,
+    in_batch_negatives: bool = True,
+    similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+    query_offset: int = 0,
+) -> Tensor:
+    """Multi-positive InfoNCE with hard negatives, on embeddings (the core of :class:`MultiPositiveInfoNCELoss`).
+
+    Query ``i`` owns row ``query_offset + i`` of the passage tensors. For each of its positives ``p``::
+
+        loss_ip = -log( exp(s(q_i, p) / t) / (exp(s(q_i, p) / t) + sum_{n in N_i} exp(s(q_i, n) / t)) )
+
+    where ``N_i`` holds the query's own negatives and, with ``in_batch_negatives``, every positive and negative
+    owned by any other row. The query's other positives are never in ``N_i``. Returns the mean over queries and
+    positives. Without any negative at all (no hard negatives and no in-batch ones) every term is ``log 1 = 0``.
+
+    Args:
+        query_embeddings: ``(B, D)`` embeddings of the queries whose loss is computed.
+        positive_embeddings: ``(M, P, D)`` positives of ``M >= query_offset + B`` rows (``M = B`` on one device,
+            ``M = world_size * B`` after gathering).
+        negative_embeddings: ``(M, N, D)`` hard negatives of the same rows, or ``None`` (``N = 0``).
+        temperature: Similarities are divided by it.
+        in_batch_negatives: Whether passages of other rows are negatives.
+        similarity_fct: Similarity MATRIX function ``(B, D) x (K, D) -> (B, K)``, e.g. ``util.cos_sim``.
+        query_offset: Row of the passage tensors owned by the first query (``rank * B`` when gathering).
+
+    Returns:
+        Scalar loss tensor.
+    """
+    if query_embeddings.dim() != 2 or positive_embeddings.dim() != 3:
+        raise ValueError(
+            "Expected query embeddings of shape (B, D) and positive embeddings of shape (M, P, D), got "
+            f"{tuple(query_embeddings.shape)} and {tuple(positive_embeddings.shape)}."
+        )
+    batch_size = query_embeddings.size(0)
+    num_rows, num_positives, dim = positive_embeddings.shape
+    if negative_embeddings is not None and negative_embeddings.size(1) == 0:
+        negative_embeddings = None
+    if negative_embeddings is not None and (
+        negative_embeddings.dim() != 3 or negative_embeddings.size(0) != num_rows or negative_embeddings.size(2) != dim
+    ):
+        raise ValueError(
+            f"Negative embeddings must have shape ({num_rows}, N, {dim}), got {tuple(negative_embeddings.shape)}."
+        )
+    if query_offset < 0 or query_offset + batch_size > num_rows:
+        raise ValueError(f"query_offset={query_offset} with {batch_size} queries does not fit {num_rows} passage rows.")
+    if num_positives == 0:
+        raise ValueError("At least one positive per query is required.")
+
+    device = query_embeddings.device
+    owner = torch.arange(query_offset, query_offset + batch_size, device=device)
+    row_ids = torch.arange(batch_size, device=device)
+    # own[i, m]: passage row m belongs to query i
+    own = torch.arange(num_rows, device=device).unsqueeze(0) == owner.unsqueeze(1)
+
+    pos_logits = similarity_fct(query_embeddings, positive_embeddings.reshape(-1, dim)) / temperature
+    pos_logits = pos_logits.view(batch_size, num_rows, num_positives)
+    target_logits = pos_logits[row_ids, owner]  # (B, P)
+
+    candidates = []
+    if in_batch_negatives and num_rows > 1:
+        # Positives of other rows; the query's own positives are masked out.
+        candidates.append(pos_logits.masked_fill(own.unsqueeze(2), float("-inf")).reshape(batch_size, -1))
+    if negative_embeddings is not None:
+        num_negatives = negative_embeddings.size(1)
+        if in_batch_negatives:
+            neg_logits = similarity_fct(query_embeddings, negative_embeddings.reshape(-1, dim)) / temperature
+            candidates.append(neg_logits.reshape(batch_size, -1))
+        else:
+            own_negatives = negative_embeddings[owner]  # (B, N, D)
+            neg_logits = similarity_fct(query_embeddings, own_negatives.reshape(-1, dim)) / temperature
+            neg_logits = neg_logits.view(batch_size, batch_size, num_negatives)[row_ids, row_ids]
+            candidates.append(neg_logits)
+    if not candidates:
+        logger.warning("MultiPositiveInfoNCE has no negatives (no hard negatives, no in-batch ones): loss is 0.")
+        return (target_logits * 0).sum()
+
+    # Every row has at least one finite candidate, so logsumexp and its gradient stay finite.
+    log_negatives = torch.logsumexp(torch.cat(candidates, dim=1), dim=1, keepdim=True)  # (B, 1)
+    return (torch.logaddexp(target_logits, log_negatives) - target_logits).mean()
+
+
+class MultiPositiveInfoNCELoss(nn.Module):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        num_positives: int = 2,
+        temperature: float = 0.02,
+        in_batch_negatives: bool = True,
+        gather_across_devices: bool = False,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+    ) -> None:
+        """
+        Multi-positive InfoNCE with hard negatives, the CoDiEmb Information Retrieval (IR) objective. Each query
+        comes with ``num_positives`` positives and any number of hard negatives. For every (query, positive) pair::
+
+            loss = -log( exp(s(q, p) / t) / (exp(s(q, p) / t) + sum_{n in N} exp(s(q, n) / t)) )
+
+        averaged over all positives and queries. ``N`` holds the query's own hard negatives and, with
+        ``in_batch_negatives``, every positive and negative of the other queries of the batch (of all devices
+        with ``gather_across_devices``). The query's other positives are never counted as its negatives: each
+        positive competes only against negatives, not against its siblings.
+
+        With ``gather_across_devices=True`` the passages of all ranks are gathered with gradients
+        (``sentence_transformers.util.all_gather_with_grad``) and every rank computes the loss of its local queries
+        against all passages. With DDP's gradient averaging this gives exactly the loss and gradient of a single
+        process holding the concatenated batch. All ranks must hold the same number of queries and columns (checked;
+        a clear error is raised otherwise). Without an initialised process group gathering is a no-op.
+
+        Args:
+            model: SentenceTransformer model.
+            num_positives: Number of positive columns following the query column (paper: 2).
+            temperature: Temperature of the softmax over cosine similarities (paper: 0.02).
+            in_batch_negatives: Use the passages of the other queries as extra negatives.
+            gather_across_devices: Gather passages across ranks (needs ``in_batch_negatives``; ignored otherwise).
+            similarity_fct: Similarity MATRIX function, default ``util.cos_sim``.
+
+        References:
+            - CoDiEmb: https://arxiv.org/abs/2508.11442 (reference code: TencentCloudADP/youtu-embedding,
+              ``ContrastiveLoss._loss_ir`` in "all" mode: one softmax per positive over it and the negatives)
+
+        Requirements:
+            1. (query, positive_0, ..., positive_{k-1}, negative_0, ..., negative_{m-1}) tuples with
+               ``k = num_positives`` and ``m >= 0`` (what ``CoDiEmbDataCollator`` produces for IR datasets).
+            2. With ``gather_across_devices``: equal local batch sizes on every rank.
+
+        Inputs:
+            +------------------------------------------------------------------+--------+
+            | Inputs                                                           | Labels |
+            +==================================================================+========+
+            | (query, positive_0, ..., positive_{k-1}, negative_0, ..., neg_m) | none   |
+            +------------------------------------------------------------------+--------+
+
+        Example:
+            ::
+
+                from datasets import Dataset
+                from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+                from hf_codiemb.losses import MultiPositiveInfoNCELoss
+
+                model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
+                train_dataset = Dataset.from_dict({
+                    "query": ["what is the capital of France", "who wrote Hamlet"],
+                    "positive_0": ["Paris is the capital of France.", "Hamlet is a play by Shakespeare."],
+                    "positive_1": ["France's capital city is Paris.", "Shakespeare wrote Hamlet around 1600."],
+                    "negative_0": ["Lyon is a city in France.", "Macbeth is a tragedy."],
+                })
+                loss = MultiPositiveInfoNCELoss(model, num_positives=2)
+                trainer = SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss)
+                trainer.train()
+        """
+        super().__init__()
+        if num_positives < 1:
+            raise ValueError(f"num_positives must be >= 1, got {num_positives}.")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}.")
+        self.model = model
+        self.num_positives = num_positives
+        self.temperature = temperature
+        self.in_batch_negatives = in_batch_negatives
+        self.gather_across_devices = gather_across_devices
+        self.similarity_fct = similarity_fct
+        if gather_across_devices and not in_batch_negatives:
+            logger.warning("gather_across_devices=True has no effect with in_batch_negatives=False.")
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        sentence_features = list(sentence_features)
+        if len(sentence_features) < 1 + self.num_positives:
+            raise ValueError(
+                f"{type(self).__name__} expects a query column and {self.num_positives} positive columns "
+                f"(num_positives={self.num_positives}), got {len(sentence_features)} columns in total."
+            )
+        embeddings = embed_columns(self.model, sentence_features)
+        return self.compute_loss_from_embeddings(embeddings, labels)
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        """Loss from the column embeddings ``[query, pos_0, ..., pos_{k-1}, neg_0, ...]`` (each ``(B, D)``)."""
+        queries = embeddings[0]
+        positives = torch.stack(embeddings[1 : 1 + self.num_positives], dim=1)
+        negatives = torch.stack(embeddings[1 + self.num_positives :], dim=1) if len(embeddings) > 1 + self.num_positives else None
+        offset = 0
+        if self.gather_across_devices and self.in_batch_negatives and dist.is_available() and dist.is_initialized():
+            self._check_equal_shapes(queries, positives, negatives)
+            positives = all_gather_with_grad(positives)
+            if negatives is not None:
+                negatives = all_gather_with_grad(negatives)
+            offset = dist.get_rank() * queries.size(0)
+        return multi_positive_info_nce(
+            queries,
+            positives,
+            negatives,
+            temperature=self.temperature,
+            in_batch_negatives=self.in_batch_negatives,
+            similarity_fct=self.similarity_fct,
+            query_offset=offset,
+        )
+
+    @staticmethod
+    def _check_equal_shapes(queries: Tensor, positives: Tensor, negatives: Tensor | None) -> None:
+        """All ranks must gather identically shaped tensors: compare (batch, positives, negatives, dim)."""
+        num_negatives = 0 if negatives is None else negatives.size(1)
+        local = torch.tensor(
+            [queries.size(0), positives.size(1), num_negatives, queries.size(1)], device=queries.device
+        )
+        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, local)
+        shapes = [tuple(int(v) for v in t.tolist()) for t in gathered]
+        if len(set(shapes)) > 1:
+            per_rank = ", ".join(
+                f"rank {rank}: batch={s[0]} positives={s[1]} negatives={s[2]} dim={s[3]}" for rank, s in enumerate(shapes)
+            )
+            raise ValueError(
+                "MultiPositiveInfoNCELoss(gather_across_devices=True) needs the same local batch size and number of "
+                f"columns on every rank, got {per_rank}. Use a sampler that emits equal full batches per rank "
+                "(e.g. drop the last incomplete batch)."
+            )
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "num_positives": self.num_positives,
+            "temperature": self.temperature,
+            "in_batch_negatives": self.in_batch_negatives,
+            "gather_across_devices": self.gather_across_devices,
+            "similarity_fct": function_name(self.similarity_fct),
+        }
+
+    @property
+    def citation(self) -> str:
+        return CODIEMB_CITATION
