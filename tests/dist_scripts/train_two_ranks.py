@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from hf_codiemb import CoDiEmbTrainer, CoDiEmbTrainingArguments  # noqa: E402
@@ -86,6 +87,7 @@ def main() -> None:
         "global_step": trainer.state.global_step,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(record))
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
