@@ -1,0 +1,61 @@
+"""Cross-device gathering of MultiPositiveInfoNCELoss equals one process holding the concatenated batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_codiemb.losses import MultiPositiveInfoNCELoss
+
+SCRIPT = Path(__file__).parent / "dist_scripts" / "infonce_gather.py"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_gathered_loss_and_grads_equal_single_process(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        str(SCRIPT), str(tmp_path),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"distributed run timed out (hang?): {error}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    result = torch.load(tmp_path / "result.pt")
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from infonce_gather import NUM_POSITIVES, TEMPERATURE, LinearEncoder
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    model = LinearEncoder()
+    model.load_state_dict(result["state"])
+    loss = MultiPositiveInfoNCELoss(model, num_positives=NUM_POSITIVES, temperature=TEMPERATURE)
+    single = loss([{"x": column} for column in result["columns"]], None)
+    single.backward()
+
+    torch.testing.assert_close(result["loss"], single.detach(), atol=1e-6, rtol=0)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(result["grads"][name], param.grad, atol=1e-6, rtol=0)
+    # Gathering matters: the local-only loss of a rank differs from the gathered one.
+    local_only = loss([{"x": column[:3]} for column in result["columns"]], None)
+    assert abs(local_only.item() - single.item()) > 1e-3
+
+    for rank in range(2):
+        message = (tmp_path / f"error_rank{rank}.txt").read_text()
+        assert "same local batch size" in message and "rank 1: batch=2" in message, message
