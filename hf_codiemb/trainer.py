@@ -189,19 +189,23 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         loss: torch.nn.Module | dict[str, torch.nn.Module | Callable] | None,
         args: CoDiEmbTrainingArguments,
     ) -> dict[str, torch.nn.Module | Callable]:
-        """A loss for every dataset: the given ones, and the task default for the rest."""
-        if loss is not None and not isinstance(loss, dict):
+        """A loss for every dataset: the task defaults when ``loss`` is None, else exactly the given ones."""
+        if loss is None:
+            return {name: self.default_loss_factory(self.dataset_tasks[name], args) for name in train_dataset}
+        if not isinstance(loss, dict):
             return {name: loss for name in train_dataset}
-        losses = dict(loss or {})
-        unknown = set(losses) - set(train_dataset)
+        unknown = set(loss) - set(train_dataset)
         if unknown:
             raise TrainingDataError(
                 f"loss names dataset(s) {sorted(unknown)} that are not among the training datasets {list(train_dataset)}"
             )
-        for name in train_dataset:
-            if name not in losses:
-                losses[name] = self.default_loss_factory(self.dataset_tasks[name], args)
-        return losses
+        missing = [name for name in train_dataset if name not in loss]
+        if missing:
+            raise TrainingDataError(
+                f"Training dataset(s) {missing} have no loss: the loss dict covers only {sorted(loss)}. Give every "
+                "dataset a loss, or pass loss=None to use the CoDiEmb default of each dataset's task."
+            )
+        return dict(loss)
 
     @staticmethod
     def default_loss_factory(task: str, args: CoDiEmbTrainingArguments) -> Callable[[SentenceTransformer], torch.nn.Module]:
