@@ -1,0 +1,380 @@
+"""The streaming fusion pipeline: resolve inputs, validate, merge tensor by tensor, write atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from hf_codiemb.fusion.card import load_eval_results, render_card
+from hf_codiemb.fusion.errors import FusionError, FusionWriteError
+from hf_codiemb.fusion.inputs import ResolvedModel, resolve_model
+from hf_codiemb.fusion.registry import FusionMethod, get_method
+from hf_codiemb.fusion.safetensors_io import (
+    SAFETENSORS_DTYPES,
+    LazyReader,
+    StreamingSafetensorsWriter,
+    row_chunks,
+)
+from hf_codiemb.fusion.stats import WeightStatistics
+from hf_codiemb.fusion.validate import FusionPlan, build_plan
+
+logger = logging.getLogger(__name__)
+
+# Files of a model folder that are not copied to the fused model (weights are rewritten; training state,
+# adapters and exports do not describe the fused weights; the card is rendered anew).
+_SKIPPED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".pkl")
+_SKIPPED_NAMES = {
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "trainer_state.json",
+    "adapter_config.json",
+    "README.md",
+    "fusion_weights.json",
+    "fusion_weights.png",
+    "fusion_config.json",
+}
+_SKIPPED_DIRS = {"onnx", "openvino", "runs", "__pycache__"}
+DEFAULT_CHUNK_ELEMENTS = 1 << 22  # 4M elements (16 MB in float32) per input per step
+
+
+@dataclass
+class FusionResult:
+    """What :func:`fuse` produced."""
+
+    output_dir: Path
+    method: str
+    parameters: dict[str, Any]
+    base: str | None
+    checkpoints: list[str]
+    statistics: dict[str, Any] | None = None
+    files: list[str] = field(default_factory=list)
+
+
+def delta_fuse(
+    base: str | Path,
+    checkpoints: Sequence[str | Path],
+    output_dir: str | Path,
+    p: float = 1.0,
+    granularity: str = "element",
+    eps: float = 1e-12,
+    **kwargs: Any,
+) -> FusionResult:
+    """CoDiEmb delta-guided fusion of ``checkpoints`` around ``base`` into a sentence-transformers folder.
+
+    Per element (or per tensor with ``granularity="tensor"``), with ``delta_k = theta_k - theta_0``:
+    ``w_k = |delta_k|^p / (sum_j |delta_j|^p + eps)`` and ``merged = theta_0 + sum_k w_k delta_k``.
+
+    Args:
+        base: the pre-trained model the checkpoints were fine-tuned from (folder, Hub id).
+        checkpoints: fine-tuned models (folders, Hub ids, or LoRA adapter folders).
+        output_dir: where the fused model folder is created (atomically).
+        p: exponent of the magnitudes (0 = uniform Model Soup).
+        granularity: ``"element"`` or ``"tensor"``.
+        eps: guards the weights' denominator.
+        **kwargs: passed to :func:`fuse` (``overwrite``, ``eval_results``, ``model_id``, ...).
+
+    Returns:
+        A :class:`FusionResult`.
+
+    Example:
+        >>> from hf_codiemb.fusion import delta_fuse
+        >>> delta_fuse("base-model", ["run-seed1", "run-seed2"], "fused", p=1.0)  # doctest: +SKIP
+    """
+    return fuse(
+        checkpoints,
+        output_dir,
+        base=base,
+        method="delta",
+        method_params={"p": p, "granularity": granularity, "eps": eps},
+        **kwargs,
+    )
+
+
+def fuse(
+    checkpoints: Sequence[str | Path],
+    output_dir: str | Path,
+    *,
+    base: str | Path | None = None,
+    method: str | FusionMethod = "delta",
+    method_params: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    eval_results: dict[str, dict[str, Any]] | str | Path | None = None,
+    model_id: str | None = None,
+    base_model_id: str | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    show_progress: bool = True,
+) -> FusionResult:
+    """Fuse ``checkpoints`` with a registered method, streaming tensor by tensor.
+
+    Only one row chunk per input is in memory at a time (``chunk_elements`` elements; methods that need whole
+    tensors, like TIES, get whole tensors). Inputs are validated (architecture, weight files, tensor names, shapes,
+    dtypes) before anything is written; the output is built in a hidden sibling folder and renamed into place,
+    so an interrupted fusion leaves no partial model at ``output_dir``.
+
+    Args:
+        checkpoints: the models to fuse (local folders, Hub ids ``owner/name[@revision]``, LoRA adapter folders).
+        output_dir: the fused model folder to create.
+        base: the common base model (required by every method except ``uniform``).
+        method: a registered method name (see :func:`registered_methods`) or a :class:`FusionMethod`.
+        method_params: keyword arguments of the method (e.g. ``{"p": 2.0}``).
+        overwrite: replace an existing non-empty ``output_dir``.
+        eval_results: evaluation table for the card (a dict or a JSON file, see ``card.load_eval_results``).
+        model_id: the Hub id the model will be pushed to (used in the card's usage snippet).
+        base_model_id: Hub id for the card's ``base_model`` metadata when ``base`` is a local folder.
+        chunk_elements: maximum elements per input read at once.
+        show_progress: show a tqdm bar over tensors.
+
+    Raises:
+        FusionError: invalid or incompatible inputs (nothing written).
+        FusionWriteError: the output folder cannot be created.
+    """
+    if not checkpoints:
+        raise FusionError("At least one checkpoint is needed")
+    fusion_method = method if isinstance(method, FusionMethod) else get_method(method, **(method_params or {}))
+    if fusion_method.requires_base and base is None:
+        raise FusionError(f"Fusion method {fusion_method.name!r} needs a base model (--base)")
+    if isinstance(eval_results, (str, Path)):
+        eval_results = load_eval_results(eval_results)
+    output_dir = Path(output_dir).expanduser().absolute()
+    _check_output(output_dir, overwrite)
+
+    resolved: list[ResolvedModel] = []
+    try:
+        base_model = resolve_model(base, "base") if base is not None else None
+        if base_model is not None:
+            resolved.append(base_model)
+        models = []
+        for index, spec in enumerate(checkpoints, start=1):
+            model = resolve_model(spec, f"checkpoint {index}", lora_base=base_model)
+            resolved.append(model)
+            models.append(model)
+        reference = base_model or models[0]
+        plan = build_plan(reference, [reference, *models], models)
+        logger.info(
+            "Fusing %d checkpoints with %r (%s) into %s",
+            len(models),
+            fusion_method.name,
+            fusion_method.parameters(),
+            output_dir,
+        )
+        return _write_output(fusion_method, plan, base_model, models, output_dir, overwrite, eval_results,
+                             model_id, base_model_id, chunk_elements, show_progress)
+    finally:
+        for model in resolved:
+            model.cleanup()
+
+
+def _check_output(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists():
+        if not output_dir.is_dir():
+            raise FusionWriteError(f"The output path {output_dir} exists and is not a folder")
+        if any(output_dir.iterdir()) and not overwrite:
+            raise FusionError(f"The output folder {output_dir} is not empty (pass overwrite=True / --overwrite)")
+    ancestor = output_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise FusionWriteError(f"Cannot create the output folder {output_dir}: {ancestor} is not a writable folder")
+
+
+def _write_output(
+    method: FusionMethod,
+    plan: FusionPlan,
+    base: ResolvedModel | None,
+    checkpoints: list[ResolvedModel],
+    output_dir: Path,
+    overwrite: bool,
+    eval_results: dict[str, dict[str, Any]] | None,
+    model_id: str | None,
+    base_model_id: str | None,
+    chunk_elements: int,
+    show_progress: bool,
+) -> FusionResult:
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = output_dir.parent / f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+    except OSError as exc:
+        raise FusionWriteError(f"Cannot create the output folder {output_dir}: {exc}") from exc
+    try:
+        labels = [model.spec for model in checkpoints]
+        statistics = WeightStatistics(labels)
+        has_weights = _merge_weights(method, plan, base, checkpoints, staging, statistics, chunk_elements,
+                                     show_progress)
+        template = _template(base, checkpoints)
+        _copy_support_files(template, staging)
+        files = []
+        if has_weights:
+            files += statistics.save(staging, method.name, method.parameters())
+        recipe = {
+            "method": method.name,
+            "parameters": method.parameters(),
+            "base": base.spec if base else None,
+            "checkpoints": labels,
+            "template": str(template),
+        }
+        (staging / "fusion_config.json").write_text(json.dumps(recipe, indent=2))
+        card = render_card(
+            method=method.name,
+            method_description=method.description,
+            parameters=method.parameters(),
+            base_model=base.spec if base else None,
+            checkpoints=labels,
+            model_id=model_id,
+            base_model_id=base_model_id,
+            eval_results=eval_results,
+            stats_file="fusion_weights.json" if "fusion_weights.json" in files else None,
+            plot_file="fusion_weights.png" if "fusion_weights.png" in files else None,
+        )
+        (staging / "README.md").write_text(card)
+        _move_into_place(staging, output_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Fused model written to %s", output_dir)
+    return FusionResult(
+        output_dir=output_dir,
+        method=method.name,
+        parameters=method.parameters(),
+        base=base.spec if base else None,
+        checkpoints=labels,
+        statistics=statistics.to_dict(method.name, method.parameters()) if has_weights else None,
+        files=sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file()),
+    )
+
+
+def _merge_weights(
+    method: FusionMethod,
+    plan: FusionPlan,
+    base: ResolvedModel | None,
+    checkpoints: list[ResolvedModel],
+    staging: Path,
+    statistics: WeightStatistics,
+    chunk_elements: int,
+    show_progress: bool,
+) -> bool:
+    """Merge every weight group of ``plan`` into ``staging``; return whether per-checkpoint weights were recorded."""
+    total = sum(len(tensors) for tensors in plan.values())
+    recorded = False
+    with LazyReader() as reader, tqdm(total=total, desc="Fusing tensors", unit="tensor",
+                                      disable=not show_progress) as progress:
+        for group, tensors in plan.items():
+            target = staging / group
+            target.parent.mkdir(parents=True, exist_ok=True)
+            specs = [(name, SAFETENSORS_DTYPES[infos[0].dtype], infos[0].shape) for name, infos in tensors.items()]
+            writer = StreamingSafetensorsWriter(target, specs)
+            try:
+                for name, infos in tensors.items():
+                    reference_info, checkpoint_infos = infos[0], infos[1:]
+                    if not reference_info.is_float:
+                        # Buffers (position ids, ...) come unchanged from the base (or the first checkpoint).
+                        writer.write(name, reader.read(name, reference_info))
+                    else:
+                        sums = _merge_tensor(method, reader, name, infos, base is not None, writer, chunk_elements)
+                        if sums is not None:
+                            statistics.add(group, name, sums, reference_info.numel)
+                            recorded = True
+                    progress.update(1)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+    return recorded
+
+
+def _merge_tensor(
+    method: FusionMethod,
+    reader: LazyReader,
+    name: str,
+    infos: list,
+    has_base: bool,
+    writer: StreamingSafetensorsWriter,
+    chunk_elements: int,
+) -> torch.Tensor | None:
+    reference_info, checkpoint_infos = infos[0], infos[1:]
+    out_dtype = SAFETENSORS_DTYPES[reference_info.dtype]
+    compute_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    chunks = list(row_chunks(reference_info.shape, chunk_elements)) if method.elementwise else [None]
+
+    def load(rows: tuple[int, int] | None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        base_chunk = reader.read(name, reference_info, rows).to(compute_dtype) if has_base else None
+        return base_chunk, [reader.read(name, info, rows).to(compute_dtype) for info in checkpoint_infos]
+
+    delta_norms = None
+    if method.needs_delta_norms:
+        if not has_base:
+            raise FusionError(f"Method {method.name!r} needs a base model")
+        squares = torch.zeros(len(checkpoint_infos), dtype=torch.float64)
+        for rows in chunks:
+            base_chunk, checkpoint_chunks = load(rows)
+            for index, chunk in enumerate(checkpoint_chunks):
+                squares[index] += (chunk - base_chunk).double().square().sum()
+        delta_norms = squares.sqrt()
+
+    weight_sums: torch.Tensor | None = torch.zeros(len(checkpoint_infos), dtype=torch.float64)
+    for rows in chunks:
+        base_chunk, checkpoint_chunks = load(rows)
+        output = method.merge(base_chunk, checkpoint_chunks, delta_norms=delta_norms, name=name)
+        del base_chunk, checkpoint_chunks
+        writer.write(name, output.merged.to(out_dtype))
+        if output.weight_sums is None or weight_sums is None:
+            weight_sums = None
+        else:
+            weight_sums += output.weight_sums.to(torch.float64)
+    return weight_sums
+
+
+def _template(base: ResolvedModel | None, checkpoints: list[ResolvedModel]) -> Path:
+    """The folder whose non-weight files (modules.json, tokenizer, configs) are copied: the first checkpoint that
+    is a sentence-transformers folder, else the base, else the first checkpoint."""
+    for model in checkpoints:
+        if (model.template / "modules.json").is_file():
+            return model.template
+    if base is not None and (base.template / "modules.json").is_file():
+        return base.template
+    return checkpoints[0].template
+
+
+def _copy_support_files(template: Path, staging: Path) -> None:
+    for source in sorted(template.rglob("*")):
+        relative = source.relative_to(template)
+        if source.is_dir() or any(part.startswith(".") or part.startswith("checkpoint-") or part in _SKIPPED_DIRS
+                                  for part in relative.parts):
+            continue
+        name = source.name
+        if (name in _SKIPPED_NAMES or name.endswith(_SKIPPED_SUFFIXES) or name.startswith(("adapter_model",
+                "optimizer", "scheduler", "rng_state", "training_args"))):
+            continue
+        target = staging / relative
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def _move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
+    """Rename the finished staging folder to ``output_dir`` (replacing an empty one, or any with ``overwrite``)."""
+    previous = None
+    if output_dir.exists():
+        if any(output_dir.iterdir()) and not overwrite:
+            raise FusionError(f"The output folder {output_dir} became non-empty during fusion")
+        previous = output_dir.parent / f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(output_dir, previous)
+    try:
+        os.rename(staging, output_dir)
+    except BaseException:
+        if previous is not None:
+            os.rename(previous, output_dir)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)

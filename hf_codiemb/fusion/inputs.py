@@ -1,0 +1,115 @@
+"""Resolve fusion inputs (local folders, Hub ids, LoRA adapter folders) to local model folders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?$")
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class ResolvedModel:
+    """A fusion input available as a local folder.
+
+    Attributes:
+        spec: what the user passed (path or Hub id), used in messages and the model card.
+        path: local folder holding the weights to fuse.
+        role: ``"base"`` or ``"checkpoint 2"``, used in error messages.
+        template: folder whose non-weight files (modules.json, tokenizer, pooling config) describe this model.
+        is_lora: whether ``spec`` was a LoRA adapter merged into its base.
+    """
+
+    spec: str
+    path: Path
+    role: str
+    template: Path
+    is_lora: bool = False
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} ({self.spec})"
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _download(spec: str, role: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, _, revision = spec.partition("@")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise FileNotFoundError(
+            f"The {role} {spec!r} is not a local folder and could not be fetched from the Hub: {exc}"
+        ) from exc
+
+
+def resolve_model(spec: str | Path, role: str, lora_base: ResolvedModel | None = None) -> ResolvedModel:
+    """Turn ``spec`` into a local folder: a directory as is, a Hub id via ``snapshot_download``, a LoRA adapter
+    folder (``adapter_config.json``) merged into its base with peft and saved to a temporary folder.
+
+    Raises:
+        FileNotFoundError: ``spec`` is neither an existing folder nor a downloadable Hub model.
+    """
+    from hf_codiemb.fusion.errors import FusionError
+
+    text = str(spec)
+    path = Path(text).expanduser()
+    if not path.exists():
+        if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
+            raise FusionError(f"The {role} {text!r} does not exist (neither a local folder nor a Hub model id)")
+        try:
+            path = _download(text, role)
+        except FileNotFoundError as exc:
+            raise FusionError(str(exc)) from exc
+    if not path.is_dir():
+        raise FusionError(f"The {role} {text!r} is not a folder")
+    if (path / ADAPTER_CONFIG).is_file():
+        return _merge_lora(text, path, role, lora_base)
+    return ResolvedModel(spec=text, path=path, role=role, template=path)
+
+
+def _merge_lora(spec: str, adapter_dir: Path, role: str, lora_base: ResolvedModel | None) -> ResolvedModel:
+    """Merge a peft LoRA adapter into its base and save the merged weights (safetensors) to a temporary folder.
+
+    The adapter's ``base_model_name_or_path`` is used when it is an existing local folder; otherwise the fusion
+    base (``lora_base``) is used, which is the usual case (the adapter was trained on the fusion's base).
+    """
+    from hf_codiemb.fusion.errors import FusionError
+
+    try:
+        from peft import PeftModel
+    except ImportError as exc:  # pragma: no cover - peft is a dependency
+        raise FusionError(f"The {role} {spec!r} is a LoRA adapter; merging it needs peft") from exc
+    from transformers import AutoModel
+
+    declared = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if declared and Path(declared).is_dir():
+        base_dir = Path(declared)
+    elif lora_base is not None:
+        base_dir = lora_base.path
+        if declared and declared != lora_base.spec:
+            logger.info("LoRA %s declares base %r; merging it into the fusion base %s", spec, declared, base_dir)
+    else:
+        raise FusionError(f"The {role} {spec!r} is a LoRA adapter but its base {declared!r} is not available")
+    logger.info("Merging LoRA adapter %s into %s", adapter_dir, base_dir)
+    model = AutoModel.from_pretrained(str(base_dir), use_safetensors=True)
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    tmp = tempfile.TemporaryDirectory(prefix="codiemb-lora-merged-")
+    model.save_pretrained(tmp.name, safe_serialization=True)
+    del model
+    template = adapter_dir if (adapter_dir / "modules.json").is_file() else base_dir
+    return ResolvedModel(spec=spec, path=Path(tmp.name), role=role, template=template, is_lora=True, _tmp=tmp)

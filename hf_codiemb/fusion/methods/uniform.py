@@ -1,0 +1,35 @@
+"""Uniform weight averaging (Model Soup, Wortsman et al. 2022): ``merged = mean_k theta_k``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, register
+
+
+@register
+class UniformSoup(FusionMethod):
+    """The uniform Model Soup: the plain average of the checkpoints (the base is not used)."""
+
+    name = "uniform"
+    description = "Uniform Model Soup: the plain average of the checkpoints"
+    reference = "https://arxiv.org/abs/2203.05482"
+    requires_base = False
+    elementwise = True
+
+    def merge(
+        self,
+        base: torch.Tensor | None,
+        checkpoints: Sequence[torch.Tensor],
+        *,
+        delta_norms: torch.Tensor | None = None,
+        name: str = "",
+    ) -> MergeOutput:
+        k = len(checkpoints)
+        merged = checkpoints[0].clone()
+        for checkpoint in checkpoints[1:]:
+            merged.add_(checkpoint)
+        merged.div_(k)
+        return MergeOutput(merged, torch.full((k,), merged.numel() / k, dtype=torch.float64))

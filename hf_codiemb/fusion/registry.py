@@ -1,0 +1,94 @@
+"""A small registry of fusion methods, in the shape of mergekit's ``merge_methods.registry``.
+
+Each method lives in its own module under :mod:`hf_codiemb.fusion.methods` and registers itself with
+:func:`register`. The streaming pipeline (:func:`hf_codiemb.fusion.fuse`) looks methods up by name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class MergeOutput:
+    """The result of merging one tensor (or one chunk of it).
+
+    Attributes:
+        merged: the merged values, same shape as the inputs, in float32/float64.
+        weight_sums: optional ``(K,)`` tensor with the sum over elements of each checkpoint's fusion weight
+            (used for per-layer statistics); ``None`` for methods without per-checkpoint weights.
+    """
+
+    merged: torch.Tensor
+    weight_sums: torch.Tensor | None = None
+
+
+class FusionMethod(ABC):
+    """Base class of a fusion method.
+
+    Subclasses set ``name``, ``description``, whether they need the base model (``requires_base``),
+    whether they can be applied to row chunks of a tensor independently (``elementwise``), and implement
+    :meth:`merge`. Methods that need a statistic of the whole tensor while still being applied chunk by
+    chunk set ``needs_delta_norms``: the pipeline then computes ``||theta_k - theta_0||_2`` per checkpoint
+    in a first streaming pass and passes it to :meth:`merge`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    reference: ClassVar[str | None] = None
+    requires_base: ClassVar[bool] = True
+    elementwise: ClassVar[bool] = True
+
+    @property
+    def needs_delta_norms(self) -> bool:
+        """Whether :meth:`merge` needs whole-tensor delta norms."""
+        return False
+
+    @abstractmethod
+    def merge(
+        self,
+        base: torch.Tensor | None,
+        checkpoints: Sequence[torch.Tensor],
+        *,
+        delta_norms: torch.Tensor | None = None,
+        name: str = "",
+    ) -> MergeOutput:
+        """Merge one tensor (or one row chunk of it) of the K checkpoints, all given in a float dtype."""
+
+    def parameters(self) -> dict[str, Any]:
+        """The method's hyper-parameters, recorded in the fusion recipe and the model card."""
+        return {}
+
+
+_METHODS: dict[str, type[FusionMethod]] = {}
+
+
+def register(cls: type[FusionMethod]) -> type[FusionMethod]:
+    """Register a method class under ``cls.name`` (usable as a class decorator); duplicates are errors."""
+    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
+        raise ValueError(f"Fusion method {cls.name!r} is already registered")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str, **params: Any) -> FusionMethod:
+    """Instantiate the method registered under ``name`` with ``params``."""
+    from hf_codiemb.fusion import methods  # noqa: F401  (registers the built-in methods)
+
+    try:
+        cls = _METHODS[name]
+    except KeyError:
+        raise ValueError(f"Unknown fusion method {name!r}; available: {', '.join(sorted(_METHODS))}") from None
+    return cls(**params)
+
+
+def registered_methods() -> tuple[str, ...]:
+    """Names of the available methods."""
+    from hf_codiemb.fusion import methods  # noqa: F401
+
+    return tuple(sorted(_METHODS))

@@ -1,0 +1,220 @@
+"""Lazy safetensors reading and a streaming safetensors writer.
+
+Reading goes through ``safetensors.safe_open`` (header parsed once, tensors or row slices materialised on
+demand). Writing uses :class:`StreamingSafetensorsWriter`, which writes the header first (all shapes and dtypes are
+known from the inputs' headers) and then appends each tensor's bytes as they are produced, so at most one tensor
+chunk is held in memory. The format is the plain safetensors layout (8-byte little-endian header length, JSON
+header padded to 8 bytes, raw little-endian data), loadable by ``safetensors.safe_open`` and transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+from safetensors import safe_open
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+TORCH_TO_SAFETENSORS = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+SHARD_INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Header entry of one tensor: which file holds it, its dtype string and shape."""
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for dim in self.shape:
+            n *= dim
+        return n
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """Tensor names, dtypes and shapes of one safetensors file, without reading any data."""
+    infos = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for name in handle.keys():
+            tensor_slice = handle.get_slice(name)
+            infos[name] = TensorInfo(Path(path), tensor_slice.get_dtype(), tuple(tensor_slice.get_shape()))
+    return infos
+
+
+def weight_groups(folder: Path) -> dict[str, dict[str, TensorInfo]]:
+    """All safetensors weights of a model folder, grouped by the output file that will hold them.
+
+    Keys are POSIX paths relative to ``folder`` (``"model.safetensors"``, ``"2_Dense/model.safetensors"``); a sharded
+    checkpoint (``model.safetensors.index.json``) becomes one group named ``model.safetensors`` in its folder.
+    Hidden folders, ``checkpoint-*`` subfolders and ONNX/OpenVINO exports are skipped.
+    """
+    groups: dict[str, dict[str, TensorInfo]] = {}
+    sharded_files: set[Path] = set()
+    for index_path in sorted(folder.rglob(SHARD_INDEX_NAME)):
+        if _skipped(index_path.relative_to(folder)):
+            continue
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        infos: dict[str, TensorInfo] = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = index_path.parent / shard
+            sharded_files.add(shard_path)
+            infos.update(read_header(shard_path))
+        key = (index_path.parent.relative_to(folder) / "model.safetensors").as_posix()
+        groups[key] = infos
+    for path in sorted(folder.rglob("*.safetensors")):
+        relative = path.relative_to(folder)
+        if path in sharded_files or _skipped(relative) or path.name.startswith("adapter_model"):
+            continue
+        groups[relative.as_posix()] = read_header(path)
+    return groups
+
+
+def _skipped(relative: Path) -> bool:
+    return any(
+        part.startswith(".") or part.startswith("checkpoint-") or part in ("onnx", "openvino")
+        for part in relative.parts[:-1]
+    )
+
+
+class LazyReader:
+    """Keeps ``safe_open`` handles of a set of files and reads whole tensors or row ranges on demand."""
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._handles: dict[Path, object] = {}
+
+    def __enter__(self) -> LazyReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+        self._handles.clear()
+
+    def _handle(self, path: Path):
+        if path not in self._handles:
+            self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="pt"))
+        return self._handles[path]
+
+    def read(self, name: str, info: TensorInfo, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The tensor ``name`` (or rows ``[start, stop)`` of its first dimension)."""
+        handle = self._handle(info.file)
+        if rows is None or not info.shape:
+            return handle.get_tensor(name)
+        return handle.get_slice(name)[rows[0] : rows[1]]
+
+
+def row_chunks(shape: tuple[int, ...], max_elements: int) -> Iterator[tuple[int, int] | None]:
+    """Row ranges of at most ``max_elements`` elements (whole tensor, ``None``, when it is small or 0-d)."""
+    total = 1
+    for dim in shape:
+        total *= dim
+    if not shape or total <= max_elements:
+        yield None
+        return
+    row = total // shape[0] if shape[0] else 1
+    step = max(1, max_elements // max(row, 1))
+    for start in range(0, shape[0], step):
+        yield (start, min(start + step, shape[0]))
+
+
+class StreamingSafetensorsWriter:
+    """Write a safetensors file tensor by tensor, in a fixed order declared up front.
+
+    Args:
+        path: the file to create.
+        specs: ``(name, dtype, shape)`` of every tensor, in the order they will be written.
+        metadata: string metadata stored under ``__metadata__`` (``{"format": "pt"}`` by default).
+
+    Call :meth:`write` with the tensors (or consecutive row chunks of a tensor) in order, then :meth:`close`,
+    which checks every declared byte was written.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+        offset = 0
+        self._expected: list[tuple[str, torch.dtype, int]] = []
+        for name, dtype, shape in specs:
+            numel = 1
+            for dim in shape:
+                numel *= dim
+            nbytes = numel * torch.empty((), dtype=dtype).element_size()
+            header[name] = {
+                "dtype": TORCH_TO_SAFETENSORS[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            self._expected.append((name, dtype, nbytes))
+            offset += nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        self._file: BinaryIO = open(path, "wb")
+        self._file.write(struct.pack("<Q", len(encoded)))
+        self._file.write(encoded)
+        self._position = 0  # index into self._expected
+        self._written = 0  # bytes of the current tensor written so far
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append ``tensor`` (the whole tensor ``name`` or its next row chunk)."""
+        if self._position >= len(self._expected):
+            raise ValueError(f"Unexpected tensor {name!r}: all declared tensors were written")
+        expected_name, dtype, nbytes = self._expected[self._position]
+        if name != expected_name:
+            raise ValueError(f"Expected tensor {expected_name!r} next, got {name!r}")
+        if tensor.dtype != dtype:
+            raise ValueError(f"Tensor {name!r} has dtype {tensor.dtype}, declared {dtype}")
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._file.write(memoryview(data))
+        self._written += data.nbytes
+        if self._written > nbytes:
+            raise ValueError(f"Tensor {name!r}: more bytes written than its declared shape holds")
+        if self._written == nbytes:
+            self._position += 1
+            self._written = 0
+
+    def close(self) -> None:
+        """Flush and close; raise if some declared tensor was not (fully) written."""
+        complete = self._position == len(self._expected)
+        self._file.flush()
+        self._file.close()
+        if not complete:
+            missing = self._expected[self._position][0]
+            raise ValueError(f"Streaming writer closed before tensor {missing!r} was fully written")
+
+    def abort(self) -> None:
+        """Close the file without the completeness check (the caller deletes it)."""
+        if not self._file.closed:
+            self._file.close()
