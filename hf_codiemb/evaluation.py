@@ -1,0 +1,549 @@
+"""Evaluation: STS Spearman, IR nDCG/MRR/Recall, embedding geometry, result tables.
+
+- :func:`evaluate_sts` and :func:`evaluate_ir` wrap sentence-transformers' ``EmbeddingSimilarityEvaluator`` and
+  ``InformationRetrievalEvaluator`` and return the headline metrics under short keys.
+- Geometry metrics (:func:`anisotropy`, :func:`effective_rank`, :func:`condition_number`, :func:`alignment`,
+  :func:`uniformity`) work on numpy embedding matrices.
+- :func:`evaluate_model` collects everything into one nested dict; :func:`write_results` writes it as
+  ``eval_results.json`` and ``eval_results.md``; :func:`format_before_after_table` compares two runs.
+
+STS-derived IR tasks come from :func:`hf_codiemb.data.ir_task_from_sts_pairs`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import (
+    EmbeddingSimilarityEvaluator,
+    InformationRetrievalEvaluator,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "alignment",
+    "anisotropy",
+    "build_ir_evaluator",
+    "build_sts_evaluator",
+    "condition_number",
+    "effective_rank",
+    "evaluate_ir",
+    "evaluate_model",
+    "evaluate_sts",
+    "flatten_results",
+    "format_before_after_table",
+    "format_results_table",
+    "geometry_metrics",
+    "uniformity",
+    "write_results",
+]
+
+IR_NDCG_AT_K = 10
+IR_MRR_AT_K = 10
+IR_RECALL_AT_K = 100
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# STS
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _PromptedEmbeddingSimilarityEvaluator(EmbeddingSimilarityEvaluator):
+    """``EmbeddingSimilarityEvaluator`` that encodes both sides with one prompt (e.g. e5's ``"query: "``)."""
+
+    def __init__(self, *args: Any, prompt: str | None = None, prompt_name: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.prompt = prompt
+        self.prompt_name = prompt_name
+
+    def embed_inputs(self, model: SentenceTransformer, sentences: Any, **kwargs: Any) -> np.ndarray:
+        if self.prompt is not None:
+            kwargs.setdefault("prompt", self.prompt)
+        if self.prompt_name is not None:
+            kwargs.setdefault("prompt_name", self.prompt_name)
+        return super().embed_inputs(model, sentences, **kwargs)
+
+
+def _sts_columns(data: Any) -> tuple[list[str], list[str], list[float]]:
+    """Return ``(sentences1, sentences2, scores)`` from a Dataset, a column mapping or ``(s1, s2, y)`` triples."""
+    if isinstance(data, Dataset) or isinstance(data, Mapping):
+        sentences1, sentences2, scores = list(data["sentence1"]), list(data["sentence2"]), list(data["score"])
+    else:
+        triples = list(data)
+        sentences1 = [triple[0] for triple in triples]
+        sentences2 = [triple[1] for triple in triples]
+        scores = [triple[2] for triple in triples]
+    if not sentences1:
+        raise ValueError("the STS evaluation set is empty")
+    return sentences1, sentences2, [float(score) for score in scores]
+
+
+def build_sts_evaluator(
+    dataset_or_pairs: Any,
+    name: str,
+    *,
+    batch_size: int = 32,
+    prompt: str | None = None,
+    prompt_name: str | None = None,
+) -> EmbeddingSimilarityEvaluator:
+    """An ``EmbeddingSimilarityEvaluator`` (cosine) for an STS set, usable as the trainer's evaluator."""
+    sentences1, sentences2, scores = _sts_columns(dataset_or_pairs)
+    return _PromptedEmbeddingSimilarityEvaluator(
+        sentences1,
+        sentences2,
+        scores,
+        batch_size=batch_size,
+        main_similarity="cosine",
+        name=name,
+        write_csv=False,
+        prompt=prompt,
+        prompt_name=prompt_name,
+    )
+
+
+def evaluate_sts(
+    model: SentenceTransformer,
+    dataset_or_pairs: Any,
+    name: str,
+    *,
+    batch_size: int = 32,
+    prompt: str | None = None,
+    prompt_name: str | None = None,
+) -> dict[str, float]:
+    """Spearman (and Pearson) correlation between cosine similarities and gold scores.
+
+    Args:
+        model: the embedding model.
+        dataset_or_pairs: a dataset or mapping with ``sentence1``, ``sentence2``, ``score`` columns, or an
+            iterable of ``(sentence1, sentence2, score)`` triples.
+        name: the set's name (used in logs).
+        prompt / prompt_name: a prompt for both sides (STS is symmetric; e5 models use ``"query: "``).
+
+    Returns:
+        ``{"spearman_cosine", "pearson_cosine", "num_pairs"}``.
+    """
+    evaluator = build_sts_evaluator(dataset_or_pairs, name, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name)
+    metrics = evaluator(model)
+    prefix = f"{name}_" if name else ""
+    return {
+        "spearman_cosine": float(metrics[f"{prefix}spearman_cosine"]),
+        "pearson_cosine": float(metrics[f"{prefix}pearson_cosine"]),
+        "num_pairs": len(evaluator.scores),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# IR
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _ExcludingInformationRetrievalEvaluator(InformationRetrievalEvaluator):
+    """``InformationRetrievalEvaluator`` that ignores given (query, document) hits, as BEIR ignores identical ids.
+
+    Excluded documents neither count as hits nor take a rank. Retrieval goes deep enough that every cutoff
+    still sees ``k`` candidates after the exclusions.
+    """
+
+    def __init__(self, *args: Any, excluded: Mapping[str, set[str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.excluded = {qid: set(cids) for qid, cids in (excluded or {}).items() if cids}
+
+    def compute_all_metrics(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        padding = max((len(cids) for cids in self.excluded.values()), default=0)
+        if not padding:
+            return super().compute_all_metrics(*args, **kwargs)
+        original_map_at_k = self.map_at_k
+        deepest = max(self.mrr_at_k + self.ndcg_at_k + self.accuracy_at_k + self.precision_recall_at_k + self.map_at_k)
+        self.map_at_k = [*original_map_at_k, deepest + padding]  # only to retrieve deeper; dropped below
+        try:
+            scores = super().compute_all_metrics(*args, **kwargs)
+        finally:
+            self.map_at_k = original_map_at_k
+        for values in scores.values():
+            values["map@k"] = {k: v for k, v in values["map@k"].items() if k in original_map_at_k}
+        return scores
+
+    def compute_metrics(self, queries_result_list: list[object]) -> dict[str, Any]:
+        filtered = []
+        for query_itr, hits in enumerate(queries_result_list):
+            excluded = self.excluded.get(self.queries_ids[query_itr])
+            filtered.append([hit for hit in hits if hit["corpus_id"] not in excluded] if excluded else hits)
+        return super().compute_metrics(filtered)
+
+
+def _identical_text_exclusions(
+    queries: Mapping[str, str], corpus: Mapping[str, str], relevant: Mapping[str, set[str]]
+) -> dict[str, set[str]]:
+    """Corpus ids whose text equals the query's text and that are not relevant to it."""
+    ids_by_text: dict[str, set[str]] = {}
+    for cid, text in corpus.items():
+        ids_by_text.setdefault(text, set()).add(cid)
+    exclusions = {}
+    for qid, text in queries.items():
+        same = ids_by_text.get(text, set()) - set(relevant.get(qid, ()))
+        if same:
+            exclusions[qid] = same
+    return exclusions
+
+
+def build_ir_evaluator(
+    queries: Mapping[str, str],
+    corpus: Mapping[str, str],
+    relevant: Mapping[str, set[str]],
+    name: str,
+    *,
+    query_prompt: str | None = None,
+    corpus_prompt: str | None = None,
+    query_prompt_name: str | None = None,
+    corpus_prompt_name: str | None = None,
+    ignore_identical_text: bool = True,
+    batch_size: int = 32,
+) -> InformationRetrievalEvaluator:
+    """An ``InformationRetrievalEvaluator`` reporting nDCG@10, MRR@10 and Recall@100 (cosine via the model)."""
+    if not any(relevant.get(qid) for qid in queries):
+        raise ValueError(f"IR set {name!r}: no query has a relevant document")
+    missing = {cid for cids in relevant.values() for cid in cids} - set(corpus)
+    if missing:
+        raise ValueError(f"IR set {name!r}: relevant documents missing from the corpus: {sorted(missing)[:5]}")
+    excluded = _identical_text_exclusions(queries, corpus, relevant) if ignore_identical_text else {}
+    return _ExcludingInformationRetrievalEvaluator(
+        queries=dict(queries),
+        corpus=dict(corpus),
+        relevant_docs={qid: set(cids) for qid, cids in relevant.items()},
+        mrr_at_k=[IR_MRR_AT_K],
+        ndcg_at_k=[IR_NDCG_AT_K],
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[10, IR_RECALL_AT_K],
+        map_at_k=[IR_RECALL_AT_K],
+        batch_size=batch_size,
+        name=name,
+        write_csv=False,
+        query_prompt=query_prompt,
+        corpus_prompt=corpus_prompt,
+        query_prompt_name=query_prompt_name,
+        corpus_prompt_name=corpus_prompt_name,
+        excluded=excluded,
+    )
+
+
+def evaluate_ir(
+    model: SentenceTransformer,
+    queries: Mapping[str, str],
+    corpus: Mapping[str, str],
+    relevant: Mapping[str, set[str]],
+    name: str,
+    *,
+    query_prompt: str | None = None,
+    corpus_prompt: str | None = None,
+    query_prompt_name: str | None = None,
+    corpus_prompt_name: str | None = None,
+    ignore_identical_text: bool = True,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Retrieval quality of ``model`` on one IR set (binary relevance, the model's similarity function).
+
+    Args:
+        queries: ``{qid: text}``; queries without a relevant document are skipped.
+        corpus: ``{cid: text}``.
+        relevant: ``{qid: {cid, ...}}``.
+        name: the set's name (used in logs).
+        query_prompt / corpus_prompt: literal prompts, e.g. ``"query: "`` / ``"passage: "`` for e5 models;
+            ``*_prompt_name`` select prompts stored in the model instead.
+        ignore_identical_text: do not rank a corpus document whose text equals the query's (unless it is
+            relevant), as BEIR ignores identical query/document ids; needed for STS-derived tasks, whose corpus
+            holds the query sentences themselves.
+
+    Returns:
+        ``{"ndcg@10", "mrr@10", "recall@100", "recall@10", "accuracy@1", "num_queries", "num_corpus"}``.
+    """
+    evaluator = build_ir_evaluator(
+        queries,
+        corpus,
+        relevant,
+        name,
+        query_prompt=query_prompt,
+        corpus_prompt=corpus_prompt,
+        query_prompt_name=query_prompt_name,
+        corpus_prompt_name=corpus_prompt_name,
+        ignore_identical_text=ignore_identical_text,
+        batch_size=batch_size,
+    )
+    metrics = evaluator(model)
+    function = model.similarity_fn_name
+    prefix = f"{name}_{function}_" if name else f"{function}_"
+    return {
+        f"ndcg@{IR_NDCG_AT_K}": float(metrics[f"{prefix}ndcg@{IR_NDCG_AT_K}"]),
+        f"mrr@{IR_MRR_AT_K}": float(metrics[f"{prefix}mrr@{IR_MRR_AT_K}"]),
+        f"recall@{IR_RECALL_AT_K}": float(metrics[f"{prefix}recall@{IR_RECALL_AT_K}"]),
+        "recall@10": float(metrics[f"{prefix}recall@10"]),
+        "accuracy@1": float(metrics[f"{prefix}accuracy@1"]),
+        "num_queries": len(evaluator.queries_ids),
+        "num_corpus": len(evaluator.corpus_ids),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _as_matrix(embeddings: Any) -> np.ndarray:
+    matrix = np.asarray(embeddings, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] < 2:
+        raise ValueError(f"need a 2-D matrix of at least 2 embeddings, got shape {matrix.shape}")
+    return matrix
+
+
+def _normalize(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.clip(norms, 1e-12, None)
+
+
+def anisotropy(embeddings: Any) -> float:
+    """Mean cosine similarity over all pairs of distinct rows (0 = isotropic, 1 = all embeddings parallel).
+
+    Pass embeddings of distinct sentences: duplicates inflate the value.
+    """
+    unit = _normalize(_as_matrix(embeddings))
+    count = unit.shape[0]
+    total = unit.sum(axis=0)
+    # sum_{i != j} <u_i, u_j> = ||sum_i u_i||^2 - sum_i ||u_i||^2
+    off_diagonal = float(total @ total) - float((unit * unit).sum())
+    return off_diagonal / (count * (count - 1))
+
+
+def _singular_values(embeddings: Any) -> np.ndarray:
+    return np.linalg.svd(_as_matrix(embeddings), compute_uv=False)
+
+
+def effective_rank(embeddings: Any) -> float:
+    """Effective rank (Roy & Vetterli 2007): ``exp`` of the Shannon entropy of the normalised singular values.
+
+    Computed on the embedding matrix as given (not centred), so a shared direction lowers it.
+    """
+    singular = _singular_values(embeddings)
+    singular = singular[singular > 0]
+    probabilities = singular / singular.sum()
+    return float(np.exp(-(probabilities * np.log(probabilities)).sum()))
+
+
+def condition_number(embeddings: Any) -> float:
+    """Largest over smallest non-zero singular value (non-zero: above numpy's ``matrix_rank`` tolerance)."""
+    matrix = _as_matrix(embeddings)
+    singular = np.linalg.svd(matrix, compute_uv=False)
+    tolerance = singular.max() * max(matrix.shape) * np.finfo(matrix.dtype).eps
+    nonzero = singular[singular > tolerance]
+    return float(nonzero.max() / nonzero.min())
+
+
+def alignment(embeddings_x: Any, embeddings_y: Any, alpha: float = 2.0) -> float:
+    """Alignment (Wang & Isola 2020): mean ``||f(x) - f(y)||^alpha`` over positive pairs, on L2-normalised rows."""
+    x, y = _normalize(_as_matrix(embeddings_x)), _normalize(_as_matrix(embeddings_y))
+    if x.shape != y.shape:
+        raise ValueError(f"positive pairs need matching shapes, got {x.shape} and {y.shape}")
+    return float((np.linalg.norm(x - y, axis=1) ** alpha).mean())
+
+
+def uniformity(embeddings: Any, t: float = 2.0) -> float:
+    """Uniformity (Wang & Isola 2020): ``log mean_{i<j} exp(-t ||f(x_i) - f(x_j)||^2)`` on L2-normalised rows."""
+    unit = _normalize(_as_matrix(embeddings))
+    squared = np.clip(2.0 - 2.0 * unit @ unit.T, 0.0, None)  # ||a - b||^2 for unit vectors
+    upper = squared[np.triu_indices(unit.shape[0], k=1)]
+    values = -t * upper
+    peak = values.max()
+    return float(peak + np.log(np.exp(values - peak).mean()))  # stable log-mean-exp
+
+
+def geometry_metrics(
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    positive_pairs: Sequence[tuple[str, str]] | None = None,
+    *,
+    batch_size: int = 32,
+    prompt: str | None = None,
+) -> dict[str, float]:
+    """Geometry of ``model``'s embeddings of ``texts`` (deduplicated), plus alignment over ``positive_pairs``."""
+    unique = list(dict.fromkeys(texts))
+    embeddings = model.encode(unique, batch_size=batch_size, convert_to_numpy=True, prompt=prompt)
+    results = {
+        "anisotropy": anisotropy(embeddings),
+        "effective_rank": effective_rank(embeddings),
+        "condition_number": condition_number(embeddings),
+        "uniformity": uniformity(embeddings),
+        "num_texts": len(unique),
+    }
+    if positive_pairs:
+        first = model.encode([a for a, _ in positive_pairs], batch_size=batch_size, convert_to_numpy=True, prompt=prompt)
+        second = model.encode([b for _, b in positive_pairs], batch_size=batch_size, convert_to_numpy=True, prompt=prompt)
+        results["alignment"] = alignment(first, second)
+        results["num_positive_pairs"] = len(positive_pairs)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Everything together
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _ir_set_arguments(name: str, spec: Any) -> dict[str, Any]:
+    """Accept ``(queries, corpus, relevant)`` or a mapping with those keys and optional prompts."""
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {
+            "queries", "corpus", "relevant", "query_prompt", "corpus_prompt", "query_prompt_name",
+            "corpus_prompt_name", "ignore_identical_text",
+        }
+        if unknown:
+            raise ValueError(f"IR set {name!r}: unknown keys {sorted(unknown)}")
+        return dict(spec)
+    queries, corpus, relevant = spec
+    return {"queries": queries, "corpus": corpus, "relevant": relevant}
+
+
+def _default_geometry_inputs(sts_sets: Mapping[str, Any], limit: int = 2000) -> tuple[list[str], list[tuple[str, str]]]:
+    """Sentences of the STS sets (up to ``limit``) and, as positive pairs, their pairs scored in the top 20%
+    of each set's observed score range."""
+    texts: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    for data in sts_sets.values():
+        sentences1, sentences2, scores = _sts_columns(data)
+        texts.extend(sentences1 + sentences2)
+        low, high = min(scores), max(scores)
+        threshold = high - 0.2 * (high - low)
+        pairs.extend((a, b) for a, b, y in zip(sentences1, sentences2, scores) if y >= threshold and high > low)
+    return list(dict.fromkeys(texts))[:limit], pairs[:limit]
+
+
+def evaluate_model(
+    model: SentenceTransformer,
+    sts_sets: Mapping[str, Any] | None = None,
+    ir_sets: Mapping[str, Any] | None = None,
+    geometry_texts: Sequence[str] | None = None,
+    *,
+    geometry_pairs: Sequence[tuple[str, str]] | None = None,
+    sts_prompt: str | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on every STS and IR set and measure its embedding geometry.
+
+    Args:
+        sts_sets: ``{name: STS dataset or (s1, s2, score) triples}``.
+        ir_sets: ``{name: (queries, corpus, relevant)}`` or ``{name: {"queries", "corpus", "relevant",
+            "query_prompt", "corpus_prompt", ...}}``.
+        geometry_texts: texts for the geometry metrics; default: the distinct sentences of the STS sets
+            (at most 2,000). With neither, no geometry is computed.
+        geometry_pairs: positive pairs for alignment; default: STS pairs scored in the top 20% of their set's
+            score range (only when ``geometry_texts`` is not given either).
+        sts_prompt: a prompt used for STS sentences and geometry texts (e.g. ``"query: "`` for e5).
+
+    Returns:
+        ``{"sts": {name: metrics}, "ir": {name: metrics}, "geometry": metrics}``.
+    """
+    sts_sets = sts_sets or {}
+    ir_sets = ir_sets or {}
+    results: dict[str, Any] = {"sts": {}, "ir": {}, "geometry": {}}
+    for name, data in sts_sets.items():
+        results["sts"][name] = evaluate_sts(model, data, name, batch_size=batch_size, prompt=sts_prompt)
+        logger.info("STS %s: Spearman %.4f", name, results["sts"][name]["spearman_cosine"])
+    for name, spec in ir_sets.items():
+        results["ir"][name] = evaluate_ir(model, name=name, batch_size=batch_size, **_ir_set_arguments(name, spec))
+        logger.info("IR %s: nDCG@10 %.4f", name, results["ir"][name][f"ndcg@{IR_NDCG_AT_K}"])
+    if geometry_texts is None and sts_sets:
+        geometry_texts, default_pairs = _default_geometry_inputs(sts_sets)
+        geometry_pairs = geometry_pairs if geometry_pairs is not None else default_pairs
+    if geometry_texts:
+        results["geometry"] = geometry_metrics(
+            model, geometry_texts, geometry_pairs, batch_size=batch_size, prompt=sts_prompt
+        )
+    return results
+
+
+def flatten_results(results: Mapping[str, Any], separator: str = "/") -> dict[str, float]:
+    """Flatten nested results to ``{"sts/<set>/spearman_cosine": value, "geometry/anisotropy": value, ...}``."""
+    flat: dict[str, float] = {}
+    for key, value in results.items():
+        if isinstance(value, Mapping):
+            for sub_key, sub_value in flatten_results(value, separator).items():
+                flat[f"{key}{separator}{sub_key}"] = sub_value
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bool, str)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    number = float(value)
+    if math.isnan(number):
+        return "nan"
+    return f"{number:.4f}" if abs(number) < 1000 else f"{number:.4g}"
+
+
+def format_results_table(results: Mapping[str, Any]) -> str:
+    """A two-column Markdown table (metric, value) of (possibly nested) results."""
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {_format_value(value)} |" for key, value in flatten_results(results).items()]
+    return "\n".join(lines) + "\n"
+
+
+def format_before_after_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """A Markdown table with columns metric, before, after, delta (= after - before) over the union of metrics.
+
+    Nested results are flattened first; a metric missing on one side leaves its cells empty.
+    """
+    flat_before, flat_after = flatten_results(before), flatten_results(after)
+    metrics = list(dict.fromkeys([*flat_before, *flat_after]))
+    lines = ["| metric | before | after | delta |", "|---|---|---|---|"]
+    for metric in metrics:
+        old, new = flat_before.get(metric), flat_after.get(metric)
+        delta = None
+        if _is_real(old) and _is_real(new):
+            delta = float(new) - float(old)
+        delta_text = "" if delta is None else f"{delta:+.4f}" if abs(delta) < 1000 else f"{delta:+.4g}"
+        lines.append(f"| {metric} | {_format_value(old)} | {_format_value(new)} | {delta_text} |")
+    return "\n".join(lines) + "\n"
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _to_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(item) for item in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def write_results(results: Mapping[str, Any], output_dir: str | os.PathLike[str]) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write ``eval_results.json`` (the nested results) and ``eval_results.md`` (a Markdown table).
+
+    Returns:
+        The paths of the two files.
+    """
+    directory = pathlib.Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = directory / "eval_results.json", directory / "eval_results.md"
+    json_path.write_text(json.dumps(_to_json(results), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    markdown_path.write_text("# Evaluation results\n\n" + format_results_table(results), encoding="utf-8")
+    logger.info("Wrote %s and %s", json_path, markdown_path)
+    return json_path, markdown_path
