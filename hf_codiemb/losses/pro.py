@@ -41,8 +41,10 @@ class PROLoss(nn.Module):
         same positive weight (the largest gap), same strict-lower test ``y_k - y_j > eps`` with ``eps = 1e-8``, the
         mean over the items that have at least one lower item, and loss 0 for batches with fewer than 2 pairs or no
         two distinct gold scores. The reference loops over the items sorted by gold score (one softmax per item);
-        this implementation computes all rows at once with an ``(n, n + 1)`` masked logit matrix (no sorting, no
-        Python loop, no host synchronisation), which gives the same value (tested to 1e-5) and is much faster.
+        this implementation computes all rows at once with an ``(n, n)`` masked logit matrix and a masked
+        log-sum-exp (no sorting, no Python loop, no host synchronisation), which gives the same value (tested to
+        1e-5 against a loop implementation) and is 20x+ faster at batch size 256 on CPU
+        (``tests/benchmarks/results/pro_loss.md``).
 
         Args:
             model: SentenceTransformer model (may be ``None`` when only :meth:`compute_from_scores` is used).
@@ -102,17 +104,7 @@ class PROLoss(nn.Module):
     def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
         if predicted.numel() < 2:
             return (predicted * 0).sum()
-        logits = predicted / self.temperature
-        gap = gold.unsqueeze(1) - gold.unsqueeze(0)  # gap[k, j] = y_k - y_j
-        lower = gap > self.eps  # lower[k, j]: item j is a competitor of item k
-        has_lower = lower.any(dim=1)
-        weight_own = torch.where(lower, gap, torch.zeros_like(gap)).amax(dim=1)
-        own_logit = logits * weight_own
-        competitor_logits = (logits.unsqueeze(0) * gap).masked_fill(~lower, float("-inf"))
-        # The own logit is always finite, so no row is all -inf (finite gradients everywhere).
-        log_norm = torch.logsumexp(torch.cat([own_logit.unsqueeze(1), competitor_logits], dim=1), dim=1)
-        neg_log_p = torch.where(has_lower, log_norm - own_logit, torch.zeros_like(own_logit))
-        return neg_log_p.sum() / has_lower.sum().clamp_min(1)
+        return _ProListwise.apply(predicted / self.temperature, gold, self.eps)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
@@ -124,3 +116,43 @@ class PROLoss(nn.Module):
     @property
     def citation(self) -> str:
         return CODIEMB_CITATION
+
+
+class _ProListwise(torch.autograd.Function):
+    """Vectorised PRO on temperature-scaled logits, with an analytic backward.
+
+    Forward: for every item k, a masked log-sum-exp over its own gap-weighted logit and the gap-weighted logits of
+    its competitors (items with a gold score lower by more than ``eps``), as one ``(n, n)`` matrix. Backward: the
+    gradient of ``-log p_k`` w.r.t. a logit is ``softmax probability - [own]`` times the gap weight of that logit,
+    which reduces to one matrix-vector product; this avoids recording ~10 ``(n, n)`` autograd nodes.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, gold: Tensor, eps: float) -> Tensor:  # noqa: D102
+        gap_to_min = gold - gold.min()
+        # Item k has competitors iff some y_j < y_k - eps; its own weight is the largest gap, y_k - min(y).
+        has_lower = gap_to_min > eps
+        own_logit = logits * gap_to_min
+        gap = gold.unsqueeze(1) - gold.unsqueeze(0)  # gap[k, j] = y_k - y_j
+        lower = gap > eps  # lower[k, j]: item j is a competitor of item k
+        # Non-competitors are filled with the finite own logit and zeroed after the exp, rather than set to -inf:
+        # exp of -inf or of underflowing arguments takes a slow path on CPU. Terms below exp(-80) relative to the
+        # row maximum (which contributes exp(0) = 1) cannot change the sum and are clamped there.
+        competitor_logits = torch.where(lower, gap * logits.unsqueeze(0), own_logit.unsqueeze(1))
+        row_max = torch.maximum(competitor_logits.amax(dim=1), own_logit)
+        exp_competitors = (competitor_logits - row_max.unsqueeze(1)).clamp_min_(-80.0).exp_().mul_(lower)
+        exp_own = (own_logit - row_max).clamp_min(-80.0).exp()
+        normaliser = exp_competitors.sum(dim=1) + exp_own
+        neg_log_p = torch.where(has_lower, row_max + normaliser.log() - own_logit, torch.zeros_like(own_logit))
+        count = has_lower.sum().clamp_min(1).to(logits.dtype)
+        ctx.save_for_backward(exp_competitors, exp_own, normaliser, gap, has_lower, gap_to_min, count)
+        return neg_log_p.sum() / count
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, None]:  # noqa: D102
+        exp_competitors, exp_own, normaliser, gap, has_lower, gap_to_min, count = ctx.saved_tensors
+        row_weight = grad_output * has_lower.to(normaliser.dtype) / count  # d loss / d(-log p_k)
+        prob_scale = row_weight / normaliser
+        grad = (exp_competitors * gap).t().mv(prob_scale)  # sum_k p_kj * gap_kj
+        grad = grad + (exp_own * prob_scale - row_weight) * gap_to_min
+        return grad, None, None
