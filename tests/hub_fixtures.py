@@ -1,0 +1,98 @@
+"""Pytest fixtures that point the real huggingface_hub client at the loopback test Hub (tests/hub_server.py).
+
+huggingface_hub reads its settings at import time, so besides the environment variables the fixture patches
+``huggingface_hub.constants`` (ENDPOINT, HUGGINGFACE_CO_URL_TEMPLATE, caches, offline and Xet switches) and the
+module-level ``HfApi`` singleton. A dummy ``HF_TOKEN`` and a temporary ``HF_HOME`` guarantee no real token is used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hub_server import HubServer  # noqa: E402
+
+DUMMY_TOKEN = "hf_loopbackTestTokenNotReal0123456789"
+
+
+@dataclass
+class HubEnv:
+    """The running test Hub and the client-side folders it was wired to."""
+
+    server: HubServer
+    url: str
+    home: Path
+    cache: Path
+
+    def fresh_cache(self, name: str) -> Path:
+        """A new, empty cache folder (for "download into a fresh cache" checks)."""
+        path = self.home.parent / f"cache-{name}"
+        path.mkdir(parents=True, exist_ok=False)
+        return path
+
+
+def _configure_client(monkeypatch: pytest.MonkeyPatch, url: str, home: Path, cache: Path, disable_xet: bool) -> None:
+    from huggingface_hub import constants, hf_api
+
+    for name in ("HF_OIDC_RESOURCE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_TOKEN", DUMMY_TOKEN)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1" if disable_xet else "0")
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", disable_xet)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(hf_api.api, "endpoint", url)
+
+
+def _hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, upload_mode: str,
+         disable_xet: bool) -> Iterator[HubEnv]:
+    root = tmp_path_factory.mktemp("hub")
+    server = HubServer(root / "storage", upload_mode=upload_mode).start()
+    home = root / "hf_home"
+    cache = home / "hub"
+    cache.mkdir(parents=True)
+    _configure_client(monkeypatch, server.url, home, cache, disable_xet)
+    assert os.environ["HF_TOKEN"] == DUMMY_TOKEN
+    try:
+        yield HubEnv(server=server, url=server.url, home=home, cache=cache)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def hub_lfs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubEnv]:
+    """Test Hub with Xet disabled on the client: weights travel through Git LFS (single-part and multipart)."""
+    yield from _hub(tmp_path_factory, monkeypatch, upload_mode="auto", disable_xet=True)
+
+
+@pytest.fixture
+def hub_regular(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubEnv]:
+    """Test Hub answering ``uploadMode: regular`` for every file (Xet left on): files travel inside the commit."""
+    yield from _hub(tmp_path_factory, monkeypatch, upload_mode="regular", disable_xet=False)
+
+
+@pytest.fixture(params=["lfs", "regular"])
+def hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[HubEnv]:
+    """Both upload paths, one after the other."""
+    if request.param == "lfs":
+        yield from _hub(tmp_path_factory, monkeypatch, upload_mode="auto", disable_xet=True)
+    else:
+        yield from _hub(tmp_path_factory, monkeypatch, upload_mode="regular", disable_xet=False)
