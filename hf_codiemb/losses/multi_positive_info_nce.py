@@ -65,7 +65,9 @@ def multi_positive_info_nce(
             f"Negative embeddings must have shape ({num_rows}, N, {dim}), got {tuple(negative_embeddings.shape)}."
         )
     if query_offset < 0 or query_offset + batch_size > num_rows:
-        raise ValueError(f"query_offset={query_offset} with {batch_size} queries does not fit {num_rows} passage rows.")
+        raise ValueError(
+            f"query_offset={query_offset} with {batch_size} queries does not fit {num_rows} passage rows."
+        )
     if num_positives == 0:
         raise ValueError("At least one positive per query is required.")
 
@@ -99,7 +101,8 @@ def multi_positive_info_nce(
 
     # Every row has at least one finite candidate, so logsumexp and its gradient stay finite.
     log_negatives = torch.logsumexp(torch.cat(candidates, dim=1), dim=1, keepdim=True)  # (B, 1)
-    return (torch.logaddexp(target_logits, log_negatives) - target_logits).mean()
+    # -log(e^s / (e^s + Z)) = softplus(log Z - s): exact for well-separated positives (no 1 + tiny rounding).
+    return torch.nn.functional.softplus(log_negatives - target_logits).mean()
 
 
 class MultiPositiveInfoNCELoss(nn.Module):
@@ -199,7 +202,8 @@ class MultiPositiveInfoNCELoss(nn.Module):
         """Loss from the column embeddings ``[query, pos_0, ..., pos_{k-1}, neg_0, ...]`` (each ``(B, D)``)."""
         queries = embeddings[0]
         positives = torch.stack(embeddings[1 : 1 + self.num_positives], dim=1)
-        negatives = torch.stack(embeddings[1 + self.num_positives :], dim=1) if len(embeddings) > 1 + self.num_positives else None
+        negative_columns = embeddings[1 + self.num_positives :]
+        negatives = torch.stack(negative_columns, dim=1) if negative_columns else None
         offset = 0
         if self.gather_across_devices and self.in_batch_negatives and dist.is_available() and dist.is_initialized():
             self._check_equal_shapes(queries, positives, negatives)
@@ -229,7 +233,8 @@ class MultiPositiveInfoNCELoss(nn.Module):
         shapes = [tuple(int(v) for v in t.tolist()) for t in gathered]
         if len(set(shapes)) > 1:
             per_rank = ", ".join(
-                f"rank {rank}: batch={s[0]} positives={s[1]} negatives={s[2]} dim={s[3]}" for rank, s in enumerate(shapes)
+                f"rank {rank}: batch={s[0]} positives={s[1]} negatives={s[2]} dim={s[3]}"
+                for rank, s in enumerate(shapes)
             )
             raise ValueError(
                 "MultiPositiveInfoNCELoss(gather_across_devices=True) needs the same local batch size and number of "

@@ -42,8 +42,9 @@ class PROLoss(nn.Module):
         mean over the items that have at least one lower item, and loss 0 for batches with fewer than 2 pairs or no
         two distinct gold scores. The reference loops over the items sorted by gold score (one softmax per item);
         this implementation computes all rows at once with an ``(n, n)`` masked logit matrix and a masked
-        log-sum-exp (no sorting, no Python loop, no host synchronisation), which gives the same value (tested to
-        1e-5 against a loop implementation) and is 20x+ faster at batch size 256 on CPU
+        log-sum-exp and an analytic backward (no sorting, no Python loop, no host synchronisation; first-order
+        gradients only, no double backward), which gives the same value (tested to 1e-5 against a loop
+        implementation) and is 20x+ faster at batch size 256 on CPU
         (``tests/benchmarks/results/pro_loss.md``).
 
         Args:
@@ -142,8 +143,13 @@ class _ProListwise(torch.autograd.Function):
         row_max = torch.maximum(competitor_logits.amax(dim=1), own_logit)
         exp_competitors = (competitor_logits - row_max.unsqueeze(1)).clamp_min_(-80.0).exp_().mul_(lower)
         exp_own = (own_logit - row_max).clamp_min(-80.0).exp()
-        normaliser = exp_competitors.sum(dim=1) + exp_own
-        neg_log_p = torch.where(has_lower, row_max + normaliser.log() - own_logit, torch.zeros_like(own_logit))
+        competitor_sum = exp_competitors.sum(dim=1)
+        normaliser = competitor_sum + exp_own
+        # When the own logit is the row maximum, -log p = log1p(sum of competitor terms): keeps tiny losses exact.
+        neg_log_p = torch.where(
+            own_logit >= row_max, competitor_sum.log1p(), row_max + normaliser.log() - own_logit
+        )
+        neg_log_p = torch.where(has_lower, neg_log_p, torch.zeros_like(own_logit))
         count = has_lower.sum().clamp_min(1).to(logits.dtype)
         ctx.save_for_backward(exp_competitors, exp_own, normaliser, gap, has_lower, gap_to_min, count)
         return neg_log_p.sum() / count

@@ -33,9 +33,8 @@ def make_inputs(world_size: int) -> tuple[dict, list[torch.Tensor]]:
     """Same seed on every rank: identical initial weights and identical global batch."""
     torch.manual_seed(1234)
     state = LinearEncoder().state_dict()
-    columns = [
-        torch.randn(world_size * LOCAL_BATCH, DIM_IN, dtype=torch.float64) for _ in range(1 + NUM_POSITIVES + NUM_NEGATIVES)
-    ]
+    num_columns = 1 + NUM_POSITIVES + NUM_NEGATIVES
+    columns = [torch.randn(world_size * LOCAL_BATCH, DIM_IN, dtype=torch.float64) for _ in range(num_columns)]
     return state, columns
 
 
