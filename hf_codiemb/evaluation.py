@@ -526,9 +526,17 @@ def format_before_after_table(before: Mapping[str, Any], after: Mapping[str, Any
         delta = None
         if _is_real(old) and _is_real(new):
             delta = float(new) - float(old)
-        delta_text = "" if delta is None else f"{delta:+.4f}" if abs(delta) < 1000 else f"{delta:+.4g}"
+        delta_text = _format_delta(old, new, delta)
         lines.append(f"| {metric} | {_format_value(old)} | {_format_value(new)} | {delta_text} |")
     return "\n".join(lines) + "\n"
+
+
+def _format_delta(old: Any, new: Any, delta: float | None) -> str:
+    if delta is None:
+        return ""
+    if isinstance(old, (int, np.integer)) and isinstance(new, (int, np.integer)):
+        return f"{int(new) - int(old):+d}"
+    return f"{delta:+.4f}" if abs(delta) < 1000 else f"{delta:+.4g}"
 
 
 def _is_real(value: Any) -> bool:

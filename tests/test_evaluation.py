@@ -244,3 +244,5 @@ def test_format_before_after_table():
     assert "| geometry/anisotropy | 0.3000 | 0.1000 | -0.2000 |" in lines
     assert "| ir/x/ndcg@10 |  | 0.4000 |  |" in lines
     assert flatten_results(after)["ir/x/ndcg@10"] == 0.4
+    counts = format_before_after_table({"sts": {"d": {"num_pairs": 10}}}, {"sts": {"d": {"num_pairs": 12}}})
+    assert "| sts/d/num_pairs | 10 | 12 | +2 |" in counts
