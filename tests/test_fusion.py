@@ -1,0 +1,379 @@
+"""Tests of hf_codiemb.fusion: the arithmetic against NumPy, the streaming pipeline, bad inputs, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hub_fixtures import minilm_path, perturbed_copy, tiny_hf_model  # noqa: E402
+
+from hf_codiemb.fusion import (  # noqa: E402
+    DeltaGuidedFusion,
+    FusionError,
+    FusionWriteError,
+    delta_fuse,
+    delta_guided_weights,
+    fuse,
+    get_method,
+    registered_methods,
+)
+from hf_codiemb.fusion.methods.mergekit_methods import mergekit_available  # noqa: E402
+from hf_codiemb.fusion.safetensors_io import StreamingSafetensorsWriter  # noqa: E402
+
+
+# --------------------------------------------------------------------------- NumPy reference
+def numpy_delta_fuse(base: np.ndarray, checkpoints: list[np.ndarray], p: float, granularity: str = "element",
+                     eps: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Direct computation of METHOD.md section 6 in float64."""
+    base = base.astype(np.float64)
+    deltas = np.stack([c.astype(np.float64) - base for c in checkpoints])
+    if granularity == "tensor":
+        magnitudes = np.sqrt((deltas.reshape(len(checkpoints), -1) ** 2).sum(axis=1))
+        magnitudes = magnitudes.reshape((-1,) + (1,) * base.ndim)
+    else:
+        magnitudes = np.abs(deltas)
+    powered = magnitudes**p
+    weights = powered / (powered.sum(axis=0, keepdims=True) + eps)
+    weights = np.broadcast_to(weights, deltas.shape)
+    return base + (weights * deltas).sum(axis=0), weights
+
+
+def _random(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture
+def tensors() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    base = _random((7, 5), 0)
+    return base, [base + 0.1 * _random((7, 5), seed) for seed in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("p", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("granularity", ["element", "tensor"])
+def test_delta_matches_numpy(tensors, p, granularity):
+    base, checkpoints = tensors
+    method = DeltaGuidedFusion(p=p, granularity=granularity)
+    norms = torch.stack([torch.linalg.vector_norm(c - base) for c in checkpoints])
+    merged = method.merge(base, checkpoints, delta_norms=norms).merged
+    expected, _ = numpy_delta_fuse(base.numpy(), [c.numpy() for c in checkpoints], p, granularity)
+    # eps acts on max-normalised magnitudes (see delta_guided_weights), hence a 1e-9 tolerance.
+    np.testing.assert_allclose(merged.numpy(), expected, rtol=1e-7, atol=1e-9)
+
+
+def test_p0_is_plain_average(tensors):
+    base, checkpoints = tensors
+    merged = DeltaGuidedFusion(p=0.0).merge(base, checkpoints).merged
+    np.testing.assert_allclose(merged.numpy(), np.mean([c.numpy() for c in checkpoints], axis=0), atol=1e-12)
+
+
+def test_single_checkpoint_is_returned_exactly(tensors):
+    base, checkpoints = tensors
+    for granularity in ("element", "tensor"):
+        norms = torch.linalg.vector_norm(checkpoints[0] - base).reshape(1)
+        merged = DeltaGuidedFusion(granularity=granularity).merge(base, checkpoints[:1], delta_norms=norms).merged
+        np.testing.assert_allclose(merged.numpy(), checkpoints[0].numpy(), rtol=0, atol=1e-12)
+
+
+def test_equal_deltas_return_the_checkpoint(tensors):
+    base, checkpoints = tensors
+    merged = DeltaGuidedFusion(p=1.5).merge(base, [checkpoints[0]] * 3).merged
+    np.testing.assert_allclose(merged.numpy(), checkpoints[0].numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 3.0, 50.0])
+def test_element_weights_sum_to_one(tensors, p):
+    base, checkpoints = tensors
+    magnitudes = torch.stack([(c - base).abs() for c in checkpoints])
+    weights = delta_guided_weights(magnitudes, p)
+    np.testing.assert_allclose(weights.sum(0).numpy(), 1.0, atol=1e-9)
+    assert (weights >= 0).all()
+
+
+def test_all_zero_deltas_give_uniform_weights_and_the_base(tensors):
+    base, _ = tensors
+    weights = delta_guided_weights(torch.zeros(3, 7, 5, dtype=torch.float64), p=1.0)
+    np.testing.assert_allclose(weights.numpy(), 1 / 3)
+    output = DeltaGuidedFusion().merge(base, [base.clone(), base.clone()])
+    assert torch.equal(output.merged, base)
+    np.testing.assert_allclose(output.weight_sums.numpy(), base.numel() / 2)
+
+
+def test_large_p_takes_the_largest_move(tensors):
+    base, checkpoints = tensors
+    merged = DeltaGuidedFusion(p=200.0).merge(base, checkpoints).merged
+    deltas = torch.stack([c - base for c in checkpoints])
+    largest = deltas.gather(0, deltas.abs().argmax(0, keepdim=True))[0]
+    top2 = deltas.abs().topk(2, dim=0).values
+    clear = top2[0] > 1.1 * top2[1]  # where one move is clearly the largest
+    assert clear.sum() > 20
+    np.testing.assert_allclose(merged[clear].numpy(), (base + largest)[clear].numpy(), atol=1e-6)
+
+
+def test_registry_and_bad_parameters():
+    assert {"delta", "uniform", "task_arithmetic", "ties", "dare_ties", "dare_linear"} <= set(registered_methods())
+    with pytest.raises(ValueError, match="Unknown fusion method"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="granularity"):
+        DeltaGuidedFusion(granularity="row")
+    with pytest.raises(ValueError, match="p must be"):
+        DeltaGuidedFusion(p=-1)
+
+
+def test_streaming_writer_round_trip(tmp_path):
+    tensors = {"a": torch.randn(5, 3), "b": torch.arange(4, dtype=torch.int64), "c": torch.randn(2).to(torch.bfloat16),
+               "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5)}
+    writer = StreamingSafetensorsWriter(tmp_path / "x.safetensors", [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()])
+    writer.write("a", tensors["a"][:2])
+    writer.write("a", tensors["a"][2:])
+    for name in ("b", "c", "empty", "scalar"):
+        writer.write(name, tensors[name])
+    writer.close()
+    loaded = load_file(tmp_path / "x.safetensors")
+    for name, tensor in tensors.items():
+        assert torch.equal(loaded[name], tensor), name
+
+
+# --------------------------------------------------------------------------- pipeline on real folders
+@pytest.fixture(scope="module")
+def minilm_checkpoints(tmp_path_factory) -> tuple[Path, list[Path]]:
+    root = tmp_path_factory.mktemp("minilm")
+    return minilm_path(), [perturbed_copy(minilm_path(), root / f"ck{seed}", seed) for seed in (1, 2)]
+
+
+def _expected_tensor(base: Path, checkpoints: list[Path], name: str, p: float, granularity: str) -> np.ndarray:
+    base_tensor = load_file(base / "model.safetensors")[name].numpy()
+    others = [load_file(c / "model.safetensors")[name].numpy() for c in checkpoints]
+    return numpy_delta_fuse(base_tensor, others, p, granularity)[0]
+
+
+def test_delta_fuse_minilm_folder(minilm_checkpoints, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    base, checkpoints = minilm_checkpoints
+    result = delta_fuse(base, checkpoints, tmp_path / "fused", p=1.0, show_progress=False,
+                        eval_results={"fused": {"sts_spearman": 0.81}, "ck1": {"sts_spearman": 0.8}})
+    out = result.output_dir
+    for name in ("modules.json", "1_Pooling/config.json", "tokenizer.json", "config.json", "model.safetensors",
+                 "fusion_weights.json", "fusion_weights.png", "fusion_config.json", "README.md"):
+        assert (out / name).is_file(), name
+    fused = load_file(out / "model.safetensors")
+    assert torch.equal(fused["embeddings.position_ids"], load_file(base / "model.safetensors")["embeddings.position_ids"])
+    for name in ("encoder.layer.0.attention.self.query.weight", "pooler.dense.bias"):
+        np.testing.assert_allclose(fused[name].numpy(), _expected_tensor(base, checkpoints, name, 1.0, "element"),
+                                   rtol=1e-5, atol=1e-6)
+    stats = json.loads((out / "fusion_weights.json").read_text())
+    assert [row["layer"] for row in stats["layers"]][:2] == ["embeddings", "encoder.layer.0"]
+    for row in stats["layers"]:
+        assert sum(row["mean_weight"]) == pytest.approx(1.0, abs=1e-5)
+    card = (out / "README.md").read_text()
+    front_matter = card.split("---")[1]
+    assert "library_name: sentence-transformers" in front_matter
+    for tag in ("- sentence-transformers", "- codiemb", "- merge"):
+        assert tag in front_matter
+    assert "2508.11442" in card and "| fused | 0.8100 |" in card and "granularity" in card
+    assert not list(tmp_path.glob(".fused.*"))  # no staging folder left
+    model = SentenceTransformer(str(out), device="cpu")
+    assert model.encode(["a sentence"]).shape == (1, 384)
+
+
+def test_tensor_granularity_and_chunking(minilm_checkpoints, tmp_path):
+    base, checkpoints = minilm_checkpoints
+    delta_fuse(base, checkpoints, tmp_path / "whole", granularity="tensor", show_progress=False)
+    delta_fuse(base, checkpoints, tmp_path / "chunked", granularity="tensor", chunk_elements=1000,
+               show_progress=False)
+    whole, chunked = load_file(tmp_path / "whole/model.safetensors"), load_file(tmp_path / "chunked/model.safetensors")
+    name = "embeddings.word_embeddings.weight"
+    np.testing.assert_allclose(whole[name].numpy(), _expected_tensor(base, checkpoints, name, 1.0, "tensor"),
+                               rtol=1e-5, atol=1e-6)
+    for key in whole:
+        torch.testing.assert_close(whole[key], chunked[key], rtol=1e-6, atol=1e-7)
+
+
+def test_baselines(minilm_checkpoints, tmp_path):
+    base, checkpoints = minilm_checkpoints
+    name = "encoder.layer.1.output.dense.weight"
+    inputs = [load_file(c / "model.safetensors")[name] for c in checkpoints]
+    fuse(checkpoints, tmp_path / "soup", method="uniform", show_progress=False)
+    torch.testing.assert_close(load_file(tmp_path / "soup/model.safetensors")[name], sum(inputs) / 2)
+    fuse(checkpoints, tmp_path / "ta", base=base, method="task_arithmetic", method_params={"scaling": 0.5},
+         show_progress=False)
+    torch.testing.assert_close(load_file(tmp_path / "ta/model.safetensors")[name], sum(inputs) / 2,
+                               rtol=1e-5, atol=1e-6)
+    if mergekit_available():
+        fuse(checkpoints, tmp_path / "ties", base=base, method="ties", method_params={"density": 0.5},
+             show_progress=False)
+        assert load_file(tmp_path / "ties/model.safetensors")[name].shape == inputs[0].shape
+
+
+@pytest.mark.skipif(not mergekit_available(), reason="mergekit>=0.1.5 not installed")
+def test_mergekit_plugin_matches_streaming_fusion(minilm_checkpoints, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from hf_codiemb.fusion import register_mergekit_method
+
+    base, checkpoints = minilm_checkpoints
+    name = register_mergekit_method()
+    merged = SentenceTransformer.merge([str(c) for c in checkpoints], method=name, base_model=str(base),
+                                       parameters={"p": 1.0}, device="cpu")
+    delta_fuse(base, checkpoints, tmp_path / "fused", show_progress=False)
+    streamed = load_file(tmp_path / "fused/model.safetensors")
+    state = merged[0].auto_model.state_dict()
+    for key in ("encoder.layer.2.attention.output.dense.weight", "embeddings.word_embeddings.weight"):
+        torch.testing.assert_close(state[key], streamed[key], rtol=1e-6, atol=1e-7)
+
+
+def test_lora_checkpoint_is_merged_into_its_base(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    base = tiny_hf_model(tmp_path / "base")
+    regular = perturbed_copy(base, tmp_path / "regular", seed=3)
+    model = get_peft_model(AutoModel.from_pretrained(base), LoraConfig(r=2, target_modules=["query", "value"]))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)
+    model.save_pretrained(tmp_path / "lora")
+    merged_reference = model.merge_and_unload().state_dict()
+
+    delta_fuse(base, [tmp_path / "lora", regular], tmp_path / "fused", show_progress=False)
+    fused = load_file(tmp_path / "fused/model.safetensors")
+    name = "encoder.layer.0.attention.self.query.weight"
+    expected, _ = numpy_delta_fuse(load_file(base / "model.safetensors")[name].numpy(),
+                                   [merged_reference[name].numpy(), load_file(regular / "model.safetensors")[name].numpy()],
+                                   1.0)
+    np.testing.assert_allclose(fused[name].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- bad inputs
+def _assert_nothing_written(output: Path) -> None:
+    assert not output.exists()
+    assert not list(output.parent.glob(f".{output.name}.*"))
+
+
+def test_mismatched_shapes_are_rejected_before_writing(tmp_path):
+    base = tiny_hf_model(tmp_path / "base")
+    good = perturbed_copy(base, tmp_path / "good", seed=1)
+    bad = perturbed_copy(base, tmp_path / "bad", seed=2)
+    state = load_file(bad / "model.safetensors")
+    state["pooler.dense.bias"] = torch.zeros(17)
+    save_file(state, bad / "model.safetensors")
+    with pytest.raises(FusionError, match=r"checkpoint 2 \(.*bad\).*'pooler.dense.bias'.*shape"):
+        delta_fuse(base, [good, bad], tmp_path / "out", show_progress=False)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_mismatched_dtypes_and_names_are_rejected(tmp_path):
+    base = tiny_hf_model(tmp_path / "base")
+    half = perturbed_copy(base, tmp_path / "half", seed=1)
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(half / "model.safetensors").items()},
+              half / "model.safetensors")
+    with pytest.raises(FusionError, match="checkpoint 1.*dtype F16"):
+        delta_fuse(base, [half], tmp_path / "out", show_progress=False)
+    renamed = perturbed_copy(base, tmp_path / "renamed", seed=2)
+    state = load_file(renamed / "model.safetensors")
+    state["extra.weight"] = torch.zeros(2)
+    save_file(state, renamed / "model.safetensors")
+    with pytest.raises(FusionError, match=r"checkpoint 1.*unexpected \['extra.weight'\]"):
+        delta_fuse(base, [renamed], tmp_path / "out", show_progress=False)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_missing_base(tmp_path):
+    checkpoint = tiny_hf_model(tmp_path / "ck")
+    with pytest.raises(FusionError, match="base.*does not exist"):
+        delta_fuse(tmp_path / "no-such-base", [checkpoint], tmp_path / "out", show_progress=False)
+    with pytest.raises(FusionError, match="needs a base model"):
+        fuse([checkpoint], tmp_path / "out", method="delta", show_progress=False)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_other_architecture_is_rejected(tmp_path):
+    base = tiny_hf_model(tmp_path / "base", kind="bert")
+    other = tiny_hf_model(tmp_path / "other", kind="distilbert")
+    with pytest.raises(FusionError, match=r"checkpoint 1 \(.*other\).*distilbert.*bert"):
+        delta_fuse(base, [other], tmp_path / "out", show_progress=False)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_unwritable_output_dir(tmp_path):
+    base = tiny_hf_model(tmp_path / "base")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(FusionWriteError, match="Cannot create the output folder"):
+        delta_fuse(base, [base], blocker / "out", show_progress=False)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    with pytest.raises(FusionError, match="not empty"):
+        delta_fuse(base, [base], tmp_path / "full", show_progress=False)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+
+
+def test_interrupted_fusion_leaves_no_half_model(tmp_path, monkeypatch):
+    base = tiny_hf_model(tmp_path / "base")
+    checkpoint = perturbed_copy(base, tmp_path / "ck", seed=1)
+    calls = {"n": 0}
+    original = DeltaGuidedFusion.merge
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGuidedFusion, "merge", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        delta_fuse(base, [checkpoint], tmp_path / "out", show_progress=False)
+    _assert_nothing_written(tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- command
+def _parser() -> argparse.ArgumentParser:
+    from hf_codiemb.commands import fuse as fuse_command
+    from hf_codiemb.commands import push as push_command
+
+    parser = argparse.ArgumentParser(prog="codiemb")
+    subparsers = parser.add_subparsers(dest="command")
+    fuse_command.register(subparsers)
+    push_command.register(subparsers)
+    return parser
+
+
+def test_fuse_command_with_yaml_config(tmp_path):
+    base = tiny_hf_model(tmp_path / "base")
+    checkpoints = [perturbed_copy(base, tmp_path / f"ck{s}", seed=s) for s in (1, 2)]
+    (tmp_path / "eval.json").write_text(json.dumps({"sts_spearman": 0.5, "ndcg@10": 0.25}))
+    (tmp_path / "fuse.yaml").write_text(
+        f"base: {base}\ncheckpoints: [{checkpoints[0]}, {checkpoints[1]}]\noutput_dir: {tmp_path / 'yaml-out'}\n"
+        f"p: 0.0\neval_results: {tmp_path / 'eval.json'}\n"
+    )
+    args = _parser().parse_args(["fuse", "--config", str(tmp_path / "fuse.yaml"), "--granularity", "tensor"])
+    assert args.func(args) == 0
+    recipe = json.loads((tmp_path / "yaml-out/fusion_config.json").read_text())
+    assert recipe["parameters"]["p"] == 0.0 and recipe["parameters"]["granularity"] == "tensor"
+    assert "| fused | 0.5000 | 0.2500 |" in (tmp_path / "yaml-out/README.md").read_text()
+    fused = load_file(tmp_path / "yaml-out/model.safetensors")
+    inputs = [load_file(c / "model.safetensors") for c in checkpoints]
+    torch.testing.assert_close(fused["pooler.dense.weight"], (inputs[0]["pooler.dense.weight"] +
+                                                              inputs[1]["pooler.dense.weight"]) / 2)
+    bad = _parser().parse_args(["fuse", "--checkpoints", str(tmp_path / "missing"), "--base", str(base),
+                                "--output-dir", str(tmp_path / "o")])
+    assert bad.func(bad) == 1
+
+
+def test_fused_file_is_plain_safetensors(minilm_checkpoints, tmp_path):
+    base, checkpoints = minilm_checkpoints
+    delta_fuse(base, checkpoints, tmp_path / "fused", show_progress=False)
+    with safe_open(str(tmp_path / "fused/model.safetensors"), "pt") as handle:
+        assert handle.metadata() == {"format": "pt"}
+        with safe_open(str(base / "model.safetensors"), "pt") as reference:
+            assert set(handle.keys()) == set(reference.keys())
