@@ -1,0 +1,1 @@
+"""Subcommands of the `codiemb` console script, one module each."""

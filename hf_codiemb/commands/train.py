@@ -1,0 +1,205 @@
+"""`codiemb train`: run a recipe (YAML + overrides): evaluate, train with CoDiEmb, save, evaluate again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from hf_codiemb.recipe import DataArguments, parse_recipe, resolve_data_path
+
+logger = logging.getLogger(__name__)
+
+HELP = "Train a unified IR + STS embedding model from a YAML recipe (flags override the recipe)."
+
+
+def dataset_name(path: str, taken: set[str]) -> str:
+    """A short unique dataset name from a file path (its stem, plus its parent folder on a clash)."""
+    resolved = resolve_data_path(path)
+    name = resolved.stem
+    if name in taken:
+        name = f"{resolved.parent.name}_{resolved.stem}"
+    base, i = name, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def load_training_data(data_args: DataArguments, num_negatives: int) -> tuple[dict[str, Dataset], dict[str, str]]:
+    """All training datasets of a recipe, validated, with the task of each."""
+    from hf_codiemb.data import ir_train_from_sts_pairs, load_ir_dataset, load_sts_dataset
+
+    datasets: dict[str, Dataset] = {}
+    tasks: dict[str, str] = {}
+    taken: set[str] = set()
+    score_range = tuple(data_args.sts_score_range)
+    for path in data_args.ir_train:
+        name = dataset_name(path, taken)
+        datasets[name] = load_ir_dataset(resolve_data_path(path), name=name, max_records=data_args.max_train_records)
+        tasks[name] = "ir"
+    for path in data_args.ir_train_from_sts:
+        name = dataset_name(path, taken) + "_ir"
+        sts = load_sts_dataset(resolve_data_path(path), score_range=score_range, max_records=data_args.max_train_records)
+        datasets[name] = ir_train_from_sts_pairs(sts, num_negatives=max(num_negatives, 1))
+        tasks[name] = "ir"
+    for path in data_args.sts_train:
+        name = dataset_name(path, taken)
+        datasets[name] = load_sts_dataset(
+            resolve_data_path(path), score_range=score_range, name=name, max_records=data_args.max_train_records
+        )
+        tasks[name] = "sts"
+    if not datasets:
+        raise ValueError("The recipe has no training data: give ir_train and/or sts_train")
+    for name, dataset in datasets.items():
+        keep = ["query", "positives", "negatives"] if tasks[name] == "ir" else ["sentence1", "sentence2", "score"]
+        datasets[name] = dataset.select_columns([c for c in keep if c in dataset.column_names])
+    return datasets, tasks
+
+
+def ir_eval_set_from_ir_dataset(dataset: Dataset) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """An IR evaluation task from IR records: corpus = every positive and negative, relevant = the positives."""
+    corpus_ids: dict[str, str] = {}
+    queries: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+
+    def doc_id(text: str) -> str:
+        if text not in corpus_ids:
+            corpus_ids[text] = f"d{len(corpus_ids)}"
+        return corpus_ids[text]
+
+    for i, row in enumerate(dataset):
+        qid = f"q{i}"
+        queries[qid] = row["query"]
+        relevant[qid] = {doc_id(text) for text in row["positives"]}
+        for text in row.get("negatives") or []:
+            doc_id(text)
+    return queries, {cid: text for text, cid in corpus_ids.items()}, relevant
+
+
+def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The STS and IR evaluation sets of a recipe (IR sets carry the query/passage prompts)."""
+    from hf_codiemb.data import ir_task_from_sts_pairs, load_ir_dataset, load_sts_dataset
+
+    sts_sets: dict[str, Any] = {}
+    ir_sets: dict[str, Any] = {}
+    taken: set[str] = set()
+    prompts = {"query_prompt": model_args.query_prompt, "corpus_prompt": model_args.passage_prompt}
+    for path in data_args.sts_eval:
+        name = dataset_name(path, taken)
+        sts = load_sts_dataset(
+            resolve_data_path(path), score_range=tuple(data_args.sts_score_range), max_records=data_args.max_eval_records
+        )
+        sts_sets[name] = sts
+        if data_args.ir_eval_from_sts:
+            queries, corpus, relevant = ir_task_from_sts_pairs(sts)
+            if queries:
+                ir_sets[f"{name}-paraphrase-ir"] = {"queries": queries, "corpus": corpus, "relevant": relevant, **prompts}
+    for path in data_args.ir_eval:
+        name = dataset_name(path, taken)
+        ir = load_ir_dataset(resolve_data_path(path), max_records=data_args.max_eval_records)
+        queries, corpus, relevant = ir_eval_set_from_ir_dataset(ir)
+        ir_sets[name] = {"queries": queries, "corpus": corpus, "relevant": relevant, **prompts}
+    return sts_sets, ir_sets
+
+
+def training_prompts(model_args, datasets: dict[str, Dataset], tasks: dict[str, str], training_args) -> dict | None:
+    """Per-dataset, per-column prompts: instructions on IR queries, passage prefixes, STS prefixes."""
+    sts_prompt = model_args.sts_prompt if model_args.sts_prompt is not None else model_args.query_prompt
+    if not any([model_args.query_prompt, model_args.passage_prompt, sts_prompt]):
+        return None
+    prompts: dict[str, dict[str, str]] = {}
+    for name in datasets:
+        columns: dict[str, str] = {}
+        if tasks[name] == "ir":
+            if model_args.query_prompt:
+                columns["query"] = model_args.query_prompt
+            if model_args.passage_prompt:
+                for i in range(training_args.num_positives):
+                    columns[f"positive_{i}"] = model_args.passage_prompt
+                for i in range(training_args.num_negatives):
+                    columns[f"negative_{i}"] = model_args.passage_prompt
+        elif sts_prompt:
+            columns = {"sentence1": sts_prompt, "sentence2": sts_prompt}
+        prompts[name] = columns
+    return prompts
+
+
+def dry_run(model_args, data_args, training_args) -> int:
+    """Validate a recipe without loading weights: config, data, model config, sampler plan."""
+    from torch.utils.data import ConcatDataset
+    from transformers import AutoConfig
+
+    from hf_codiemb.models import resolve_model_path
+    from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
+
+    path = resolve_model_path(model_args.model_name_or_path)
+    if Path(path).is_dir():
+        config = AutoConfig.from_pretrained(path)
+        logger.info("Model config %s: %s, hidden %s", path, config.model_type, getattr(config, "hidden_size", "?"))
+    else:
+        logger.warning("Model %s is not a local folder: its config is not checked (no Hub access in a dry run)", path)
+    datasets, tasks = load_training_data(data_args, training_args.num_negatives)
+    specs = [DatasetSpec(n, tasks[n], len(d), training_args.batch_size_for_task(tasks[n])) for n, d in datasets.items()]
+    weights = dataset_weights_from_task_ratio(
+        specs, training_args.task_ratio, training_args.sampling_temperature, training_args.world_size,
+        training_args.gradient_accumulation_steps,
+    )
+    sampler = TaskBalancedBatchSampler(
+        ConcatDataset(list(datasets.values())), specs, training_args.world_size,
+        training_args.gradient_accumulation_steps, weights, training_args.seed,
+    )
+    load_eval_sets(data_args, model_args)
+    plan = {
+        "model": path,
+        "datasets": {n: {"task": tasks[n], "records": len(d)} for n, d in datasets.items()},
+        "updates_per_epoch": sampler.updates_per_task(),
+        "world_size": training_args.world_size,
+    }
+    sys.stdout.write(json.dumps(plan, indent=2) + "\n")
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    """Entry point of `codiemb train`."""
+    from sentence_transformers import SentenceTransformer
+
+    from hf_codiemb.evaluation import evaluate_model, format_before_after_table, write_results
+    from hf_codiemb.models import load_model
+    from hf_codiemb.trainer import CoDiEmbTrainer
+
+    model_args, data_args, training_args, run_args = parse_recipe(argv)
+    if run_args.dry_run:
+        return dry_run(model_args, data_args, training_args)
+    output_dir = Path(training_args.output_dir)
+    datasets, tasks = load_training_data(data_args, training_args.num_negatives)
+    training_args.dataset_tasks = tasks
+    training_args.prompts = training_prompts(model_args, datasets, tasks, training_args)
+    sts_sets, ir_sets = load_eval_sets(data_args, model_args)
+    sts_prompt = model_args.sts_prompt if model_args.sts_prompt is not None else model_args.query_prompt
+
+    model = load_model(model_args)
+    before = None
+    if (sts_sets or ir_sets) and data_args.evaluate_before:
+        logger.info("Evaluating before training")
+        before = evaluate_model(model, sts_sets, ir_sets, sts_prompt=sts_prompt)
+    trainer = CoDiEmbTrainer(model=model, args=training_args, train_dataset=datasets)
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    if not trainer.is_world_process_zero():
+        return 0
+    if sts_sets or ir_sets:
+        logger.info("Evaluating after training")
+        after = evaluate_model(SentenceTransformer(str(output_dir)), sts_sets, ir_sets, sts_prompt=sts_prompt)
+        write_results(after, output_dir)
+        if before is not None:
+            (output_dir / "eval_before.json").write_text(json.dumps(before, indent=2, default=float))
+            table = format_before_after_table(before, after)
+            (output_dir / "eval_before_after.md").write_text(table + "\n")
+            sys.stdout.write(table + "\n")
+    logger.info("Model saved to %s", output_dir)
+    return 0
