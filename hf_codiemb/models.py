@@ -30,6 +30,9 @@ class ModelArguments:
     )
     max_seq_length: int | None = field(default=None, metadata={"help": "Maximum tokens per text (unset = model's)."})
     torch_dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow the model's own code (MiniCPM-Embedding needs it)."}
+    )
     query_prompt: str | None = field(
         default=None, metadata={"help": "Instruction prepended to IR queries, e.g. 'query: ' for e5."}
     )
@@ -72,7 +75,9 @@ def load_model(args: ModelArguments, device: str | None = None) -> SentenceTrans
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.torch_dtype)
     if dtype is None:
         raise ValueError(f"torch_dtype must be float32, bfloat16 or float16, got {args.torch_dtype!r}")
-    model = SentenceTransformer(path, device=device, model_kwargs={"dtype": dtype})
+    model = SentenceTransformer(
+        path, device=device, model_kwargs={"dtype": dtype}, trust_remote_code=args.trust_remote_code
+    )
     if args.max_seq_length:
         model.max_seq_length = args.max_seq_length
     if args.pooling:
