@@ -44,7 +44,7 @@ _SKIPPED_NAMES = {
     "fusion_config.json",
 }
 _SKIPPED_DIRS = {"onnx", "openvino", "runs", "__pycache__"}
-DEFAULT_CHUNK_ELEMENTS = 1 << 22  # 4M elements (16 MB in float32) per input per step
+DEFAULT_CHUNK_ELEMENTS = 1 << 20  # 1M elements (4 MB in float32) per input per step
 
 
 @dataclass

@@ -6,7 +6,9 @@ With ``theta_0`` the base weights and ``delta_k = theta_k - theta_0`` the move o
 
 computed per element (``granularity="element"``) or with ``|delta_k|`` replaced by the L2 norm of the whole
 tensor (``granularity="tensor"``). ``p = 0`` is the uniform Model Soup, large ``p`` approaches "take the largest
-move". Where every delta is zero the weights are uniform (``1/K``) and the result equals the base.
+move". Where every delta is zero (more precisely: ``sum_j |delta_j|^p <= eps``) the weights are uniform (``1/K``)
+and the result equals the base; elsewhere the denominator is the plain sum, so the weights sum to exactly 1 and a
+single checkpoint is returned exactly.
 """
 
 from __future__ import annotations
@@ -22,29 +24,46 @@ Granularity = Literal["element", "tensor"]
 
 
 def delta_guided_weights(magnitudes: torch.Tensor, p: float = 1.0, eps: float = 1e-12) -> torch.Tensor:
-    """Fusion weights from non-negative move magnitudes.
+    """Fusion weights ``w_k = m_k^p / sum_j m_j^p`` from non-negative move magnitudes ``m``.
 
     Args:
         magnitudes: ``(K, ...)`` tensor of ``|delta_k|`` (element granularity) or ``||delta_k||`` (tensor).
+            Not modified.
         p: the exponent; ``0`` gives uniform weights.
-        eps: guards the denominator.
+        eps: guards the denominator: where ``sum_j m_j^p <= eps`` (all moves zero, or negligible) the weights are
+            uniform ``1/K``. This is METHOD.md's ``m^p / (sum + eps)`` up to ``eps`` itself, but exact in the limit
+            cases: weights sum to 1, a single checkpoint gets weight exactly 1.
 
     Returns:
-        ``(K, ...)`` weights that sum to 1 over ``K`` (up to ``eps``). Magnitudes are divided by their maximum over
-        ``K`` before the power (the ratio is unchanged), so large ``p`` neither overflows nor underflows; positions
-        where all magnitudes are zero get uniform weights ``1/K``.
+        ``(K, ...)`` weights that sum to 1 over ``K``. Where all moves are zero the weights are uniform and the
+        merged value is the base. For ``p > 2`` the
+        magnitudes are first divided by their maximum over ``K`` (the ratios are unchanged) so that large ``p``
+        neither underflows nor overflows; ``eps`` then acts on the normalised values.
     """
     if p < 0:
         raise ValueError(f"p must be >= 0, got {p}")
     k = magnitudes.shape[0]
     if p == 0:
         return torch.full_like(magnitudes, 1.0 / k)
-    peak = magnitudes.amax(dim=0, keepdim=True)
-    all_zero = peak == 0
-    scaled = magnitudes / torch.where(all_zero, torch.ones_like(peak), peak)
-    powered = scaled.pow_(p) if scaled.is_floating_point() else scaled.pow(p)
-    weights = powered / (powered.sum(dim=0, keepdim=True) + eps)
-    return torch.where(all_zero, torch.full_like(weights, 1.0 / k), weights)
+    if p > 2:
+        peak = magnitudes.amax(dim=0, keepdim=True)
+        powered = magnitudes / peak.masked_fill_(peak == 0, 1.0)
+        powered.pow_(p)
+    elif p == 1:
+        powered = magnitudes.clone()
+    else:
+        powered = magnitudes.pow(p)
+    return _normalise_(powered, eps)
+
+
+def _normalise_(powered: torch.Tensor, eps: float) -> torch.Tensor:
+    """Divide ``powered`` in place by its sum over K; where that sum is <= eps, use uniform weights 1/K."""
+    total = powered.sum(dim=0, keepdim=True)
+    degenerate = total <= eps
+    weights = powered.div_(total.masked_fill_(degenerate, 1.0))
+    if bool(degenerate.any()):
+        weights.masked_fill_(degenerate.expand_as(weights), 1.0 / powered.shape[0])
+    return weights
 
 
 @register
@@ -101,9 +120,17 @@ class DeltaGuidedFusion(FusionMethod):
                 merged.add_(checkpoint - base, alpha=weight)
             return MergeOutput(merged, weights * base.numel())
         deltas = torch.stack([checkpoint - base for checkpoint in checkpoints])  # (K, ...)
-        weights = delta_guided_weights(deltas.abs(), self.p, self.eps)
-        merged.add_((weights * deltas).sum(dim=0))
-        return MergeOutput(merged, weights.reshape(k, -1).sum(dim=1))
+        weights = _weights_from_owned(deltas.abs(), self.p, self.eps)
+        weight_sums = weights.reshape(k, -1).sum(dim=1)
+        merged.add_(weights.mul_(deltas).sum(dim=0))
+        return MergeOutput(merged, weight_sums)
 
     def parameters(self) -> dict[str, Any]:
         return {"p": self.p, "granularity": self.granularity, "eps": self.eps}
+
+
+def _weights_from_owned(magnitudes: torch.Tensor, p: float, eps: float) -> torch.Tensor:
+    """:func:`delta_guided_weights` for a temporary ``magnitudes`` tensor that may be overwritten (saves a copy)."""
+    if p == 1:
+        return _normalise_(magnitudes, eps)
+    return delta_guided_weights(magnitudes, p, eps)
