@@ -106,16 +106,40 @@ def test_fuse_push_and_load_by_repo_id(hub, fused_minilm):
     assert DUMMY_TOKEN not in card
 
 
-def test_push_to_branch_and_pull_request(hub_lfs, upload_folder):
+def test_push_to_branch_and_pull_request(hub, upload_folder):
     from huggingface_hub import HfApi
 
-    url = push_model_folder(upload_folder, "user/branches", revision="fusion-p1")
+    url = push_model_folder(upload_folder, "user/branches", revision="fusion-p1", private=True)
     assert url.endswith("/user/branches/tree/fusion-p1")
-    refs = HfApi().list_repo_refs("user/branches")
+    api = HfApi()
+    assert api.model_info("user/branches").private
+    refs = api.list_repo_refs("user/branches")
     assert {branch.name for branch in refs.branches} == {"main", "fusion-p1"}
-    assert hub_lfs.server.file_bytes("user/branches", "config.json", "fusion-p1") == b'{"hidden_size": 8}'
+    assert hub.server.file_bytes("user/branches", "config.json", "fusion-p1") == b'{"hidden_size": 8}'
+    assert "config.json" not in api.list_repo_files("user/branches")  # main untouched
     pr_url = push_model_folder(upload_folder, "user/branches", create_pr=True, commit_message="Fusion PR")
-    assert "/discussions/" in pr_url
+    assert pr_url.endswith("/user/branches/discussions/1")
+    assert hub.server.file_bytes("user/branches", "config.json", "refs/pr/1") == b'{"hidden_size": 8}'
+
+
+def test_fuse_hub_ids_as_inputs(hub_lfs, tmp_path):
+    from safetensors.torch import load_file
+
+    from hf_codiemb.fusion import delta_fuse
+    from hub_fixtures import tiny_hf_model
+
+    base = tiny_hf_model(tmp_path / "base")
+    checkpoints = [perturbed_copy(base, tmp_path / f"ck{s}", seed=s) for s in (1, 2)]
+    for name, folder in [("base", base), ("ck1", checkpoints[0]), ("ck2", checkpoints[1])]:
+        push_model_folder(folder, f"user/{name}")
+    local = delta_fuse(base, checkpoints, tmp_path / "local", show_progress=False).output_dir
+    remote = delta_fuse("user/base", ["user/ck1", "user/ck2@main"], tmp_path / "remote", show_progress=False)
+    assert remote.base == "user/base" and remote.checkpoints == ["user/ck1", "user/ck2@main"]
+    assert "base_model: user/base" in (remote.output_dir / "README.md").read_text()
+    local_state, remote_state = load_file(local / "model.safetensors"), load_file(remote.output_dir / "model.safetensors")
+    assert local_state.keys() == remote_state.keys()
+    for key in local_state:
+        assert (local_state[key] == remote_state[key]).all(), key
 
 
 def test_push_failure_mid_upload_keeps_folder_and_says_what_to_rerun(hub_lfs, fused_minilm, caplog):

@@ -2,8 +2,8 @@
 
 For each model (the packaged MiniLM-L6 and a randomly initialised BERT-large-shaped encoder, ~335M parameters) it
 builds a base and 3 perturbed "fine-tuned" checkpoints as sentence-transformers folders in a temp dir, then runs
-every method in a FRESH subprocess and records wall time and peak RSS (``resource.getrusage`` max RSS of the
-worker; "above imports" subtracts the RSS measured after importing torch/sentence-transformers/hf_codiemb):
+every method in a FRESH subprocess and records wall time and peak RSS (the worker's high-water mark ``VmHWM``;
+"above imports" subtracts the RSS measured after importing torch/sentence-transformers/hf_codiemb):
 
 - ``codiemb delta (p=1, element)``: :func:`hf_codiemb.fusion.delta_fuse`, streaming;
 - ``codiemb uniform``: :func:`hf_codiemb.fusion.fuse` with ``method="uniform"``, streaming (same math as below);
@@ -103,9 +103,21 @@ def _numel(shape: list[int]) -> int:
 
 
 # --------------------------------------------------------------------------- worker (fresh subprocess)
-def _worker(method: str, base: str, checkpoints: list[str], output: str) -> None:
+def _peak_rss() -> int:
+    """Peak resident memory of this process in bytes: ``VmHWM`` of /proc/self/status (reset by exec, unlike
+    ``ru_maxrss``, which keeps the high-water mark of the forked parent image); ``ru_maxrss`` elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _worker(method: str, base: str, checkpoints: list[str], output: str) -> None:
     import psutil
     import torch  # noqa: F401
     from sentence_transformers import SentenceTransformer
@@ -132,7 +144,7 @@ def _worker(method: str, base: str, checkpoints: list[str], output: str) -> None
     else:
         raise ValueError(method)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     print(json.dumps({"seconds": seconds, "peak_rss": peak, "imports_rss": imports_rss}))
 
 
@@ -220,7 +232,8 @@ def main() -> None:
         f"3 checkpoints per model (base + Gaussian perturbation, scale 1e-3), float32, CPU, OMP_NUM_THREADS=1, "
         f"each method in a fresh subprocess; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}.",
-        "Peak RSS is the worker's `ru_maxrss`; 'above imports' subtracts the RSS after importing torch, "
+        "Peak RSS is the worker's high-water mark (`VmHWM`, reset at exec; `ru_maxrss` would inherit the "
+        "parent's); 'above imports' subtracts the RSS after importing torch, "
         "sentence-transformers and hf_codiemb. Ratios are against the ST.merge row of the same model.",
         "",
         _table(rows),
