@@ -69,7 +69,6 @@ def push_model_folder(
             to rerun.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(folder)
     if not folder.is_dir() or not any(folder.iterdir()):
@@ -92,7 +91,7 @@ def push_model_folder(
             commit_message=commit_message,
             ignore_patterns=[".*", "**/.*"],
         )
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except Exception as exc:  # HTTP, network (httpx), disk or server-response errors alike: the folder is intact
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         command = rerun_command(folder, repo_id, private=private, revision=revision, create_pr=create_pr)
         raise HubPushError(

@@ -119,18 +119,53 @@ class DeltaGuidedFusion(FusionMethod):
             for weight, checkpoint in zip(weights.tolist(), checkpoints):
                 merged.add_(checkpoint - base, alpha=weight)
             return MergeOutput(merged, weights * base.numel())
-        deltas = torch.stack([checkpoint - base for checkpoint in checkpoints])  # (K, ...)
-        weights = _weights_from_owned(deltas.abs(), self.p, self.eps)
-        weight_sums = weights.reshape(k, -1).sum(dim=1)
-        merged.add_(weights.mul_(deltas).sum(dim=0))
+        if k == 1:  # w = 1 wherever the checkpoint moved: the checkpoint itself, exactly
+            return MergeOutput(checkpoints[0].clone(), torch.full((1,), float(base.numel()), dtype=torch.float64))
+        merged, weight_sums = _element_merge(base, checkpoints, self.p, self.eps)
         return MergeOutput(merged, weight_sums)
 
     def parameters(self) -> dict[str, Any]:
         return {"p": self.p, "granularity": self.granularity, "eps": self.eps}
 
 
-def _weights_from_owned(magnitudes: torch.Tensor, p: float, eps: float) -> torch.Tensor:
-    """:func:`delta_guided_weights` for a temporary ``magnitudes`` tensor that may be overwritten (saves a copy)."""
-    if p == 1:
-        return _normalise_(magnitudes, eps)
-    return delta_guided_weights(magnitudes, p, eps)
+def _element_merge(
+    base: torch.Tensor, checkpoints: Sequence[torch.Tensor], p: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise delta-guided merge in few memory passes (the hot loop of the streaming fusion).
+
+    Computes ``m_k = |delta_k|^p``, ``S = max(sum_k m_k, eps)`` and ``merged = theta_0 + (sum_k m_k delta_k) / S``
+    without materialising the ``(K, ...)`` weight tensor; the per-checkpoint weight sums ``sum_i m_k,i / S_i`` are
+    dot products. Where ``sum_k m_k <= eps`` the moves are negligible (all zero in practice) and the merged value is
+    the base; those positions count as uniform ``1/K`` in the weight sums, as in :func:`delta_guided_weights`.
+    """
+    k = len(checkpoints)
+    deltas = [checkpoint - base for checkpoint in checkpoints]
+    if p == 0:
+        merged = deltas[0].clone()
+        for delta in deltas[1:]:
+            merged.add_(delta)
+        merged.div_(k).add_(base)
+        return merged, torch.full((k,), base.numel() / k, dtype=torch.float64)
+    magnitudes = [delta.abs() for delta in deltas]
+    if p > 2:  # normalise by the largest move so that large p neither underflows nor overflows
+        peak = magnitudes[0].clone()
+        for magnitude in magnitudes[1:]:
+            torch.maximum(peak, magnitude, out=peak)
+        peak.masked_fill_(peak == 0, 1.0)
+        for magnitude in magnitudes:
+            magnitude.div_(peak).pow_(p)
+        del peak
+    elif p != 1:
+        for magnitude in magnitudes:
+            magnitude.pow_(p)
+    total = magnitudes[0].clone()
+    numerator = magnitudes[0] * deltas[0]
+    for magnitude, delta in zip(magnitudes[1:], deltas[1:]):
+        total.add_(magnitude)
+        numerator.addcmul_(magnitude, delta)
+    del deltas
+    inverse = total.clamp_min_(eps).reciprocal_().reshape(-1)
+    weight_sums = torch.stack([torch.dot(m.reshape(-1), inverse) for m in magnitudes]).to(torch.float64)
+    weight_sums += (base.numel() - weight_sums.sum()).clamp_min(0) / k
+    merged = numerator.mul_(inverse.reshape(base.shape)).add_(base)
+    return merged, weight_sums
