@@ -137,7 +137,11 @@ def dry_run(model_args, data_args, training_args) -> int:
     from hf_codiemb.models import resolve_model_path
     from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
 
-    path = resolve_model_path(model_args.model_name_or_path)
+    try:
+        path = resolve_model_path(model_args.model_name_or_path)
+    except (ValueError, LookupError, OSError) as error:  # e.g. a prepared model not converted on this machine
+        logger.warning("Model config not checked: %s", error)
+        path = model_args.model_name_or_path
     if Path(path).is_dir():
         config = AutoConfig.from_pretrained(path)
         logger.info("Model config %s: %s, hidden %s", path, config.model_type, getattr(config, "hidden_size", "?"))
