@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sentence_transformers import util
 from sentence_transformers.base.losses.merged_forward import embed_columns
@@ -111,3 +111,27 @@ def embed_pair_scores(
     if len(embeddings) != 2:
         raise ValueError(f"{loss_name} expects exactly 2 input columns (sentence1, sentence2), got {len(embeddings)}.")
     return similarity_fct(embeddings[0], embeddings[1])
+
+
+class PairScoreLoss(nn.Module):
+    """Base of the STS losses: embed (sentence_A, sentence_B) pairs, score them, compare with the gold scores.
+
+    Subclasses set ``self.model`` and ``self.similarity_fct`` and implement ``_loss(predicted, gold)`` on validated
+    1-D tensors; :meth:`compute_from_scores` is the public entry point on scores computed elsewhere.
+    """
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        scores = embed_pair_scores(self.model, sentence_features, self.similarity_fct, type(self).__name__)
+        return self.compute_from_scores(scores, labels)
+
+    def compute_from_scores(self, predicted: Tensor, gold: Tensor) -> Tensor:
+        """The loss of 1-D predicted scores (e.g. cosine similarities) against 1-D gold scores.
+
+        Raises:
+            ValueError: on mismatched shapes or a non-finite gold score.
+        """
+        predicted, gold = check_scores(predicted, gold, type(self).__name__)
+        return self._loss(predicted, gold)
+
+    def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
+        raise NotImplementedError

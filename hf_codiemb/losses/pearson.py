@@ -1,20 +1,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
 
-from ._common import CODIEMB_CITATION, check_scores, embed_pair_scores, function_name, safe_pearson_loss
+from ._common import CODIEMB_CITATION, PairScoreLoss, function_name, safe_pearson_loss
 
 logger = logging.getLogger(__name__)
 
 
-class PearsonLoss(nn.Module):
+class PearsonLoss(PairScoreLoss):
     def __init__(
         self,
         model: SentenceTransformer | None,
@@ -68,19 +68,6 @@ class PearsonLoss(nn.Module):
         self.model = model
         self.similarity_fct = similarity_fct
         self.eps = eps
-
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
-        scores = embed_pair_scores(self.model, sentence_features, self.similarity_fct, type(self).__name__)
-        return self.compute_from_scores(scores, labels)
-
-    def compute_from_scores(self, predicted: Tensor, gold: Tensor) -> Tensor:
-        """``1 - pearson(predicted, gold)`` for 1-D tensors; 0 when either has no variance.
-
-        Raises:
-            ValueError: on mismatched shapes or a non-finite gold score.
-        """
-        predicted, gold = check_scores(predicted, gold, type(self).__name__)
-        return self._loss(predicted, gold)
 
     def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
         return safe_pearson_loss(predicted, gold, self.eps)

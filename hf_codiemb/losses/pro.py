@@ -1,21 +1,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
 
-from ._common import CODIEMB_CITATION, check_scores, embed_pair_scores, function_name
+from ._common import CODIEMB_CITATION, PairScoreLoss, function_name
 
 logger = logging.getLogger(__name__)
 
 
-class PROLoss(nn.Module):
+class PROLoss(PairScoreLoss):
     def __init__(
         self,
         model: SentenceTransformer | None,
@@ -88,19 +88,6 @@ class PROLoss(nn.Module):
         self.temperature = temperature
         self.eps = eps
         self.similarity_fct = similarity_fct
-
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
-        scores = embed_pair_scores(self.model, sentence_features, self.similarity_fct, type(self).__name__)
-        return self.compute_from_scores(scores, labels)
-
-    def compute_from_scores(self, predicted: Tensor, gold: Tensor) -> Tensor:
-        """PRO loss of 1-D predicted scores against 1-D gold scores (see the class docstring).
-
-        Raises:
-            ValueError: on mismatched shapes or a non-finite gold score.
-        """
-        predicted, gold = check_scores(predicted, gold, type(self).__name__)
-        return self._loss(predicted, gold)
 
     def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
         if predicted.numel() < 2:

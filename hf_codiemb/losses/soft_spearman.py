@@ -1,20 +1,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
 
 from ._common import (
     CODIEMB_CITATION,
+    PairScoreLoss,
     average_ranks,
-    check_scores,
-    embed_pair_scores,
     function_name,
     safe_pearson_loss,
 )
@@ -31,7 +30,7 @@ def soft_rank(values: Tensor, regularization_strength: float) -> Tensor:
     return torch.sigmoid(diff).sum(dim=1) - 0.5
 
 
-class SoftSpearmanLoss(nn.Module):
+class SoftSpearmanLoss(PairScoreLoss):
     def __init__(
         self,
         model: SentenceTransformer | None,
@@ -91,19 +90,6 @@ class SoftSpearmanLoss(nn.Module):
         self.regularization_strength = regularization_strength
         self.similarity_fct = similarity_fct
         self.eps = eps
-
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
-        scores = embed_pair_scores(self.model, sentence_features, self.similarity_fct, type(self).__name__)
-        return self.compute_from_scores(scores, labels)
-
-    def compute_from_scores(self, predicted: Tensor, gold: Tensor) -> Tensor:
-        """``1 - pearson(soft_rank(predicted), rank(gold))`` for 1-D tensors.
-
-        Raises:
-            ValueError: on mismatched shapes or a non-finite gold score.
-        """
-        predicted, gold = check_scores(predicted, gold, type(self).__name__)
-        return self._loss(predicted, gold)
 
     def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
         if predicted.numel() < 2:
