@@ -377,3 +377,24 @@ def test_fused_file_is_plain_safetensors(minilm_checkpoints, tmp_path):
         assert handle.metadata() == {"format": "pt"}
         with safe_open(str(base / "model.safetensors"), "pt") as reference:
             assert set(handle.keys()) == set(reference.keys())
+
+
+def test_base_only_buffer_is_copied_from_the_base(tmp_path):
+    """A checkpoint saved without a base buffer (newer transformers drop `embeddings.position_ids`) still fuses."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from hf_codiemb.fusion import delta_fuse
+
+    base = {"w": torch.randn(4, 3), "embeddings.position_ids": torch.arange(8).unsqueeze(0)}
+    folders = []
+    for name, state in [("base", base), ("a", {"w": base["w"] + 0.1}), ("b", {"w": base["w"] - 0.3})]:
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file(state, str(folder / "model.safetensors"))
+        folders.append(folder)
+    delta_fuse(folders[0], folders[1:], tmp_path / "out", p=1.0)
+    fused = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert torch.equal(fused["embeddings.position_ids"], base["embeddings.position_ids"])
+    # |delta| weights 0.1/0.4 and 0.3/0.4: merged = base + 0.25*0.1 + 0.75*(-0.3)
+    torch.testing.assert_close(fused["w"], base["w"] + 0.25 * 0.1 - 0.75 * 0.3)

@@ -66,7 +66,9 @@ def build_plan(reference: ResolvedModel, inputs: Sequence[ResolvedModel], checkp
         plan[group] = {}
         for model, groups in zip(checkpoints, checkpoint_groups):
             infos = groups[group]
-            missing = sorted(set(reference_infos) - set(infos))
+            # A buffer the base saved but a checkpoint did not (e.g. `embeddings.position_ids`, which newer
+            # transformers versions no longer write) is copied from the base, so it need not be in every checkpoint.
+            missing = sorted(n for n in set(reference_infos) - set(infos) if reference_infos[n].is_float)
             extra = sorted(set(infos) - set(reference_infos))
             if missing or extra:
                 raise FusionError(
@@ -77,7 +79,9 @@ def build_plan(reference: ResolvedModel, inputs: Sequence[ResolvedModel], checkp
         for name, reference_info in reference_infos.items():
             row = [reference_info]
             for model, groups in zip(checkpoints, checkpoint_groups):
-                info = groups[group][name]
+                info = groups[group].get(name)
+                if info is None:  # a base-only buffer (see above): copied from the base
+                    continue
                 if info.shape != reference_info.shape:
                     raise FusionError(
                         f"The {model.label}: tensor {name!r} in {group} has shape {list(info.shape)}, "
