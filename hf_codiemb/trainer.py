@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -76,6 +76,30 @@ def validate_training_dataset(name: str, task: str, dataset: Dataset, num_negati
                 raise TrainingDataError(
                     f"Training dataset {name!r} (sts), row {row}, field 'score': {score!r} is not a finite number."
                 )
+
+
+def build_task_sampler(
+    train_dataset: Mapping[str, Dataset],
+    tasks: Mapping[str, str],
+    args: CoDiEmbTrainingArguments,
+    concatenated: ConcatDataset | None = None,
+) -> TaskBalancedBatchSampler:
+    """The task-balanced sampler of named training datasets, configured from ``args`` (batch sizes, ratio, DDP)."""
+    specs = [
+        DatasetSpec(name, tasks[name], len(dataset), args.batch_size_for_task(tasks[name]))
+        for name, dataset in train_dataset.items()
+    ]
+    weights = dataset_weights_from_task_ratio(
+        specs, args.task_ratio, args.sampling_temperature, args.world_size, args.gradient_accumulation_steps
+    )
+    return TaskBalancedBatchSampler(
+        concatenated if concatenated is not None else ConcatDataset(list(train_dataset.values())),
+        specs,
+        world_size=args.world_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        dataset_weights=weights,
+        seed=args.seed,
+    )
 
 
 class _SamplerEpochCallback(TrainerCallback):
@@ -157,7 +181,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
                 validate_training_dataset(name, self.dataset_tasks[name], dataset, args.num_negatives)
             loss = self._complete_losses(train_dataset, loss, args)
             # Fail now, not at the first step, if a dataset cannot fill one optimizer update.
-            self._make_task_sampler(ConcatDataset(list(train_dataset.values())), train_dataset, args)
+            build_task_sampler(train_dataset, self.dataset_tasks, args)
         else:
             self.dataset_tasks = {}
         self.task_batch_sampler: TaskBalancedBatchSampler | None = None
@@ -237,25 +261,6 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         collator.__post_init__()
         return collator
 
-    def _make_task_sampler(
-        self, dataset: ConcatDataset, train_dataset: DatasetDict, args: CoDiEmbTrainingArguments
-    ) -> TaskBalancedBatchSampler:
-        specs = [
-            DatasetSpec(name, self.dataset_tasks[name], len(ds), args.batch_size_for_task(self.dataset_tasks[name]))
-            for name, ds in train_dataset.items()
-        ]
-        weights = dataset_weights_from_task_ratio(
-            specs, args.task_ratio, args.sampling_temperature, args.world_size, args.gradient_accumulation_steps
-        )
-        return TaskBalancedBatchSampler(
-            dataset,
-            specs,
-            world_size=args.world_size,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            dataset_weights=weights,
-            seed=args.seed,
-        )
-
     def get_multi_dataset_batch_sampler(
         self,
         dataset: ConcatDataset,
@@ -269,7 +274,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         )
         if not is_train:
             return super().get_multi_dataset_batch_sampler(dataset, batch_samplers, generator=generator, seed=seed)
-        self.task_batch_sampler = self._make_task_sampler(dataset, self.train_dataset, self.args)
+        self.task_batch_sampler = build_task_sampler(self.train_dataset, self.dataset_tasks, self.args, dataset)
         logger.info(
             "Task-balanced sampler: %d batches per epoch, optimizer updates per task %s",
             len(self.task_batch_sampler),

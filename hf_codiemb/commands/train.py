@@ -131,11 +131,10 @@ def training_prompts(model_args, datasets: dict[str, Dataset], tasks: dict[str, 
 
 def dry_run(model_args, data_args, training_args) -> int:
     """Validate a recipe without loading weights: config, data, model config, sampler plan."""
-    from torch.utils.data import ConcatDataset
     from transformers import AutoConfig
 
     from hf_codiemb.models import resolve_model_path
-    from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
+    from hf_codiemb.trainer import build_task_sampler
 
     try:
         path = resolve_model_path(model_args.model_name_or_path)
@@ -148,15 +147,7 @@ def dry_run(model_args, data_args, training_args) -> int:
     else:
         logger.warning("Model %s is not a local folder: its config is not checked (no Hub access in a dry run)", path)
     datasets, tasks = load_training_data(data_args, training_args.num_negatives)
-    specs = [DatasetSpec(n, tasks[n], len(d), training_args.batch_size_for_task(tasks[n])) for n, d in datasets.items()]
-    weights = dataset_weights_from_task_ratio(
-        specs, training_args.task_ratio, training_args.sampling_temperature, training_args.world_size,
-        training_args.gradient_accumulation_steps,
-    )
-    sampler = TaskBalancedBatchSampler(
-        ConcatDataset(list(datasets.values())), specs, training_args.world_size,
-        training_args.gradient_accumulation_steps, weights, training_args.seed,
-    )
+    sampler = build_task_sampler(datasets, tasks, training_args)
     load_eval_sets(data_args, model_args)
     plan = {
         "model": path,
