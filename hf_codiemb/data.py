@@ -48,6 +48,7 @@ __all__ = [
     "demo_data_path",
     "ir_task_from_sts_pairs",
     "ir_train_from_sts_pairs",
+    "labelled_pairs_from_ir_records",
     "load_dataset_for_task",
     "load_ir_dataset",
     "load_sts_dataset",
@@ -697,6 +698,39 @@ def ir_train_from_sts_pairs(
         raise ValueError(f"no STS pair is scored >= min_score={min_score}")
     logger.info("Constructed %d IR training records from STS pairs", len(records["query"]))
     return Dataset.from_dict(records)
+
+
+def labelled_pairs_from_ir_records(
+    ir_dataset: Dataset | Iterable[Mapping[str, Any]],
+    num_negatives: int | None = None,
+    positive_score: float = 1.0,
+    negative_score: float = 0.0,
+) -> Dataset:
+    """Turn IR records into scored STS-style pairs, so that a pair loss (e.g. CoSENT) can train on IR data.
+
+    Each record gives ``(query, positive, positive_score)`` for every positive and ``(query, negative,
+    negative_score)`` for its first ``num_negatives`` negatives (all of them when ``None``), in record order.
+    This is how single-loss baselines ("CoSENT only") see retrieval data: relevance becomes a binary score.
+
+    Returns:
+        A dataset with the STS columns ``sentence1``, ``sentence2``, ``score``.
+    """
+    if num_negatives is not None and num_negatives < 0:
+        raise ValueError(f"num_negatives must be >= 0 or None, got {num_negatives}")
+    if not positive_score > negative_score:
+        raise ValueError(f"positive_score ({positive_score}) must be > negative_score ({negative_score})")
+    pairs: dict[str, list] = {"sentence1": [], "sentence2": [], "score": []}
+    for row in ir_dataset:
+        negatives = list(row.get("negatives") or [])
+        labelled = [(text, positive_score) for text in row["positives"]]
+        labelled += [(text, negative_score) for text in negatives[:num_negatives]]
+        for text, score in labelled:
+            pairs["sentence1"].append(row["query"])
+            pairs["sentence2"].append(text)
+            pairs["score"].append(float(score))
+    if not pairs["sentence1"]:
+        raise ValueError("the IR records give no pair (no records, or no positives)")
+    return Dataset.from_dict(pairs)
 
 
 def _draw_negatives(

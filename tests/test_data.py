@@ -14,6 +14,7 @@ from hf_codiemb.data import (
     demo_data_path,
     ir_task_from_sts_pairs,
     ir_train_from_sts_pairs,
+    labelled_pairs_from_ir_records,
     load_dataset_for_task,
     load_ir_dataset,
     load_sts_dataset,
@@ -484,3 +485,20 @@ def test_shared_flagembedding_ir():
     assert dataset.column_names == ["query", "positives", "negatives"]
     assert len(dataset) == 2701
     assert all(len(negatives) == 10 for negatives in dataset["negatives"][:50])
+
+
+def test_labelled_pairs_from_ir_records_exact():
+    records = [
+        {"query": "q1", "positives": ["p1", "p2"], "negatives": ["n1", "n2", "n3"]},
+        {"query": "q2", "positives": ["p3"], "negatives": []},
+    ]
+    pairs = labelled_pairs_from_ir_records(records, num_negatives=2)
+    assert list(zip(pairs["sentence1"], pairs["sentence2"], pairs["score"])) == [
+        ("q1", "p1", 1.0), ("q1", "p2", 1.0), ("q1", "n1", 0.0), ("q1", "n2", 0.0), ("q2", "p3", 1.0),
+    ]
+    every_negative = labelled_pairs_from_ir_records(records, num_negatives=None, positive_score=5, negative_score=2)
+    assert every_negative["sentence2"].count("n3") == 1 and set(every_negative["score"]) == {5.0, 2.0}
+    with pytest.raises(ValueError, match="positive_score"):
+        labelled_pairs_from_ir_records(records, positive_score=0.0, negative_score=0.0)
+    with pytest.raises(ValueError, match="no pair"):
+        labelled_pairs_from_ir_records([])

@@ -1,0 +1,182 @@
+"""Tables and the IR-vs-STS trade-off plot of the study, from the per-run JSON files of :mod:`hf_codiemb.study.runner`.
+
+For every encoder folder ``<results_dir>/<encoder>/runs``: ``<results_dir>/<encoder>/study.md`` (one row per method:
+mean and sample standard deviation over seeds of the dev metrics, the geometry and the training time). For all
+encoders together: ``<results_dir>/tradeoff.png`` (one panel per encoder, STS Spearman on x, IR nDCG@10 on y, one
+point per method with its spread, the IR:STS ratio sweep joined as a curve from STS-only to IR-only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hf_codiemb.study.methods import FUSION_ROWS, METHODS
+
+logger = logging.getLogger(__name__)
+
+ROW_ORDER = ["base", *METHODS, *FUSION_ROWS]
+#: (metric, column, decimals) of the geometry columns.
+GEOMETRY = [
+    ("geometry/anisotropy", "anisotropy", 4),
+    ("geometry/effective_rank", "eff. rank", 1),
+    ("geometry/condition_number", "cond. number", 0),
+    ("geometry/alignment", "alignment", 4),
+    ("geometry/uniformity", "uniformity", 4),
+]
+
+
+def load_runs(encoder_dir: Path) -> list[dict[str, Any]]:
+    """Every stored run of one encoder."""
+    return [json.loads(path.read_text()) for path in sorted((encoder_dir / "runs").glob("*.json"))]
+
+
+def metric_keys(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """The STS Spearman and IR nDCG@10 metric names present in the runs (sorted)."""
+    keys = {key for run in runs for key in run["metrics"]}
+    sts = sorted(k for k in keys if k.startswith("sts/") and k.endswith("/spearman_cosine"))
+    ir = sorted(k for k in keys if k.startswith("ir/") and k.endswith("/ndcg@10"))
+    return sts, ir
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    values = [float(v) for v in values]
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def format_cell(values: Sequence[float], digits: int = 4) -> str:
+    if not values:
+        return "-"
+    mean, spread = mean_and_spread(values)
+    if abs(mean) >= 1e4:
+        text = f"{mean:.3g}"
+        return text if spread is None else f"{text} ± {spread:.2g}"
+    return f"{mean:.{digits}f}" if spread is None else f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def group_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Runs grouped by method, in the study's row order."""
+    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[run["method"]].append(run)
+    return {key: groups[key] for key in ROW_ORDER if key in groups}
+
+
+def _updates(run: Mapping[str, Any]) -> str:
+    updates = run.get("updates") or {}
+    return " / ".join(f"{updates.get(task, 0)}" for task in ("ir", "sts")) if updates else "-"
+
+
+def encoder_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The Markdown table of one encoder: one row per method, mean ± sd over seeds."""
+    sts_keys, ir_keys = metric_keys(runs)
+    header = ["method", "seeds"]
+    header += [f"STS {k.split('/')[1]} Spearman" for k in sts_keys]
+    header += [f"IR {k.split('/')[1]} nDCG@10" for k in ir_keys]
+    header += [label for _, label, _ in GEOMETRY]
+    header += ["updates IR / STS", "train time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group in group_runs(runs).values():
+        seeds = sorted(run["seed"] for run in group if run["seed"] is not None)
+        cells = [group[0]["label"], ", ".join(map(str, seeds)) or "-"]
+        for metric in [*sts_keys, *ir_keys]:
+            cells.append(format_cell([run["metrics"][metric] for run in group if metric in run["metrics"]]))
+        for metric, _, digits in GEOMETRY:
+            cells.append(format_cell([run["metrics"][metric] for run in group if metric in run["metrics"]], digits))
+        updates = sorted({_updates(run) for run in group})
+        cells.append(updates[0] if len(updates) == 1 else " or ".join(updates))
+        times = [run["train_runtime_s"] for run in group if "train_runtime_s" in run]
+        fusion_times = [run["fusion_runtime_s"] for run in group if "fusion_runtime_s" in run]
+        if times:
+            cells.append(format_cell(times, 1))
+        elif fusion_times:
+            cells.append(f"+{format_cell(fusion_times, 1)} (fusion)")
+        else:
+            cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def commands(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The distinct commands that produced the runs (in first-seen order)."""
+    return list(dict.fromkeys(run["command"] for run in runs if run.get("command")))
+
+
+def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: Path) -> Path:
+    """One panel per encoder: IR nDCG@10 (y) vs STS Spearman (x), one point per method (mean, ± sd bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(encoders), figsize=(6.2 * len(encoders), 5.2), squeeze=False)
+    markers = "osDv^<>PXh*p"
+    for ax, (encoder, runs) in zip(axes[0], encoders.items()):
+        sts_keys, ir_keys = metric_keys(runs)
+        if not sts_keys or not ir_keys:
+            ax.set_title(f"{encoder}: needs both STS and IR metrics")
+            continue
+        sts_key, ir_key = sts_keys[0], ir_keys[0]
+        points: dict[str, tuple[float, float, float, float]] = {}
+        for index, (key, group) in enumerate(group_runs(runs).items()):
+            xs = [r["metrics"][sts_key] for r in group]
+            ys = [r["metrics"][ir_key] for r in group]
+            (x, sx), (y, sy) = mean_and_spread(xs), mean_and_spread(ys)
+            points[key] = (x, y, sx or 0.0, sy or 0.0)
+            ax.errorbar(x, y, xerr=sx or 0.0, yerr=sy or 0.0, fmt=markers[index % len(markers)], capsize=3,
+                        label=group[0]["label"], color="gray" if key == "base" else None)  # fmt: skip
+        sweep = sorted(
+            (METHODS[key].ir_share, key) for key in points if key in METHODS and METHODS[key].ir_share is not None
+        )
+        if len(sweep) > 1:
+            ax.plot([points[k][0] for _, k in sweep], [points[k][1] for _, k in sweep], "k--", lw=0.8,
+                    label="IR:STS sweep (STS only -> IR only)")  # fmt: skip
+        ax.set_xlabel(f"STS Spearman ({sts_key.split('/')[1]})")
+        ax.set_ylabel(f"IR nDCG@10 ({ir_key.split('/')[1]})")
+        seeds = sorted({r["seed"] for r in runs if r["seed"] is not None})
+        ax.set_title(f"{encoder} ({runs[0]['max_steps']} updates, seeds {seeds})", fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
+def write_report(results_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write every encoder's ``study.md`` and the shared ``tradeoff.png``; returns the files written."""
+    results_dir = Path(results_dir)
+    encoders = {
+        path.name: runs
+        for path in sorted(results_dir.iterdir())
+        if (path / "runs").is_dir() and (runs := load_runs(path))
+    }
+    if not encoders:
+        raise FileNotFoundError(f"No study runs under {results_dir}/<encoder>/runs")
+    written = []
+    for encoder, runs in encoders.items():
+        table = encoder_table(runs)
+        cmds = "\n".join(commands(runs))
+        text = (
+            f"# Study: {encoder}\n\nMade by (then `python recipes/study/run_study.py report`):\n\n```\n{cmds}\n```\n\n"
+            f"Recipe `{runs[0]['recipe']}`, {runs[0]['max_steps']} optimizer updates per method. Cells: mean ± sample "
+            "standard deviation over the seeds listed. Train time: wall seconds of `trainer.train()` on 2 CPU cores "
+            "shared by two studies.\n\n"
+            f"{table}\n"
+        )
+        path = results_dir / encoder / "study.md"
+        path.write_text(text)
+        written.append(path)
+    written.append(plot_tradeoff(encoders, results_dir / "tradeoff.png"))
+    for path in written:
+        logger.info("Wrote %s", path)
+    return written

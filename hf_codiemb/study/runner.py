@@ -1,0 +1,242 @@
+"""Run the study: every method of :mod:`hf_codiemb.study.methods` from one recipe, same step budget, several seeds.
+
+Each finished run writes one JSON file ``<results_dir>/<encoder>/runs/<method>-seed<seed>.json`` (metrics on the
+recipe's dev sets, training time, optimizer updates per task, the command); a run whose file exists is skipped, so
+an interrupted study resumes where it stopped. Training folders go to ``work_dir`` and are deleted after evaluation
+(the study keeps numbers, not models).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hf_codiemb.study.methods import FUSION_ROWS, METHODS, MethodSetup
+
+logger = logging.getLogger(__name__)
+
+BASE_ROW = "base"
+NUM_CHECKPOINTS = 3
+
+
+def encoder_name(recipe: str | os.PathLike[str]) -> str:
+    """The encoder label of a recipe: its folder name (``recipes/small/minilm-l6/config.yaml`` -> ``minilm-l6``)."""
+    return Path(recipe).resolve().parent.name
+
+
+def run_file(results_dir: Path, encoder: str, key: str, seed: int | None) -> Path:
+    """Where the result of one run is stored."""
+    name = key if seed is None else f"{key}-seed{seed}"
+    return results_dir / encoder / "runs" / f"{name}.json"
+
+
+def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as JSON through a temporary sibling, so a killed run leaves no half-written result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    tmp.replace(path)
+
+
+def planned_updates(setup: MethodSetup, args) -> dict[str, int]:
+    """Optimizer updates per task in the first ``args.max_steps`` steps, read off the sampler's schedule."""
+    from hf_codiemb.trainer import build_task_sampler
+
+    sampler = build_task_sampler(setup.datasets, setup.tasks, args)
+    tasks = [spec.task for spec in sampler.specs]
+    counts = dict.fromkeys(sorted(set(tasks)), 0)
+    steps, epoch = 0, 0
+    while steps < args.max_steps:  # the Trainer starts a new epoch (a new shuffle) when one runs out
+        sampler.set_epoch(epoch)
+        for dataset_idx in sampler.schedule()[: args.max_steps - steps]:
+            counts[tasks[dataset_idx]] += 1  # a block is one optimizer update on every rank
+            steps += 1
+        epoch += 1
+    return counts
+
+
+class Study:
+    """One encoder's study: its recipe, data and evaluation sets, loaded once and shared by every run.
+
+    Args:
+        recipe: the YAML recipe every method starts from (model, data, optimisation).
+        overrides: extra ``codiemb train`` flags applied to every run (e.g. ``["--max_seq_length", "64"]``).
+        max_steps: optimizer updates of every run (the same for every method).
+        results_dir: where the per-run JSON files go (``<results_dir>/<encoder>/runs``).
+        work_dir: scratch space for training folders and fused models.
+    """
+
+    def __init__(
+        self,
+        recipe: str,
+        overrides: Sequence[str],
+        max_steps: int,
+        results_dir: str | os.PathLike[str],
+        work_dir: str | os.PathLike[str],
+    ) -> None:
+        from hf_codiemb.commands.train import load_eval_sets, load_training_data
+        from hf_codiemb.recipe import parse_recipe
+
+        if max_steps < NUM_CHECKPOINTS:
+            raise ValueError(f"max_steps must be >= {NUM_CHECKPOINTS} (CoDiEmb saves {NUM_CHECKPOINTS} checkpoints)")
+        self.recipe = recipe
+        self.overrides = list(overrides)
+        self.max_steps = max_steps
+        self.encoder = encoder_name(recipe)
+        self.results_dir = Path(results_dir)
+        self.work_dir = Path(work_dir) / self.encoder
+        self.model_args, self.data_args, base_args, _ = parse_recipe(["--config", recipe, *self.overrides])
+        self.datasets, self.tasks = load_training_data(self.data_args, base_args.num_negatives)
+        self.sts_sets, self.ir_sets = load_eval_sets(self.data_args, self.model_args)
+        if not (self.sts_sets or self.ir_sets):
+            raise ValueError(f"Recipe {recipe} has no evaluation data (sts_eval / ir_eval): the study needs dev sets")
+        self.sts_prompt = (
+            self.model_args.sts_prompt if self.model_args.sts_prompt is not None else self.model_args.query_prompt
+        )
+        self.command = " ".join(["python", "recipes/study/run_study.py", *sys.argv[1:]]) if sys.argv else ""
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def training_args(self, key: str, seed: int):
+        """The training arguments of one run: the recipe + overrides + the study's budget and the method's ratio."""
+        from hf_codiemb.recipe import parse_recipe
+
+        run_dir = self.work_dir / f"{key}-seed{seed}"
+        flags = [
+            "--config", self.recipe, *self.overrides,
+            "--seed", str(seed), "--max_steps", str(self.max_steps), "--output_dir", str(run_dir),
+            "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", str(max(self.max_steps // 10, 1)),
+        ]  # fmt: skip
+        if key == "codiemb":  # its checkpoints are the inputs of (f)
+            flags += ["--save_strategy", "steps", "--save_steps", str(self.max_steps // NUM_CHECKPOINTS),
+                      "--save_only_model", "true"]  # fmt: skip
+        else:
+            flags += ["--save_strategy", "no"]
+        if METHODS[key].task_ratio:
+            flags += ["--task_ratio", METHODS[key].task_ratio]
+        _, _, args, _ = parse_recipe(flags)
+        return args
+
+    def evaluate(self, model) -> dict[str, float]:
+        from hf_codiemb.evaluation import evaluate_model, flatten_results
+
+        results = evaluate_model(model, self.sts_sets, self.ir_sets, sts_prompt=self.sts_prompt)
+        return flatten_results(results)
+
+    def record(self, key: str, label: str, seed: int | None, **fields: Any) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder,
+            "method": key,
+            "label": label,
+            "seed": seed,
+            "max_steps": self.max_steps,
+            "recipe": self.recipe,
+            "overrides": self.overrides,
+            "command": self.command,
+            **fields,
+        }
+
+    # ---------------------------------------------------------------------------------------------------- runs
+    def run_base(self) -> dict[str, Any]:
+        """Evaluate the untrained encoder once (the row every method starts from)."""
+        from hf_codiemb.models import load_model
+
+        path = run_file(self.results_dir, self.encoder, BASE_ROW, None)
+        if path.exists():
+            return json.loads(path.read_text())
+        result = self.record(BASE_ROW, "base encoder (no training)", None, metrics=self.evaluate(load_model(self.model_args)))
+        write_json_atomically(path, result)
+        return result
+
+    def run_method(self, key: str, seed: int) -> dict[str, Any]:
+        """Train one method for ``max_steps`` updates with ``seed`` and evaluate it (skipped if already stored)."""
+        from hf_codiemb.commands.train import training_prompts
+        from hf_codiemb.models import load_model
+        from hf_codiemb.trainer import CoDiEmbTrainer
+
+        path = run_file(self.results_dir, self.encoder, key, seed)
+        if path.exists() and (key != "codiemb" or self._fusion_done(seed)):
+            logger.info("%s seed %d: stored in %s, skipped", key, seed, path)
+            return json.loads(path.read_text())
+        method = METHODS[key]
+        args = self.training_args(key, seed)
+        setup = method.build(self.datasets, self.tasks, args, self.score_range)
+        args.dataset_tasks = dict(setup.tasks)
+        args.prompts = training_prompts(self.model_args, setup.datasets, setup.tasks, args)
+        updates = planned_updates(setup, args)
+        logger.info("%s / %s seed %d: %d updates %s", self.encoder, key, seed, self.max_steps, updates)
+        model = load_model(self.model_args)
+        trainer = CoDiEmbTrainer(model=model, args=args, train_dataset=setup.datasets, loss=setup.loss)
+        started = time.perf_counter()
+        train_output = trainer.train()
+        train_seconds = time.perf_counter() - started
+        metrics = self.evaluate(trainer.model)
+        result = self.record(
+            key,
+            method.label,
+            seed,
+            train_runtime_s=round(train_seconds, 2),
+            train_loss=train_output.training_loss,
+            updates=updates,
+            training_examples={name: len(d) for name, d in setup.datasets.items()},
+            metrics=metrics,
+        )
+        write_json_atomically(path, result)
+        if key == "codiemb":
+            self.run_fusion(seed, Path(args.output_dir))
+        shutil.rmtree(args.output_dir, ignore_errors=True)
+        return result
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        low, high = self.data_args.sts_score_range
+        return float(low), float(high)
+
+    def _fusion_done(self, seed: int) -> bool:
+        return all(run_file(self.results_dir, self.encoder, key, seed).exists() for key in FUSION_ROWS)
+
+    def run_fusion(self, seed: int, run_dir: Path) -> None:
+        """(f): fuse the CoDiEmb run's checkpoints by delta-guided fusion, and by a uniform soup as the control."""
+        from sentence_transformers import SentenceTransformer
+
+        from hf_codiemb.fusion import delta_fuse, fuse
+        from hf_codiemb.models import resolve_model_path
+
+        checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        if len(checkpoints) < 2:
+            raise RuntimeError(f"{run_dir} has {len(checkpoints)} checkpoints; fusion needs at least 2")
+        base = resolve_model_path(self.model_args.model_name_or_path)
+        inputs = [str(c) for c in checkpoints]
+        for key, label in FUSION_ROWS.items():
+            out = self.work_dir / f"{key}-seed{seed}"
+            started = time.perf_counter()
+            if key == "codiemb_delta_fusion":
+                delta_fuse(base, inputs, out, p=1.0, granularity="element", overwrite=True, show_progress=False)
+            else:
+                fuse(inputs, out, base=base, method="uniform", overwrite=True, show_progress=False)
+            fuse_seconds = time.perf_counter() - started
+            metrics = self.evaluate(SentenceTransformer(str(out), device="cpu"))
+            result = self.record(
+                key, label, seed, fused_checkpoints=[c.name for c in checkpoints],
+                fusion_runtime_s=round(fuse_seconds, 2), metrics=metrics,
+            )  # fmt: skip
+            write_json_atomically(run_file(self.results_dir, self.encoder, key, seed), result)
+            shutil.rmtree(out, ignore_errors=True)
+
+    def run(self, methods: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
+        """Every method x seed (seed-major, so a partial study has whole seeds), after the base evaluation."""
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"Unknown method(s) {unknown}; known: {list(METHODS)}")
+        results = [self.run_base()]
+        for seed in seeds:
+            for key in methods:
+                results.append(self.run_method(key, seed))
+        return results
+
