@@ -1,4 +1,7 @@
-"""Render the model card (README.md) of a fused model from the Jinja template in ``model_cards/``."""
+"""Render the model card (README.md) of a fused model from the Jinja template in ``hf_codiemb/model_cards/``.
+
+The templates are package data (they ship in the wheel); ``model_cards/`` at the repository root links to them.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def template_dir() -> Path:
-    """The folder of the model-card templates (``model_cards/`` at the project root)."""
-    return Path(__file__).resolve().parents[2] / "model_cards"
+    """The folder of the model-card templates, inside the installed package (``hf_codiemb/model_cards``)."""
+    return Path(__file__).resolve().parents[1] / "model_cards"
 
 
 def looks_like_repo_id(text: str | None) -> bool:

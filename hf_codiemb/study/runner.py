@@ -150,7 +150,9 @@ class Study:
         path = run_file(self.results_dir, self.encoder, BASE_ROW, None)
         if path.exists():
             return json.loads(path.read_text())
-        result = self.record(BASE_ROW, "base encoder (no training)", None, metrics=self.evaluate(load_model(self.model_args)))
+        result = self.record(
+            BASE_ROW, "base encoder (no training)", None, metrics=self.evaluate(load_model(self.model_args))
+        )
         write_json_atomically(path, result)
         return result
 
@@ -239,4 +241,3 @@ class Study:
             for key in methods:
                 results.append(self.run_method(key, seed))
         return results
-
