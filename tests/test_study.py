@@ -157,6 +157,9 @@ def test_study_runs_every_method_fuses_resumes_and_reports(tiny_recipe, tmp_path
     mtimes = {p.name: p.stat().st_mtime_ns for p in runs_dir.glob("*.json")}
     Study(str(tiny_recipe), ["--max_seq_length", "32"], 3, results, work).run(["codiemb", "ir_only"], seeds=[1])
     assert {p.name: p.stat().st_mtime_ns for p in runs_dir.glob("*.json")} == mtimes
+    # A stored run of another step budget is never mixed in silently.
+    with pytest.raises(ValueError, match="trained for 3 updates, this study asks for 4"):
+        Study(str(tiny_recipe), ["--max_seq_length", "32"], 4, results, work).run(["ir_only"], seeds=[1])
 
     written = write_report(results)
     table = (results / "tiny-encoder" / "study.md").read_text()

@@ -109,6 +109,14 @@ def commands(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(dict.fromkeys(run["command"] for run in runs if run.get("command")))
 
 
+def step_budget(runs: Sequence[Mapping[str, Any]]) -> int:
+    """The optimizer updates of the trained runs (one budget per encoder; the base row has none)."""
+    budgets = sorted({run["max_steps"] for run in runs if run["method"] != "base"})
+    if len(budgets) != 1:
+        raise ValueError(f"Runs of {runs[0]['encoder']} mix step budgets {budgets}: compare like with like")
+    return budgets[0]
+
+
 def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: Path) -> Path:
     """One panel per encoder: IR nDCG@10 (y) vs STS Spearman (x), one point per method (mean, ± sd bars)."""
     import matplotlib
@@ -141,7 +149,7 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
         ax.set_xlabel(f"STS Spearman ({sts_key.split('/')[1]})")
         ax.set_ylabel(f"IR nDCG@10 ({ir_key.split('/')[1]})")
         seeds = sorted({r["seed"] for r in runs if r["seed"] is not None})
-        ax.set_title(f"{encoder} ({runs[0]['max_steps']} updates, seeds {seeds})", fontsize=10)
+        ax.set_title(f"{encoder} ({step_budget(runs)} updates, seeds {seeds})", fontsize=10)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][-1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
@@ -155,20 +163,26 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
 def write_report(results_dir: str | os.PathLike[str]) -> list[Path]:
     """Write every encoder's ``study.md`` and the shared ``tradeoff.png``; returns the files written."""
     results_dir = Path(results_dir)
-    encoders = {
-        path.name: runs
-        for path in sorted(results_dir.iterdir())
-        if (path / "runs").is_dir() and (runs := load_runs(path))
-    }
+    encoders = {}
+    for path in sorted(p for p in results_dir.iterdir() if (p / "runs").is_dir()):
+        runs = load_runs(path)
+        if any(run["method"] != "base" for run in runs):  # a base evaluation alone is not a study yet
+            encoders[path.name] = runs
     if not encoders:
-        raise FileNotFoundError(f"No study runs under {results_dir}/<encoder>/runs")
+        raise FileNotFoundError(f"No trained study runs under {results_dir}/<encoder>/runs")
     written = []
     for encoder, runs in encoders.items():
         table = encoder_table(runs)
-        cmds = "\n".join(commands(runs))
+        trained = [run for run in runs if run["method"] != "base"]
+        base_cmds = [
+            cmd for cmd in commands([r for r in runs if r["method"] == "base"]) if cmd not in commands(trained)
+        ]
+        made_by = "\n".join(commands(trained))
+        if base_cmds:
+            made_by += "\n# the base row was evaluated (before any training) by:\n" + "\n".join(base_cmds)
         text = (
-            f"# Study: {encoder}\n\nMade by (then `python recipes/study/run_study.py report`):\n\n```\n{cmds}\n```\n\n"
-            f"Recipe `{runs[0]['recipe']}`, {runs[0]['max_steps']} optimizer updates per method. Cells: mean ± sample "
+            f"# Study: {encoder}\n\nMade by (then `python recipes/study/run_study.py report`):\n\n```\n{made_by}\n```\n\n"
+            f"Recipe `{runs[0]['recipe']}`, {step_budget(runs)} optimizer updates per method. Cells: mean ± sample "
             "standard deviation over the seeds listed. Train time: wall seconds of `trainer.train()` on 2 CPU cores "
             "shared by two studies.\n\n"
             f"{table}\n"

@@ -164,8 +164,14 @@ class Study:
 
         path = run_file(self.results_dir, self.encoder, key, seed)
         if path.exists() and (key != "codiemb" or self._fusion_done(seed)):
+            stored = json.loads(path.read_text())
+            if stored.get("max_steps") != self.max_steps:
+                raise ValueError(
+                    f"{path} was trained for {stored.get('max_steps')} updates, this study asks for {self.max_steps}: "
+                    "use another --results-dir, or remove the stored runs to redo them"
+                )
             logger.info("%s seed %d: stored in %s, skipped", key, seed, path)
-            return json.loads(path.read_text())
+            return stored
         method = METHODS[key]
         args = self.training_args(key, seed)
         setup = method.build(self.datasets, self.tasks, args, self.score_range)
