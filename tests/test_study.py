@@ -166,6 +166,7 @@ def test_study_runs_every_method_fuses_resumes_and_reports(tiny_recipe, tmp_path
     for key in METHODS:
         assert METHODS[key].label in table
     assert FUSION_ROWS["codiemb_delta_fusion"] in table and "base encoder" in table
+    assert "| 3 mixed |" in table  # pooled methods have no per-task update count
     assert (results / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(written) == 2
 

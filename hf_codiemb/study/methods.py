@@ -50,6 +50,7 @@ class StudyMethod:
     build: Callable[[Mapping[str, Dataset], Mapping[str, str], Any, tuple[float, float]], MethodSetup]
     task_ratio: str | None = None  # the IR:STS share of updates (``task_ratio`` argument); None = proportional
     ir_share: float | None = None  # the IR share of updates in the ratio sweep (None: not part of the sweep)
+    pooled: bool = False  # batches drawn from one pool of both tasks' data (no per-task update count)
 
 
 def _of_task(datasets: Mapping[str, Dataset], tasks: Mapping[str, str], task: str) -> dict[str, Dataset]:
@@ -108,8 +109,8 @@ METHODS: dict[str, StudyMethod] = {
     for method in [
         StudyMethod("ir_only", "(a) IR only: InfoNCE", _single_task("ir"), ir_share=1.0),
         StudyMethod("sts_only", "(b) STS only: CoDiEmb STS loss", _single_task("sts"), ir_share=0.0),
-        StudyMethod("mixed_infonce", "(c) mixed-task batches, one InfoNCE loss", _mixed_infonce),
-        StudyMethod("cosent", "(d) CoSENT only (mixed batches)", _cosent),
+        StudyMethod("mixed_infonce", "(c) mixed-task batches, one InfoNCE loss", _mixed_infonce, pooled=True),
+        StudyMethod("cosent", "(d) CoSENT only (mixed batches)", _cosent, pooled=True),
         StudyMethod("codiemb", "(e) CoDiEmb (task-balanced, task losses)", _both_tasks),
         *[
             StudyMethod(key, f"(g) CoDiEmb IR:STS = {ir}:{sts}", _both_tasks, f"ir:{ir},sts:{sts}", ir / (ir + sts))

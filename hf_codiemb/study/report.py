@@ -71,7 +71,12 @@ def group_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str,
 
 def _updates(run: Mapping[str, Any]) -> str:
     updates = run.get("updates") or {}
-    return " / ".join(f"{updates.get(task, 0)}" for task in ("ir", "sts")) if updates else "-"
+    if not updates:
+        return "-"
+    method = METHODS.get(run["method"])
+    if method is not None and method.pooled:  # every batch mixes both tasks' data
+        return f"{sum(updates.values())} mixed"
+    return " / ".join(f"{updates.get(task, 0)}" for task in ("ir", "sts"))
 
 
 def encoder_table(runs: Sequence[Mapping[str, Any]]) -> str:
