@@ -129,8 +129,9 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(encoders), figsize=(6.2 * len(encoders), 5.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(encoders), figsize=(max(6.2 * len(encoders), 10.0), 5.6), squeeze=False)
     markers = "osDv^<>PXh*p"
+    colours = plt.get_cmap("tab10")
     for ax, (encoder, runs) in zip(axes[0], encoders.items()):
         sts_keys, ir_keys = metric_keys(runs)
         if not sts_keys or not ir_keys:
@@ -138,13 +139,14 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
             continue
         sts_key, ir_key = sts_keys[0], ir_keys[0]
         points: dict[str, tuple[float, float, float, float]] = {}
-        for index, (key, group) in enumerate(group_runs(runs).items()):
+        for key, group in group_runs(runs).items():
+            index = ROW_ORDER.index(key)  # the same marker and colour for a method in every panel
             xs = [r["metrics"][sts_key] for r in group]
             ys = [r["metrics"][ir_key] for r in group]
             (x, sx), (y, sy) = mean_and_spread(xs), mean_and_spread(ys)
             points[key] = (x, y, sx or 0.0, sy or 0.0)
             ax.errorbar(x, y, xerr=sx or 0.0, yerr=sy or 0.0, fmt=markers[index % len(markers)], capsize=3,
-                        label=group[0]["label"], color="gray" if key == "base" else None)  # fmt: skip
+                        label=group[0]["label"], color="gray" if key == "base" else colours(index % 10))  # fmt: skip
         sweep = sorted(
             (METHODS[key].ir_share, key) for key in points if key in METHODS and METHODS[key].ir_share is not None
         )
@@ -156,9 +158,12 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
         seeds = sorted({r["seed"] for r in runs if r["seed"] is not None})
         ax.set_title(f"{encoder} ({step_budget(runs)} updates, seeds {seeds})", fontsize=10)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    legend: dict[str, Any] = {}
+    for ax in axes[0]:  # every label once, even when encoders ran different methods
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=120)
     plt.close(fig)
