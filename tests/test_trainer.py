@@ -167,3 +167,31 @@ def test_bad_input_fails_before_training_with_a_clear_error(tmp_path, tiny_model
     with pytest.raises((TrainingDataError, ValueError), match=message):
         CoDiEmbTrainer(model=model, args=make_args(tmp_path, **overrides), train_dataset=datasets, loss=loss)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+class BatchRecordingTrainer(CoDiEmbTrainer):
+    """Records, for every training batch, its dataset and the token ids of its first anchor text."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        anchor = "query_input_ids" if "query_input_ids" in inputs else "sentence1_input_ids"
+        self.batches.append((inputs.get("dataset_name"), tuple(inputs[anchor][0].tolist())))
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+@pytest.mark.parametrize("checkpoint_step", [7, 14], ids=["mid-epoch-1", "mid-epoch-2"])
+def test_resuming_from_a_mid_epoch_checkpoint_replays_the_same_batches(tmp_path, tiny_model_dir, checkpoint_step):
+    from sentence_transformers import SentenceTransformer
+
+    datasets = {"toy_ir": ir_dataset(), "toy_sts": sts_dataset()}  # 6 IR + 4 STS batches = 10 steps per epoch
+    args = make_args(tmp_path, num_train_epochs=2, save_strategy="steps", save_steps=7, save_only_model=False)
+    full = BatchRecordingTrainer(model=SentenceTransformer(str(tiny_model_dir), device="cpu"), args=args,
+                                 train_dataset=datasets)  # fmt: skip
+    full.batches = []
+    full.train()
+    assert len(full.batches) == 20 and full.batches[:10] != full.batches[10:]  # epoch 2 is a new shuffle
+
+    resumed = BatchRecordingTrainer(model=SentenceTransformer(str(tiny_model_dir), device="cpu"), args=args,
+                                    train_dataset=datasets)  # fmt: skip
+    resumed.batches = []
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / f"checkpoint-{checkpoint_step}"))
+    assert resumed.batches == full.batches[checkpoint_step:]
