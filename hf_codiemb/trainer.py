@@ -261,6 +261,23 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         collator.__post_init__()
         return collator
 
+    def get_optimizer_cls_and_kwargs(self, args, model=None):
+        """sentence-transformers' optimizer set-up, safe for any dataset name.
+
+        The parent collects the losses' parameters in ``nn.Sequential(OrderedDict(self.loss))``, which uses the
+        dataset names as module names, so a dataset called ``train``, ``eval``, ``to`` or ``a.b`` (e.g. the file
+        ``train.data``) fails with ``KeyError: attribute 'train' already exists``. The losses are handed to it
+        under positional names instead; the parameters, and so the optimizer groups, are the same.
+        """
+        if not isinstance(self.loss, dict):
+            return super().get_optimizer_cls_and_kwargs(args, model)
+        losses = self.loss
+        self.loss = {f"loss_{index}": loss for index, loss in enumerate(losses.values())}
+        try:
+            return super().get_optimizer_cls_and_kwargs(args, model)
+        finally:
+            self.loss = losses
+
     def get_multi_dataset_batch_sampler(
         self,
         dataset: ConcatDataset,

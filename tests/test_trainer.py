@@ -195,3 +195,16 @@ def test_resuming_from_a_mid_epoch_checkpoint_replays_the_same_batches(tmp_path,
     resumed.batches = []
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / f"checkpoint-{checkpoint_step}"))
     assert resumed.batches == full.batches[checkpoint_step:]
+
+
+def test_dataset_names_that_are_module_attributes_train(tmp_path, tiny_model_dir):
+    """A dataset named after its file ``train.data`` is called ``train``; sentence-transformers puts dataset names
+    into an ``nn.Sequential`` as module names, where ``train`` (or ``to``, ``a.b``) is refused."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    datasets = {"train": sts_dataset(), "to": ir_dataset(), "stsb.v2": sts_dataset(seed=3)}
+    trainer = CoDiEmbTrainer(model=model, args=make_args(tmp_path, max_steps=3), train_dataset=datasets)
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert set(trainer.loss) == {"train", "to", "stsb.v2"}
