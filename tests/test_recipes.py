@@ -47,3 +47,30 @@ def test_recipe_dry_run(recipe, tmp_path, capsys, monkeypatch):
     assert plan["datasets"] and all(d["records"] > 0 for d in plan["datasets"].values())
     assert sum(plan["updates_per_epoch"].values()) > 0
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    from tiny_models import make_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-encoder")
+    make_tiny_model(path)
+    return path / "model"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=recipe_id)
+def test_recipe_trains_two_steps_on_a_tiny_encoder(recipe, tmp_path, monkeypatch, tiny_encoder):
+    """Every recipe's data, sampler, losses, prompts and optimizer set-up really train (a dry run stops before the
+    trainer is built), with the recipe's encoder swapped for a tiny one."""
+    if "../shared/data" in recipe.read_text() and not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is absent: this recipe reads real data from ../shared/data")
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "out"
+    code = main(
+        ["train", "--config", str(recipe), "--model_name_or_path", str(tiny_encoder), "--torch_dtype", "float32",
+         "--trust_remote_code", "false", "--max_seq_length", "32", "--max_steps", "2", "--max_train_records", "200",
+         "--max_eval_records", "20", "--evaluate_before", "false", "--output_dir", str(out), "--report_to", "none",
+         "--save_strategy", "no", "--logging_steps", "1", *CPU_OVERRIDES]
+    )  # fmt: skip
+    assert code == 0
+    assert (out / "model.safetensors").is_file() and (out / "eval_results.json").is_file()
