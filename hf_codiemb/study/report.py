@@ -21,7 +21,13 @@ from hf_codiemb.study.methods import FUSION_ROWS, METHODS
 
 logger = logging.getLogger(__name__)
 
-ROW_ORDER = ["base", *METHODS, *FUSION_ROWS]
+# (f) rows follow (e), whose checkpoints they fuse; the ratio sweep (g) comes last.
+ROW_ORDER = [
+    "base",
+    *[key for key in METHODS if METHODS[key].ir_share is None or key in ("ir_only", "sts_only")],
+    *FUSION_ROWS,
+    *[key for key in METHODS if METHODS[key].ir_share is not None and key not in ("ir_only", "sts_only")],
+]
 #: (metric, column, decimals) of the geometry columns.
 GEOMETRY = [
     ("geometry/anisotropy", "anisotropy", 4),
