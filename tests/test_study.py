@@ -168,7 +168,9 @@ def test_study_runs_every_method_fuses_resumes_and_reports(tiny_recipe, tmp_path
     assert FUSION_ROWS["codiemb_delta_fusion"] in table and "base encoder" in table
     assert "| 3 mixed |" in table  # pooled methods have no per-task update count
     assert (results / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(written) == 2
+    assert len(written) == 3
+    summary = (results / "summary.md").read_text()
+    assert "## tiny-encoder (3 updates per method)" in summary and "anisotropy" not in summary
 
 
 def test_report_cells_are_mean_and_sample_sd_over_seeds():

@@ -85,13 +85,14 @@ def _updates(run: Mapping[str, Any]) -> str:
     return " / ".join(f"{updates.get(task, 0)}" for task in ("ir", "sts"))
 
 
-def encoder_table(runs: Sequence[Mapping[str, Any]]) -> str:
-    """The Markdown table of one encoder: one row per method, mean ± sd over seeds."""
+def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> str:
+    """The Markdown table of one encoder: one row per method, mean ± sd over seeds (geometry columns optional)."""
+    geometry_columns = GEOMETRY if geometry else []
     sts_keys, ir_keys = metric_keys(runs)
     header = ["method", "seeds"]
     header += [f"STS {k.split('/')[1]} Spearman" for k in sts_keys]
     header += [f"IR {k.split('/')[1]} nDCG@10" for k in ir_keys]
-    header += [label for _, label, _ in GEOMETRY]
+    header += [label for _, label, _ in geometry_columns]
     header += ["updates IR / STS", "train time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in group_runs(runs).values():
@@ -99,7 +100,7 @@ def encoder_table(runs: Sequence[Mapping[str, Any]]) -> str:
         cells = [group[0]["label"], ", ".join(map(str, seeds)) or "-"]
         for metric in [*sts_keys, *ir_keys]:
             cells.append(format_cell([run["metrics"][metric] for run in group if metric in run["metrics"]]))
-        for metric, _, digits in GEOMETRY:
+        for metric, _, digits in geometry_columns:
             cells.append(format_cell([run["metrics"][metric] for run in group if metric in run["metrics"]], digits))
         updates = sorted({_updates(run) for run in group})
         cells.append(updates[0] if len(updates) == 1 else " or ".join(updates))
@@ -177,7 +178,7 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
 
 
 def write_report(results_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write every encoder's ``study.md`` and the shared ``tradeoff.png``; returns the files written."""
+    """Write every encoder's ``study.md``, the shared ``summary.md`` and ``tradeoff.png``; returns the files written."""
     results_dir = Path(results_dir)
     encoders = {}
     for path in sorted(p for p in results_dir.iterdir() if (p / "runs").is_dir()):
@@ -206,6 +207,15 @@ def write_report(results_dir: str | os.PathLike[str]) -> list[Path]:
         path = results_dir / encoder / "study.md"
         path.write_text(text)
         written.append(path)
+    summary = ["# Study summary: STS and IR on the dev splits, every encoder", ""]
+    summary += [
+        "Per-encoder tables with the geometry metrics and the commands: `<encoder>/study.md`; plot: `tradeoff.png`."
+    ]
+    summary += [""]
+    for encoder, runs in encoders.items():
+        summary += [f"## {encoder} ({step_budget(runs)} updates per method)", "", encoder_table(runs, False), ""]
+    (results_dir / "summary.md").write_text("\n".join(summary))
+    written.append(results_dir / "summary.md")
     written.append(plot_tradeoff(encoders, results_dir / "tradeoff.png"))
     for path in written:
         logger.info("Wrote %s", path)
