@@ -182,6 +182,8 @@ def test_report_cells_are_mean_and_sample_sd_over_seeds():
     assert mean_and_spread([0.80, 0.84, 0.82]) == pytest.approx((0.82, 0.02))
     row = encoder_table(runs).splitlines()[2]
     assert "| 0.8200 ± 0.0200 | 0.6000 ± 0.1000 |" in row and "| 1 / 2 | 12.0 ± 2.0 |" in row
+    runs[0]["updates"] = {"ir": 4, "sts": 2}  # seeds whose schedules differ: the mean, said to be one
+    assert "| 2 / 2 (mean) |" in encoder_table(runs).splitlines()[2]
 
 
 def test_unknown_method_is_named(tiny_recipe, tmp_path):

@@ -75,14 +75,17 @@ def group_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str,
     return {key: groups[key] for key in ROW_ORDER if key in groups}
 
 
-def _updates(run: Mapping[str, Any]) -> str:
-    updates = run.get("updates") or {}
-    if not updates:
+def updates_cell(group: Sequence[Mapping[str, Any]]) -> str:
+    """Optimizer updates per task (IR / STS) of a method, the mean over seeds when the seeds' schedules differ."""
+    counts = [run["updates"] for run in group if run.get("updates")]
+    if not counts:
         return "-"
-    method = METHODS.get(run["method"])
+    method = METHODS.get(group[0]["method"])
     if method is not None and method.pooled:  # every batch mixes both tasks' data
-        return f"{sum(updates.values())} mixed"
-    return " / ".join(f"{updates.get(task, 0)}" for task in ("ir", "sts"))
+        return f"{round(statistics.fmean(sum(c.values()) for c in counts))} mixed"
+    means = [statistics.fmean(c.get(task, 0) for c in counts) for task in ("ir", "sts")]
+    cell = " / ".join(f"{m:.0f}" for m in means)
+    return cell if all(c == counts[0] for c in counts) else f"{cell} (mean)"
 
 
 def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> str:
@@ -102,8 +105,7 @@ def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> s
             cells.append(format_cell([run["metrics"][metric] for run in group if metric in run["metrics"]]))
         for metric, _, digits in geometry_columns:
             cells.append(format_cell([run["metrics"][metric] for run in group if metric in run["metrics"]], digits))
-        updates = sorted({_updates(run) for run in group})
-        cells.append(updates[0] if len(updates) == 1 else " or ".join(updates))
+        cells.append(updates_cell(group))
         times = [run["train_runtime_s"] for run in group if "train_runtime_s" in run]
         fusion_times = [run["fusion_runtime_s"] for run in group if "fusion_runtime_s" in run]
         if times:
