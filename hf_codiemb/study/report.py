@@ -155,7 +155,7 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
             (x, sx), (y, sy) = mean_and_spread(xs), mean_and_spread(ys)
             points[key] = (x, y, sx or 0.0, sy or 0.0)
             ax.errorbar(x, y, xerr=sx or 0.0, yerr=sy or 0.0, fmt=markers[index % len(markers)], capsize=3,
-                        label=group[0]["label"], color="gray" if key == "base" else colours(index % 10))  # fmt: skip
+                        label=group[0]["label"], color="black" if key == "base" else colours(index % 10))  # fmt: skip
         sweep = sorted(
             (METHODS[key].ir_share, key) for key in points if key in METHODS and METHODS[key].ir_share is not None
         )
