@@ -47,6 +47,11 @@ class ModelArguments:
         default=None, metadata={"help": "Module names that get adapters (unset = query/key/value/dense of BERT)."}
     )
 
+    @property
+    def effective_sts_prompt(self) -> str | None:
+        """The prefix of STS sentences: ``sts_prompt``, or ``query_prompt`` when unset (e5: "query: " on both sides)."""
+        return self.sts_prompt if self.sts_prompt is not None else self.query_prompt
+
 
 def resolve_model_path(spec: str) -> str:
     """Turn ``packaged:NAME``/``prepared:NAME`` into a local folder; other specs are returned unchanged."""

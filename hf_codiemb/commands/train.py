@@ -109,7 +109,7 @@ def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, Any]
 
 def training_prompts(model_args, datasets: dict[str, Dataset], tasks: dict[str, str], training_args) -> dict | None:
     """Per-dataset, per-column prompts: instructions on IR queries, passage prefixes, STS prefixes."""
-    sts_prompt = model_args.sts_prompt if model_args.sts_prompt is not None else model_args.query_prompt
+    sts_prompt = model_args.effective_sts_prompt
     if not any([model_args.query_prompt, model_args.passage_prompt, sts_prompt]):
         return None
     prompts: dict[str, dict[str, str]] = {}
@@ -175,7 +175,7 @@ def run(argv: list[str]) -> int:
     training_args.dataset_tasks = tasks
     training_args.prompts = training_prompts(model_args, datasets, tasks, training_args)
     sts_sets, ir_sets = load_eval_sets(data_args, model_args)
-    sts_prompt = model_args.sts_prompt if model_args.sts_prompt is not None else model_args.query_prompt
+    sts_prompt = model_args.effective_sts_prompt
 
     model = load_model(model_args)
     before = None

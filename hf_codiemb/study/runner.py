@@ -85,7 +85,9 @@ class Study:
         from hf_codiemb.recipe import parse_recipe
 
         if max_steps < NUM_CHECKPOINTS:
-            raise ValueError(f"max_steps must be >= {NUM_CHECKPOINTS} (CoDiEmb saves {NUM_CHECKPOINTS} checkpoints)")
+            raise ValueError(
+                f"max_steps must be >= {NUM_CHECKPOINTS} (CoDiEmb saves a checkpoint every max_steps // {NUM_CHECKPOINTS} updates)"
+            )
         self.recipe = recipe
         self.overrides = list(overrides)
         self.max_steps = max_steps
@@ -97,9 +99,7 @@ class Study:
         self.sts_sets, self.ir_sets = load_eval_sets(self.data_args, self.model_args)
         if not (self.sts_sets or self.ir_sets):
             raise ValueError(f"Recipe {recipe} has no evaluation data (sts_eval / ir_eval): the study needs dev sets")
-        self.sts_prompt = (
-            self.model_args.sts_prompt if self.model_args.sts_prompt is not None else self.model_args.query_prompt
-        )
+        self.sts_prompt = self.model_args.effective_sts_prompt
         self.command = " ".join(["python", "recipes/study/run_study.py", *sys.argv[1:]]) if sys.argv else ""
 
     # ------------------------------------------------------------------------------------------------ helpers
