@@ -17,17 +17,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hf_codiemb.study.methods import FUSION_ROWS, METHODS
+from hf_codiemb.study.methods import FUSION_ROWS, METHODS, RATIO_SWEEP
+from hf_codiemb.study.runner import BASE_ROW
 
 logger = logging.getLogger(__name__)
 
 # (f) rows follow (e), whose checkpoints they fuse; the ratio sweep (g) comes last.
-ROW_ORDER = [
-    "base",
-    *[key for key in METHODS if METHODS[key].ir_share is None or key in ("ir_only", "sts_only")],
-    *FUSION_ROWS,
-    *[key for key in METHODS if METHODS[key].ir_share is not None and key not in ("ir_only", "sts_only")],
-]
+ROW_ORDER = [BASE_ROW, *[key for key in METHODS if key not in RATIO_SWEEP], *FUSION_ROWS, *RATIO_SWEEP]
 #: (metric, column, decimals) of the geometry columns.
 GEOMETRY = [
     ("geometry/anisotropy", "anisotropy", 4),
@@ -125,7 +121,7 @@ def commands(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def step_budget(runs: Sequence[Mapping[str, Any]]) -> int:
     """The optimizer updates of the trained runs (one budget per encoder; the base row has none)."""
-    budgets = sorted({run["max_steps"] for run in runs if run["method"] != "base"})
+    budgets = sorted({run["max_steps"] for run in runs if run["method"] != BASE_ROW})
     if len(budgets) != 1:
         raise ValueError(f"Runs of {runs[0]['encoder']} mix step budgets {budgets}: compare like with like")
     return budgets[0]
@@ -155,7 +151,7 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
             (x, sx), (y, sy) = mean_and_spread(xs), mean_and_spread(ys)
             points[key] = (x, y, sx or 0.0, sy or 0.0)
             ax.errorbar(x, y, xerr=sx or 0.0, yerr=sy or 0.0, fmt=markers[index % len(markers)], capsize=3,
-                        label=group[0]["label"], color="black" if key == "base" else colours(index % 10))  # fmt: skip
+                        label=group[0]["label"], color="black" if key == BASE_ROW else colours(index % 10))  # fmt: skip
         sweep = sorted(
             (METHODS[key].ir_share, key) for key in points if key in METHODS and METHODS[key].ir_share is not None
         )
@@ -185,16 +181,16 @@ def write_report(results_dir: str | os.PathLike[str]) -> list[Path]:
     encoders = {}
     for path in sorted(p for p in results_dir.iterdir() if (p / "runs").is_dir()):
         runs = load_runs(path)
-        if any(run["method"] != "base" for run in runs):  # a base evaluation alone is not a study yet
+        if any(run["method"] != BASE_ROW for run in runs):  # a base evaluation alone is not a study yet
             encoders[path.name] = runs
     if not encoders:
         raise FileNotFoundError(f"No trained study runs under {results_dir}/<encoder>/runs")
     written = []
     for encoder, runs in encoders.items():
         table = encoder_table(runs)
-        trained = [run for run in runs if run["method"] != "base"]
+        trained = [run for run in runs if run["method"] != BASE_ROW]
         base_cmds = [
-            cmd for cmd in commands([r for r in runs if r["method"] == "base"]) if cmd not in commands(trained)
+            cmd for cmd in commands([r for r in runs if r["method"] == BASE_ROW]) if cmd not in commands(trained)
         ]
         made_by = "\n".join(commands(trained))
         if base_cmds:
