@@ -41,21 +41,27 @@ def test_gathered_loss_and_grads_equal_single_process(tmp_path):
     result = torch.load(tmp_path / "result.pt")
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        from infonce_gather import NUM_POSITIVES, TEMPERATURE, LinearEncoder
+        from infonce_gather import MODES, NUM_POSITIVES, TEMPERATURE, LinearEncoder
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    model = LinearEncoder()
-    model.load_state_dict(result["state"])
-    loss = MultiPositiveInfoNCELoss(model, num_positives=NUM_POSITIVES, temperature=TEMPERATURE)
-    single = loss([{"x": column} for column in result["columns"]], None)
-    single.backward()
+    singles = {}
+    for mode in MODES:  # the reference's per-slot candidates and our all-positives variant
+        model = LinearEncoder()
+        model.load_state_dict(result["state"])
+        loss = MultiPositiveInfoNCELoss(
+            model, num_positives=NUM_POSITIVES, temperature=TEMPERATURE, in_batch_positives=mode
+        )
+        single = loss([{"x": column} for column in result["columns"]], None)
+        single.backward()
+        singles[mode] = single.item()
 
-    torch.testing.assert_close(result["loss"], single.detach(), atol=1e-6, rtol=0)
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(result["grads"][name], param.grad, atol=1e-6, rtol=0)
-    # Gathering matters: the local-only loss of a rank differs from the gathered one.
-    local_only = loss([{"x": column[:3]} for column in result["columns"]], None)
-    assert abs(local_only.item() - single.item()) > 1e-3
+        torch.testing.assert_close(result["modes"][mode]["loss"], single.detach(), atol=1e-6, rtol=0)
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(result["modes"][mode]["grads"][name], param.grad, atol=1e-6, rtol=0)
+        # Gathering matters: the local-only loss of a rank differs from the gathered one.
+        local_only = loss([{"x": column[:3]} for column in result["columns"]], None)
+        assert abs(local_only.item() - single.item()) > 1e-3
+    assert abs(singles["slot"] - singles["all"]) > 1e-3  # the two modes are different losses at k+ = 2
 
     for rank in range(2):
         message = (tmp_path / f"error_rank{rank}.txt").read_text()

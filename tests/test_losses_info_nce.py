@@ -1,4 +1,8 @@
-"""Multi-positive InfoNCE against a slow per-query / per-positive reference."""
+"""Multi-positive InfoNCE against slow per-query / per-positive references.
+
+``in_batch_positives="all"`` (our variant) is checked against ``info_nce_reference``; the default, the reference
+code's per-slot semantics, against ``per_slot_reference`` (tests/test_losses_info_nce_reference.py).
+"""
 
 from __future__ import annotations
 
@@ -57,7 +61,8 @@ def t64(a) -> torch.Tensor:
 def test_matches_slow_reference(batch, num_pos, num_neg, in_batch, temperature):
     q, pos, neg = random_embeddings(batch * 10 + num_neg, batch, num_pos, num_neg)
     got = multi_positive_info_nce(
-        t64(q), t64(pos), t64(neg) if num_neg else None, temperature=temperature, in_batch_negatives=in_batch
+        t64(q), t64(pos), t64(neg) if num_neg else None, temperature=temperature, in_batch_negatives=in_batch,
+        in_batch_positives="all",
     )
     if num_neg == 0 and not (in_batch and batch > 1):
         assert got.item() == 0.0  # no negatives at all: log(e^s / e^s)
@@ -69,7 +74,7 @@ def test_matches_slow_reference(batch, num_pos, num_neg, in_batch, temperature):
 def test_other_positives_are_not_negatives():
     # One query, two positives, one hard negative: a sibling-as-negative implementation gives a different value.
     q, pos, neg = random_embeddings(5, 2, 2, 1)
-    got = multi_positive_info_nce(t64(q), t64(pos), t64(neg), temperature=0.1).item()
+    got = multi_positive_info_nce(t64(q), t64(pos), t64(neg), temperature=0.1, in_batch_positives="all").item()
     right = info_nce_reference(q, pos, neg, 0.1, in_batch=True)
     wrong = info_nce_reference(q, pos, neg, 0.1, in_batch=True, sibling_negatives=True)
     assert abs(right - wrong) > 1e-2
@@ -136,7 +141,7 @@ def test_loss_module_forward(num_neg):
     model = TinyEncoder()
     gen = torch.Generator().manual_seed(3)
     columns = [torch.randn(4, 5, generator=gen, dtype=torch.float64) for _ in range(1 + 2 + num_neg)]
-    loss = MultiPositiveInfoNCELoss(model, num_positives=2, temperature=0.05)
+    loss = MultiPositiveInfoNCELoss(model, num_positives=2, temperature=0.05, in_batch_positives="all")
     value = loss([{"x": c} for c in columns], None)
     with torch.no_grad():
         emb = [model.linear(c).numpy() for c in columns]
@@ -144,7 +149,9 @@ def test_loss_module_forward(num_neg):
     neg = np.stack(emb[3:], axis=1) if num_neg else np.zeros((4, 0, 4))
     assert value.item() == pytest.approx(info_nce_reference(q, pos, neg, 0.05, True), rel=1e-9)
     # Without a process group, gathering is a no-op.
-    gathered = MultiPositiveInfoNCELoss(model, num_positives=2, temperature=0.05, gather_across_devices=True)
+    gathered = MultiPositiveInfoNCELoss(
+        model, num_positives=2, temperature=0.05, gather_across_devices=True, in_batch_positives="all"
+    )
     assert gathered([{"x": c} for c in columns], None).item() == pytest.approx(value.item(), rel=1e-12)
     value.backward()
     assert torch.isfinite(model.linear.weight.grad).all()

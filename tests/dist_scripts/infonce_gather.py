@@ -1,8 +1,9 @@
 """Launched by tests/test_distributed_infonce.py with ``torch.distributed.run --nproc_per_node 2`` (gloo, CPU).
 
 Each rank embeds its slice of one fixed random batch with a shared linear "encoder", computes
-MultiPositiveInfoNCELoss(gather_across_devices=True), back-propagates, and averages parameter gradients and losses
-over ranks (what DDP does). Rank 0 writes the result to ``<out_dir>/result.pt``. Then each rank checks that unequal
+MultiPositiveInfoNCELoss(gather_across_devices=True) for each ``in_batch_positives`` mode (the reference's "slot"
+and our "all"), back-propagates, and averages parameter gradients and losses over ranks (what DDP does). Rank 0
+writes the results to ``<out_dir>/result.pt``. Then each rank checks that unequal
 local batch sizes raise a clear error and writes the message to ``<out_dir>/error_rank<r>.txt``.
 """
 
@@ -18,6 +19,7 @@ from torch import nn
 from hf_codiemb.losses import MultiPositiveInfoNCELoss
 
 LOCAL_BATCH, NUM_POSITIVES, NUM_NEGATIVES, DIM_IN, DIM_OUT, TEMPERATURE = 3, 2, 2, 5, 4, 0.05
+MODES = ("slot", "all")
 
 
 class LinearEncoder(nn.Module):
@@ -42,30 +44,36 @@ def main(out_dir: Path) -> None:
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     state, columns = make_inputs(world_size)
-    model = LinearEncoder()
-    model.load_state_dict(state)
-    loss_fct = MultiPositiveInfoNCELoss(
-        model, num_positives=NUM_POSITIVES, temperature=TEMPERATURE, gather_across_devices=True
-    )
-
     local = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-    loss = loss_fct([{"x": column[local]} for column in columns], None)
-    loss.backward()
-    grads = {}
-    for name, param in model.named_parameters():
-        grad = param.grad.clone()
-        dist.all_reduce(grad)
-        grads[name] = grad / world_size
-    mean_loss = loss.detach().clone()
-    dist.all_reduce(mean_loss)
-    mean_loss /= world_size
+    results = {}
+    for mode in MODES:
+        model = LinearEncoder()
+        model.load_state_dict(state)
+        loss_fct = MultiPositiveInfoNCELoss(
+            model,
+            num_positives=NUM_POSITIVES,
+            temperature=TEMPERATURE,
+            gather_across_devices=True,
+            in_batch_positives=mode,
+        )
+        loss = loss_fct([{"x": column[local]} for column in columns], None)
+        loss.backward()
+        grads = {}
+        for name, param in model.named_parameters():
+            grad = param.grad.clone()
+            dist.all_reduce(grad)
+            grads[name] = grad / world_size
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        mean_loss /= world_size
+        results[mode] = {"loss": mean_loss, "grads": grads}
     if rank == 0:
         torch.save(
-            {"loss": mean_loss, "grads": grads, "state": state, "columns": columns, "world_size": world_size},
-            out_dir / "result.pt",
+            {"modes": results, "state": state, "columns": columns, "world_size": world_size}, out_dir / "result.pt"
         )
 
     # Unequal local batches: rank 1 drops a row. Every rank must raise the same clear error (no hang).
+    loss_fct = MultiPositiveInfoNCELoss(model, num_positives=NUM_POSITIVES, gather_across_devices=True)
     rows = LOCAL_BATCH - 1 if rank == 1 else LOCAL_BATCH
     try:
         loss_fct([{"x": column[local][:rows]} for column in columns], None)
