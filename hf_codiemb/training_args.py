@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -50,6 +51,9 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     :class:`transformers.TrainingArguments` field works) with the CoDiEmb knobs: the task of each training dataset,
     per-task batch sizes, the IR contrastive set-up, the STS loss weights, cross-device gathering and the IR:STS
     sampling ratio. Parses with :class:`transformers.HfArgumentParser` from the command line and from YAML.
+
+    Credentials (``hub_token``) stay in memory: the pickled arguments (``training_args.bin`` in the output folder
+    and in every checkpoint) hold ``None`` instead, see :meth:`__getstate__`.
     """
 
     _VALID_DICT_FIELDS = [*SentenceTransformerTrainingArguments._VALID_DICT_FIELDS, "dataset_tasks"]
@@ -119,6 +123,44 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     def batch_size_for_task(self, task: str) -> int:
         """The per-device batch size of ``task`` ("ir" or "sts")."""
         return self.ir_batch_size if task == "ir" else self.sts_batch_size
+
+    # ------------------------------------------------------------------------ credentials never reach the disk
+    def __getstate__(self) -> dict[str, Any]:
+        """The pickling state, with every credential field (``hub_token``, any ``*_token``) set to ``None``.
+
+        transformers' Trainer writes ``torch.save(args)`` as ``training_args.bin`` into the output folder and into
+        every checkpoint (and uploads it when pushing); this keeps the Hub token out of those files. The live object
+        keeps its token, so pushing during training still authenticates, and :func:`copy.copy` /
+        :func:`copy.deepcopy` keep it too (they would otherwise go through this method).
+        """
+        state = self.__dict__.copy()
+        for name in credential_fields(state):
+            state[name] = None
+        return state
+
+    def __copy__(self) -> CoDiEmbTrainingArguments:
+        copied = type(self).__new__(type(self))
+        copied.__dict__.update(self.__dict__)
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CoDiEmbTrainingArguments:
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        for name, value in self.__dict__.items():
+            copied.__dict__[name] = copy.deepcopy(value, memo)
+        return copied
+
+
+def credential_fields(values: dict[str, Any]) -> list[str]:
+    """The names in ``values`` that hold a credential: ``token`` and every ``*_token`` that is set.
+
+    The same rule transformers uses to mask tokens in ``TrainingArguments.to_dict`` (so JSON dumps, TensorBoard and
+    model cards show ``<HUB_TOKEN>``); here it also covers the pickled arguments.
+    """
+    return [
+        name for name, value in values.items()
+        if (name == "token" or name.endswith("_token")) and value is not None
+    ]
 
 
 def parse_dataset_tasks(value: str) -> dict[str, str]:

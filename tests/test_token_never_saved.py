@@ -1,0 +1,119 @@
+"""The Hub token given to ``codiemb train`` never reaches the disk (training_args.bin, checkpoints, card, logs)
+nor the Hub, while pushing during training still authenticates with it (issue 10, item 1)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import pickle
+import secrets
+import string
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import hub_fixtures
+from tiny_models import make_tiny_model
+
+from hf_codiemb.cli import main
+from hf_codiemb.training_args import CoDiEmbTrainingArguments
+
+hub_regular = hub_fixtures.hub_regular  # the loopback Hub fixture (tests/hub_fixtures.py)
+
+
+def random_token() -> str:
+    """A token-shaped random string (``hf_`` + 34 letters/digits), different in every test."""
+    return "hf_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(34))
+
+
+def files_holding(root: Path, secret: str) -> list[str]:
+    """Every file under ``root`` whose bytes contain ``secret`` (also as UTF-16, as pickles may store it)."""
+    needles = [secret.encode(), secret.encode("utf-16-le")]
+    return [
+        str(path) for path in sorted(root.rglob("*"))
+        if path.is_file() and any(needle in path.read_bytes() for needle in needles)
+    ]
+
+
+def write_recipe(tmp_path: Path, output_dir: Path, extra: str = "") -> Path:
+    make_tiny_model(tmp_path / "tiny")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {tmp_path / 'tiny' / 'model'}\n"
+        "ir_train: [demo:ir_train.jsonl]\nsts_train: [demo:sts_train.jsonl]\n"
+        "ir_batch_size: 8\nsts_batch_size: 16\nmax_steps: 4\n"
+        "save_strategy: steps\nsave_steps: 2\nlogging_steps: 1\n"
+        f"output_dir: {output_dir}\nuse_cpu: true\n{extra}"
+    )
+    return recipe
+
+
+def test_pickled_arguments_drop_the_token_but_copies_keep_it(tmp_path):
+    token = random_token()
+    args = CoDiEmbTrainingArguments(output_dir=str(tmp_path), hub_token=token, report_to="none")
+    assert token.encode() not in pickle.dumps(args)
+    restored = pickle.loads(pickle.dumps(args))
+    assert restored.hub_token is None
+    assert restored.ir_batch_size == args.ir_batch_size and restored.output_dir == args.output_dir
+    assert args.hub_token == token  # the live object keeps it (pushes during training authenticate with it)
+    assert copy.deepcopy(args).hub_token == token
+    assert copy.copy(args).hub_token == token
+    torch.save(args, tmp_path / "training_args.bin")
+    assert files_holding(tmp_path, token) == []
+    assert torch.load(tmp_path / "training_args.bin", weights_only=False).hub_token is None
+
+
+def test_train_with_hub_token_writes_it_nowhere(tmp_path, caplog):
+    token = random_token()
+    out = tmp_path / "run"
+    recipe = write_recipe(tmp_path, out, extra="report_to: tensorboard\n")
+    with caplog.at_level(logging.DEBUG):
+        assert main(["train", "--config", str(recipe), "--hub_token", token]) == 0
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
+    saved_args = [out / "training_args.bin"] + [out / name / "training_args.bin" for name in checkpoints]
+    for path in saved_args:
+        loaded = torch.load(path, weights_only=False)
+        assert isinstance(loaded, CoDiEmbTrainingArguments), path
+        assert loaded.hub_token is None, path
+        assert loaded.max_steps == 4 and loaded.save_steps == 2, path  # the rest of the arguments is intact
+    assert list(out.glob("runs/*/events.out.tfevents.*")), "TensorBoard wrote no event file"
+    assert files_holding(out, token) == []  # weights, card, trainer_state, TensorBoard, rng/optimizer states
+    assert token not in caplog.text
+
+
+def test_push_during_training_authenticates_in_memory_and_uploads_no_token(hub_regular, tmp_path, monkeypatch):
+    from hub_server import HubRequestHandler
+
+    authorizations: list[str | None] = []
+    dispatch = HubRequestHandler._dispatch
+
+    def recording_dispatch(handler: HubRequestHandler, method: str) -> None:
+        authorizations.append(handler.headers.get("Authorization"))
+        dispatch(handler, method)
+
+    monkeypatch.setattr(HubRequestHandler, "_dispatch", recording_dispatch)
+    token = random_token()
+    out = tmp_path / "run"
+    recipe = write_recipe(
+        tmp_path, out, extra="report_to: none\npush_to_hub: true\nhub_model_id: user/tiny-run\nhub_strategy: every_save\n"
+    )
+    assert main(["train", "--config", str(recipe), "--hub_token", token]) == 0
+    assert f"Bearer {token}" in authorizations  # the in-memory token was used for the pushes
+    repo = hub_regular.server.state.repos["user/tiny-run"]
+    pushed = hub_regular.server.state.resolve(repo, "main").files
+    assert "training_args.bin" in pushed and "model.safetensors" in pushed
+    leaked = [path for path in pushed if token.encode() in hub_regular.server.file_bytes("user/tiny-run", path)]
+    assert leaked == []
+    assert files_holding(hub_regular.server.state.root, token) == []
+    assert files_holding(out, token) == []
+
+
+def test_other_credential_fields_are_dropped_too(tmp_path):
+    args = CoDiEmbTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    args.push_to_hub_token = "hf_" + "x" * 34  # the field name older transformers versions used
+    assert pickle.loads(pickle.dumps(args)).push_to_hub_token is None
+
