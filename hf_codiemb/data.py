@@ -24,7 +24,7 @@ source, the 1-based line (or row) and the field.
 
 from __future__ import annotations
 
-import csv
+import gzip
 import importlib.resources
 import json
 import logging
@@ -32,11 +32,15 @@ import math
 import os
 import pathlib
 import random
+import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from datasets import Dataset
 from tqdm.auto import tqdm
+
+from hf_codiemb.errors import DataError, DataFileNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ __all__ = [
     "load_dataset_for_task",
     "load_ir_dataset",
     "load_sts_dataset",
+    "suspicious_record_counts",
+    "warn_suspicious_records",
 ]
 
 IR_COLUMNS = ("query", "positives", "negatives")
@@ -63,8 +69,8 @@ _PROGRESS_BAR_MIN_BYTES = 32 * 1024 * 1024
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 
 
-class DataFormatError(ValueError):
-    """A record that breaks the unified data format.
+class DataFormatError(DataError):
+    """A record that breaks the unified data format (a :class:`~hf_codiemb.errors.DataError`).
 
     Attributes:
         source: the file path or dataset name.
@@ -107,17 +113,20 @@ def _is_number(value: Any) -> bool:
 
 
 def _source_name(source: Any, name: str | None) -> str:
+    """The name errors and warnings give a source: a file's full path (whatever ``name`` says), else ``name``."""
+    if not isinstance(source, Dataset):
+        return os.path.abspath(os.fspath(source))
     if name is not None:
         return name
-    if isinstance(source, Dataset):
-        return f"dataset {source.info.dataset_name!r}" if source.info.dataset_name else "dataset"
-    return str(source)
+    return f"dataset {source.info.dataset_name!r}" if source.info.dataset_name else "dataset"
 
 
 def _check_path(source: str | os.PathLike[str]) -> pathlib.Path:
     path = pathlib.Path(source)
+    if path.is_dir():
+        raise DataError(f"{os.path.abspath(path)}: is a directory, not a data file (give the .jsonl/.tsv file in it)")
     if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
+        raise DataFileNotFoundError(f"data file not found: {os.path.abspath(path)}")
     return path
 
 
@@ -128,21 +137,68 @@ def _maybe_progress(lines: Iterable[str], path: pathlib.Path) -> Iterable[str]:
     return tqdm(lines, desc=f"Reading {path.name}", unit=" lines")
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _is_gzip(path: pathlib.Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == _GZIP_MAGIC
+
+
+def _data_suffix(path: pathlib.Path) -> str:
+    """The suffix that tells the format: ``.jsonl`` for ``x.jsonl`` and for ``x.jsonl.gz``."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def _iter_text_lines(path: pathlib.Path, name: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for every line of a UTF-8 text file, without its line terminator.
+
+    gzip-compressed files (detected from their first bytes, whatever their suffix) are decompressed on the fly and
+    numbered by their decompressed lines; a UTF-8 byte order mark at the start is skipped. Bytes that are not
+    UTF-8 and a corrupt or truncated gzip stream raise :class:`DataFormatError` naming the file and the line.
+    """
+    compressed = _is_gzip(path)
+    line_number = 0
+    try:
+        with (gzip.open(path, "rb") if compressed else path.open("rb")) as handle:
+            for line_number, raw in enumerate(_maybe_progress(handle, path), start=1):
+                if line_number == 1 and raw.startswith(_UTF8_BOM):
+                    raw = raw[len(_UTF8_BOM) :]
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataFormatError(
+                        name,
+                        line_number,
+                        None,
+                        f"is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line); "
+                        "save the file as UTF-8",
+                    ) from None
+                yield line_number, text.rstrip("\r\n")
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataFormatError(
+            name, line_number + 1, None, f"corrupt or truncated gzip data ({exc or type(exc).__name__})"
+        ) from None
+
+
 def _iter_jsonl(path: pathlib.Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, record)`` for every non-blank line of a JSON Lines file."""
-    with path.open("r", encoding="utf-8") as handle:
-        for line_number, line in enumerate(_maybe_progress(handle, path), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(
-                    name, line_number, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
-                ) from None
-            if not isinstance(record, dict):
-                raise DataFormatError(name, line_number, None, f"must be a JSON object, got {type(record).__name__}")
-            yield line_number, record
+    """Yield ``(line_number, record)`` for every non-blank line of a JSON Lines file (plain or gzip)."""
+    for line_number, line in _iter_text_lines(path, name):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(
+                name, line_number, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+            ) from None
+        if not isinstance(record, dict):
+            raise DataFormatError(name, line_number, None, f"must be a JSON object, got {type(record).__name__}")
+        yield line_number, record
 
 
 def _iter_dataset_rows(dataset: Dataset) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -157,7 +213,23 @@ def _require_text(record: Mapping[str, Any], field: str, name: str, line: int | 
         raise DataFormatError(name, line, field, f"must be a string, got {type(value).__name__} {_short_repr(value)}")
     if not value.strip():
         raise DataFormatError(name, line, field, f"must be a non-empty string, got {value!r}")
+    _check_unicode(value, field, name, line)
     return value
+
+
+def _check_unicode(text: str, field: str, name: str, line: int | None, item: int | None = None) -> None:
+    """Reject text that cannot be encoded as UTF-8: a lone surrogate (e.g. a JSON ``"\\ud800"`` escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        where = f"item {item} " if item is not None else ""
+        raise DataFormatError(
+            name,
+            line,
+            field,
+            f"{where}contains a lone surrogate {text[exc.start]!r} at character {exc.start + 1}, which is not valid "
+            "Unicode (a broken \\uXXXX escape?)",
+        ) from None
 
 
 def _require_text_list(
@@ -182,6 +254,7 @@ def _require_text_list(
             )
         if not item.strip():
             raise DataFormatError(name, line, field, f"item {index} must be a non-empty string, got {item!r}")
+        _check_unicode(item, field, name, line, index)
     return list(value)
 
 
@@ -349,6 +422,7 @@ def load_ir_dataset(
         records, ["positive_scores", "negative_scores"] + (["instruction"] if keep_instruction else []), source_name
     )
     _log_instructions(records, source_name)
+    warn_suspicious_records(records, "ir", source_name)
     logger.info("Loaded %d IR records from %s", len(records), source_name)
     return Dataset.from_dict({column: [record[column] for record in records] for column in columns})
 
@@ -433,18 +507,17 @@ def _sts_pair_from_row(
     }
 
 
-def _iter_tsv_rows(path: pathlib.Path) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(line_number, fields)``; one record per physical line (``QUOTE_NONE``: quotes are text)."""
-    with path.open("r", encoding="utf-8", newline="") as handle:
-        reader = csv.reader(_maybe_progress(handle, path), delimiter="\t", quoting=csv.QUOTE_NONE)
-        for line_number, fields in enumerate(reader, start=1):
-            if not fields or all(not field.strip() for field in fields):
-                continue
-            yield line_number, fields
+def _iter_tsv_rows(path: pathlib.Path, name: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, fields)``; one record per physical line, split at tabs (quotes are plain text)."""
+    for line_number, line in _iter_text_lines(path, name):
+        fields = line.split("\t")
+        if all(not field.strip() for field in fields):
+            continue
+        yield line_number, fields
 
 
 def _detect_tsv_format(path: pathlib.Path, name: str) -> str:
-    for line, fields in _iter_tsv_rows(path):
+    for line, fields in _iter_tsv_rows(path, name):
         if len(fields) >= len(_STSB_HEADER):
             return "stsb"
         if len(fields) == 3:
@@ -460,7 +533,7 @@ def _iter_stsb_rows(path: pathlib.Path, name: str) -> Iterator[tuple[int, dict[s
 
     Extra trailing fields (some distributions append source notes) are ignored.
     """
-    for line, fields in _iter_tsv_rows(path):
+    for line, fields in _iter_tsv_rows(path, name):
         if line == 1 and [field.strip().lower() for field in fields[: len(_STSB_HEADER)]] == list(_STSB_HEADER):
             continue
         if len(fields) < len(_STSB_HEADER):
@@ -473,7 +546,7 @@ def _iter_stsb_rows(path: pathlib.Path, name: str) -> Iterator[tuple[int, dict[s
 
 def _iter_plain_tsv_rows(path: pathlib.Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Generic / Chinese STS-B tsv: ``s1 <TAB> s2 <TAB> score``; a header line naming the score is skipped."""
-    for line, fields in _iter_tsv_rows(path):
+    for line, fields in _iter_tsv_rows(path, name):
         if line == 1 and len(fields) == 3 and fields[2].strip().lower() in _TSV_HEADER_NAMES:
             continue
         if len(fields) != 3:
@@ -495,7 +568,7 @@ def _iter_sts_pairs(
         raise TypeError(f"format='dataset' needs a datasets.Dataset, got {type(source).__name__}")
     path = _check_path(source)
     if format == "auto":
-        format = "unified" if path.suffix.lower() in _JSONL_SUFFIXES else _detect_tsv_format(path, name)
+        format = "unified" if _data_suffix(path) in _JSONL_SUFFIXES else _detect_tsv_format(path, name)
     if format == "unified":
         for line, record in _iter_jsonl(path, name):
             yield from _sts_pairs_from_unified(record, name, line, score_range)
@@ -567,7 +640,96 @@ def load_sts_dataset(
     if not pairs:
         raise DataFormatError(source_name, None, None, "contains no records")
     logger.info("Loaded %d STS pairs from %s", len(pairs), source_name)
+    warn_suspicious_records(pairs, "sts", source_name)
     return Dataset.from_dict({column: [pair[column] for pair in pairs] for column in STS_COLUMNS})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Suspicious (valid but probably wrong) data
+# --------------------------------------------------------------------------------------------------------------
+
+
+def suspicious_record_counts(rows: Dataset | Iterable[Mapping[str, Any]], task: str) -> dict[str, int]:
+    """Count the records of a loaded dataset that are valid but probably a mistake.
+
+    Args:
+        rows: records with the columns this module produces (IR: ``query``, ``positives``, ``negatives``; STS:
+            ``sentence1``, ``sentence2``, ``score``), e.g. the :class:`datasets.Dataset` of a loader.
+        task: ``"ir"`` or ``"sts"``.
+
+    Returns:
+        The counts, every key present:
+
+        - ``records``: the number of records;
+        - ``duplicates``: records equal, in every column, to an earlier record;
+        - IR only: ``query_is_positive`` / ``query_is_negative``: records whose query text is also one of their
+          positives / negatives; ``positive_is_negative``: records with a text that is both a positive and a
+          negative;
+        - STS only: ``identical_pairs``: pairs whose two sentences are the same text; ``distinct_scores``: the
+          number of different gold scores (``1`` with two or more pairs means every score is equal: the
+          correlation and ranking losses get no signal and Spearman is undefined).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if isinstance(rows, Dataset):
+        columns = IR_COLUMNS if task == "ir" else STS_COLUMNS
+        present = [column for column in columns if column in rows.column_names]
+        rows = [dict(zip(present, values)) for values in zip(*(rows[column] for column in present))]
+    seen: set[tuple] = set()
+    counts = Counter()
+    scores: set[float] = set()
+    for row in rows:
+        counts["records"] += 1
+        if task == "ir":
+            query, positives, negatives = row["query"], row["positives"], row.get("negatives") or []
+            key: tuple = (query, tuple(positives), tuple(negatives))
+            counts["query_is_positive"] += query in positives
+            counts["query_is_negative"] += query in negatives
+            counts["positive_is_negative"] += not set(positives).isdisjoint(negatives)
+        else:
+            key = (row["sentence1"], row["sentence2"], float(row["score"]))
+            counts["identical_pairs"] += row["sentence1"] == row["sentence2"]
+            scores.add(float(row["score"]))
+        counts["duplicates"] += key in seen
+        seen.add(key)
+    keys = ["records", "duplicates"] + (
+        ["query_is_positive", "query_is_negative", "positive_is_negative"] if task == "ir" else ["identical_pairs"]
+    )
+    result = {key: counts[key] for key in keys}
+    if task == "sts":
+        result["distinct_scores"] = len(scores)
+    return result
+
+
+def warn_suspicious_records(rows: Dataset | Iterable[Mapping[str, Any]], task: str, source: str) -> dict[str, int]:
+    """Log one warning for ``source`` listing the suspicious records of a dataset, with counts; return the counts.
+
+    The loaders call it once per file; see :func:`suspicious_record_counts` for what is counted. Nothing is logged
+    when nothing is suspicious.
+    """
+    counts = suspicious_record_counts(rows, task)
+    total = counts["records"]
+    findings = []
+    if counts["duplicates"]:
+        findings.append(f"{counts['duplicates']} duplicated record(s)")
+    if task == "ir":
+        for key, what in (
+            ("query_is_positive", "the query equal to one of its positives"),
+            ("query_is_negative", "the query equal to one of its negatives"),
+            ("positive_is_negative", "a text that is both a positive and a negative"),
+        ):
+            if counts[key]:
+                findings.append(f"{counts[key]} record(s) with {what}")
+    else:
+        if counts["identical_pairs"]:
+            findings.append(f"{counts['identical_pairs']} pair(s) of two identical sentences")
+        if total > 1 and counts["distinct_scores"] == 1:
+            findings.append(
+                "every gold score is equal (no signal for the STS losses; Spearman is undefined)"
+            )
+    if findings:
+        logger.warning("%s: suspicious data in %d records: %s", source, total, "; ".join(findings))
+    return counts
 
 
 # --------------------------------------------------------------------------------------------------------------
