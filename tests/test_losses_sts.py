@@ -21,9 +21,12 @@ def pearson_reference(c: np.ndarray, y: np.ndarray) -> float:
     return 1.0 - float(np.corrcoef(c, y)[0, 1])
 
 
-def rank_kl_reference(c: np.ndarray, y: np.ndarray, t: float, reduction: str = "batchmean") -> float:
+def rank_kl_reference(
+    c: np.ndarray, y: np.ndarray, t: float, reduction: str = "batchmean", all_equal_gold: str = "uniform_target"
+) -> float:
+    """The reference's rank-KL; with all gold scores equal its ranks are all equal, so the target is uniform."""
     n = len(c)
-    if n < 2 or np.all(y == y[0]):
+    if n < 2 or (all_equal_gold == "zero" and np.all(y == y[0])):
         return 0.0
     ranks_desc = rankdata(-y, method="average") - 1  # 0 = highest gold score
     ideal = (n - 1 - ranks_desc) / (n - 1)
@@ -168,6 +171,16 @@ STS_LOSSES = [
     SoftSpearmanLoss(None, regularization_strength=0.3),
     CoDiEmbSTSLoss(None, temperature=0.5, soft_spearman_weight=1.0, soft_spearman_regularization=0.3),
 ]
+# The losses that give exactly 0 on a batch whose gold scores are all equal (no order to learn).
+ZERO_ON_ALL_EQUAL_GOLD = [
+    PearsonLoss(None),
+    RankKLLoss(None, temperature=0.5, all_equal_gold="zero"),
+    PROLoss(None, temperature=0.5),
+    SoftSpearmanLoss(None, regularization_strength=0.3),
+    CoDiEmbSTSLoss(
+        None, temperature=0.5, soft_spearman_weight=1.0, soft_spearman_regularization=0.3, rank_kl_all_equal_gold="zero"
+    ),
+]
 
 
 @pytest.mark.parametrize("loss", STS_LOSSES, ids=lambda loss: type(loss).__name__)
@@ -188,7 +201,7 @@ DEGENERATE = {
 }
 
 
-@pytest.mark.parametrize("loss", STS_LOSSES, ids=lambda loss: type(loss).__name__)
+@pytest.mark.parametrize("loss", ZERO_ON_ALL_EQUAL_GOLD, ids=lambda loss: type(loss).__name__)
 @pytest.mark.parametrize("case", list(DEGENERATE))
 def test_degenerate_batches_finite(loss, case):
     c, y = DEGENERATE[case]
@@ -201,6 +214,27 @@ def test_degenerate_batches_finite(loss, case):
         if case != "constant predictions":
             assert value.item() == 0.0
             assert torch.all(pred.grad == 0)
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.5])
+def test_rank_kl_all_equal_gold_pulls_predictions_together_like_the_reference(temperature):
+    """Default = the reference: a uniform target, so unequal predictions get a positive loss and a gradient."""
+    c, y = DEGENERATE["all gold equal"]
+    pred = t64(c).requires_grad_()
+    value = RankKLLoss(None, temperature=temperature).compute_from_scores(pred, t64(y))
+    assert value.item() == pytest.approx(rank_kl_reference(np.array(c), np.array(y), temperature), rel=1e-9)
+    assert value.item() > 1e-4
+    value.backward()
+    assert pred.grad.abs().sum().item() > 0
+    # Gradient descent moves the predictions towards each other.
+    stepped = pred.detach() - 0.01 * pred.grad
+    assert stepped.std().item() < pred.detach().std().item()
+    # Equal predictions are already optimal.
+    assert RankKLLoss(None, temperature=temperature).compute_from_scores(t64([0.2] * 4), t64(y)).item() == pytest.approx(
+        0.0, abs=1e-12
+    )
+    with pytest.raises(ValueError, match="all_equal_gold must be one of"):
+        RankKLLoss(None, all_equal_gold="skip")
 
 
 @pytest.mark.parametrize("loss", STS_LOSSES, ids=lambda loss: type(loss).__name__)
@@ -252,7 +286,8 @@ class TinyEncoder(nn.Module):
 @pytest.mark.parametrize("cls", [PearsonLoss, RankKLLoss, PROLoss, SoftSpearmanLoss, CoDiEmbSTSLoss])
 def test_forward_embeds_pairs_and_matches_scores(cls):
     model = TinyEncoder()
-    loss = cls(model)
+    # The linear stand-in has no hidden layers: the middle-layer term is tested on a real encoder (test_middle_layer).
+    loss = cls(model, multi_layer_weight=0.0) if cls is CoDiEmbSTSLoss else cls(model)
     gen = torch.Generator().manual_seed(1)
     a, b = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randn(6, 4, generator=gen, dtype=torch.float64)
     gold = t64([0.0, 1.0, 1.0, 3.0, 4.5, 2.0])

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import Tensor, nn
-
+import torch.distributed as dist
 from sentence_transformers import util
 from sentence_transformers.base.losses.merged_forward import embed_columns
+from torch import Tensor, nn
 
 CODIEMB_CITATION = """
 @misc{zhang2025codiemb,
@@ -135,3 +135,30 @@ class PairScoreLoss(nn.Module):
 
     def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
         raise NotImplementedError
+
+
+def check_same_sizes_across_ranks(sizes: dict[str, int], loss_name: str, device: torch.device) -> None:
+    """Raise one clear error on every rank when the ranks would all-gather differently shaped tensors.
+
+    ``sizes`` names the local sizes that must agree (e.g. ``{"batch": 16, "positives": 2}``); every rank calls this
+    with the same keys. Without an initialised process group it does nothing.
+
+    Raises:
+        ValueError: naming each rank's sizes, when they differ.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    local = torch.tensor(list(sizes.values()), device=device)
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    per_rank = [tuple(int(v) for v in t.tolist()) for t in gathered]
+    if len(set(per_rank)) > 1:
+        described = ", ".join(
+            f"rank {rank}: " + " ".join(f"{key}={value}" for key, value in zip(sizes, values))
+            for rank, values in enumerate(per_rank)
+        )
+        raise ValueError(
+            f"{loss_name}(gather_across_devices=True) needs the same local batch size and number of columns on every "
+            f"rank, got {described}. Use a sampler that emits equal full batches per rank (e.g. drop the last "
+            "incomplete batch)."
+        )

@@ -6,13 +6,12 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
-
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
 from sentence_transformers.util import all_gather_with_grad, cos_sim
+from torch import Tensor, nn
 
-from ._common import CODIEMB_CITATION, function_name
+from ._common import CODIEMB_CITATION, check_same_sizes_across_ranks, function_name
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +245,16 @@ class MultiPositiveInfoNCELoss(nn.Module):
         negatives = torch.stack(negative_columns, dim=1) if negative_columns else None
         offset = 0
         if self.gather_across_devices and self.in_batch_negatives and dist.is_available() and dist.is_initialized():
-            self._check_equal_shapes(queries, positives, negatives)
+            check_same_sizes_across_ranks(
+                {
+                    "batch": queries.size(0),
+                    "positives": positives.size(1),
+                    "negatives": 0 if negatives is None else negatives.size(1),
+                    "dim": queries.size(1),
+                },
+                type(self).__name__,
+                queries.device,
+            )
             positives = all_gather_with_grad(positives)
             if negatives is not None:
                 negatives = all_gather_with_grad(negatives)
@@ -261,27 +269,6 @@ class MultiPositiveInfoNCELoss(nn.Module):
             query_offset=offset,
             in_batch_positives=self.in_batch_positives,
         )
-
-    @staticmethod
-    def _check_equal_shapes(queries: Tensor, positives: Tensor, negatives: Tensor | None) -> None:
-        """All ranks must gather identically shaped tensors: compare (batch, positives, negatives, dim)."""
-        num_negatives = 0 if negatives is None else negatives.size(1)
-        local = torch.tensor(
-            [queries.size(0), positives.size(1), num_negatives, queries.size(1)], device=queries.device
-        )
-        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, local)
-        shapes = [tuple(int(v) for v in t.tolist()) for t in gathered]
-        if len(set(shapes)) > 1:
-            per_rank = ", ".join(
-                f"rank {rank}: batch={s[0]} positives={s[1]} negatives={s[2]} dim={s[3]}"
-                for rank, s in enumerate(shapes)
-            )
-            raise ValueError(
-                "MultiPositiveInfoNCELoss(gather_across_devices=True) needs the same local batch size and number of "
-                f"columns on every rank, got {per_rank}. Use a sampler that emits equal full batches per rank "
-                "(e.g. drop the last incomplete batch)."
-            )
 
     def get_config_dict(self) -> dict[str, Any]:
         return {

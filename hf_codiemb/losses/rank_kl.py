@@ -6,14 +6,15 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
+from torch import Tensor
 
 from ._common import CODIEMB_CITATION, PairScoreLoss, average_ranks, function_name
 
 logger = logging.getLogger(__name__)
+
+ALL_EQUAL_GOLD: tuple[str, ...] = ("uniform_target", "zero")
 
 
 class RankKLLoss(PairScoreLoss):
@@ -23,6 +24,7 @@ class RankKLLoss(PairScoreLoss):
         temperature: float = 0.05,
         reduction: Literal["batchmean", "sum"] = "batchmean",
         similarity_fct: Callable[[Tensor, Tensor], Tensor] = util.pairwise_cos_sim,
+        all_equal_gold: Literal["uniform_target", "zero"] = "uniform_target",
     ) -> None:
         """
         Rank-KL loss for Semantic Textual Similarity (STS): a KL divergence between a target distribution built from
@@ -39,13 +41,19 @@ class RankKLLoss(PairScoreLoss):
         ``"sum"`` gives the plain KL divergence.
 
         Because only ranks enter the target, the loss aligns with Spearman correlation and ignores the scale of the
-        gold scores. A batch of one pair, or one in which every gold score is equal (no ranking information), gives
-        loss 0 with zero gradients (the reference would instead pull all predictions towards equality).
+        gold scores. A batch of one pair gives loss 0. A batch in which every gold score is equal has no ranking
+        information; what happens then is set by ``all_equal_gold``:
+
+        - ``"uniform_target"`` (default, the reference's behaviour): every normalised rank is the same, so the target
+          is uniform and the loss pulls all predictions of the batch towards equality (the reference divides the
+          ranks by ``n - 1`` without a special case, which gives exactly this).
+        - ``"zero"`` (ours, an option): the loss is 0 with zero gradients, so such a batch does not move the model.
 
         Args:
             model: SentenceTransformer model (may be ``None`` when only :meth:`compute_from_scores` is used).
             temperature: Temperature of both softmaxes (reference: 0.05).
             reduction: ``"batchmean"`` (sum / n, the reference) or ``"sum"``.
+            all_equal_gold: ``"uniform_target"`` (the reference) or ``"zero"`` (ours), see above.
             similarity_fct: Function computing the PAIRWISE similarity of two embedding batches.
 
         References:
@@ -78,10 +86,13 @@ class RankKLLoss(PairScoreLoss):
             raise ValueError(f"temperature must be positive, got {temperature}.")
         if reduction not in ("batchmean", "sum"):
             raise ValueError(f"reduction must be 'batchmean' or 'sum', got {reduction!r}.")
+        if all_equal_gold not in ALL_EQUAL_GOLD:
+            raise ValueError(f"all_equal_gold must be one of {ALL_EQUAL_GOLD}, got {all_equal_gold!r}.")
         self.model = model
         self.temperature = temperature
         self.reduction = reduction
         self.similarity_fct = similarity_fct
+        self.all_equal_gold = all_equal_gold
 
     def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
         n = predicted.numel()
@@ -93,6 +104,8 @@ class RankKLLoss(PairScoreLoss):
         kl = (log_target.exp() * (log_target - log_pred)).sum()
         if self.reduction == "batchmean":
             kl = kl / n
+        if self.all_equal_gold == "uniform_target":
+            return kl
         has_order = gold.max() > gold.min()
         return torch.where(has_order, kl, torch.zeros_like(kl))
 
@@ -100,6 +113,7 @@ class RankKLLoss(PairScoreLoss):
         return {
             "temperature": self.temperature,
             "reduction": self.reduction,
+            "all_equal_gold": self.all_equal_gold,
             "similarity_fct": function_name(self.similarity_fct),
         }
 
