@@ -5,16 +5,37 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+from typing import NoReturn
+
+from hf_codiemb.errors import CoDiEmbUserError, UsageError, unknown_arguments_message
 
 logger = logging.getLogger("hf_codiemb")
 
+# Set to 1 to see the traceback of a user error (bad data, recipe value, path) instead of its one-line message.
+DEBUG_ENV_VAR = "CODIEMB_DEBUG"
+# Exit status of a user error (as argparse's for a bad command line).
+USER_ERROR_EXIT_CODE = 2
+
+
+class CommandArgumentParser(argparse.ArgumentParser):
+    """The parser of ``codiemb`` and its sub-commands: flags are never abbreviated, and a bad command line raises
+    :class:`~hf_codiemb.errors.UsageError` (one line, exit status 2) instead of printing the whole usage."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
 # Subcommands parsed by argparse modules exposing register(subparsers) / run(args).
-ARGPARSE_COMMANDS = ("evaluate", "fuse", "push", "merge_lora", "prepare_models")
+ARGPARSE_COMMANDS = ("evaluate", "fuse", "push", "merge_lora", "prepare_models", "mine")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandArgumentParser(
         prog="codiemb",
         description="CoDiEmb: train unified IR + STS embedding models with sentence-transformers, fuse checkpoints "
         "with delta-guided fusion and publish them on the Hugging Face Hub.",
@@ -22,7 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         "codiemb train --config recipes/default/config.yaml",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"Show the traceback of errors in the input (data, recipe, paths) instead of one line; also "
+        f"{DEBUG_ENV_VAR}=1. Such errors exit with status {USER_ERROR_EXIT_CODE}.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandArgumentParser)
     from hf_codiemb.commands import train
 
     subparsers.add_parser("train", help=train.HELP, add_help=False)
@@ -43,23 +70,72 @@ def setup_logging(level: str) -> None:
     transformers.logging.set_verbosity(getattr(logging, level.upper()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    level = "info"
-    if argv[:1] == ["--log-level"] and len(argv) > 1:
-        level, argv = argv[1], argv[2:]
-    setup_logging(level)
+def _global_options(argv: list[str]) -> tuple[str, bool, list[str]]:
+    """Take ``--log-level LEVEL`` / ``--debug`` off the front of ``argv``, and a bare ``--debug`` from anywhere.
+
+    A ``--debug`` followed by a value is left alone: it is transformers' ``TrainingArguments.debug`` option.
+    """
+    level, debug = "info", os.environ.get(DEBUG_ENV_VAR, "").strip().lower() in {"1", "true", "yes", "on"}
+    while argv:
+        if argv[0] == "--log-level" and len(argv) > 1:
+            level, argv = argv[1], argv[2:]
+        elif argv[0].startswith("--log-level="):
+            level, argv = argv[0].split("=", 1)[1], argv[1:]
+        elif argv[0] == "--debug":
+            debug, argv = True, argv[1:]
+        else:
+            break
+    rest = []
+    for index, arg in enumerate(argv):
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if arg == "--debug" and (following is None or following.startswith("-")):
+            debug = True
+            continue
+        rest.append(arg)
+    return level, debug, rest
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] == "train":
         # `train` parses its recipe dataclasses with transformers' HfArgumentParser (its own --help).
         from hf_codiemb.commands import train
 
         return train.run(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command_parser = subparsers.choices.get(args.command, parser)
+        options = [option for action in command_parser._actions for option in action.option_strings]
+        raise UsageError(
+            f"unrecognized arguments: {' '.join(extras)}{unknown_arguments_message(extras, options)} "
+            f"(see `{command_parser.prog} --help`)"
+        )
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
     return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``codiemb``; return the exit status.
+
+    An error in the user's input (:class:`~hf_codiemb.errors.CoDiEmbUserError`: bad data, recipe value, command
+    line, missing or broken file) is reported on one line on stderr, ``codiemb COMMAND: error: MESSAGE``, and
+    gives exit status 2; ``--debug`` (or ``CODIEMB_DEBUG=1``) re-raises it with its traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    level, debug, argv = _global_options(argv)
+    setup_logging(level)
+    try:
+        return _run(argv)
+    except CoDiEmbUserError as error:
+        if debug:
+            raise
+        command = f"codiemb {argv[0]}" if argv and not argv[0].startswith("-") else "codiemb"
+        message = " ".join(str(error).split())  # one line, whatever the message holds
+        sys.stderr.write(f"{command}: error: {message}\n")
+        return USER_ERROR_EXIT_CODE
 
 
 if __name__ == "__main__":

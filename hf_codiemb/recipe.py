@@ -29,6 +29,17 @@ class DataArguments:
         metadata={"help": "STS files turned into IR training records (paraphrase retrieval, pairs scored >= 4)."},
     )
     ir_eval: list[str] = field(default_factory=list, metadata={"help": "IR evaluation files (JSON Lines)."})
+    ir_train_beir: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "BEIR folders as IR training data, 'FOLDER:SPLIT:NEGATIVES' (positives: qrels scored > 0; "
+            "negatives: a file written by `codiemb mine`) or 'FOLDER:SPLIT' (no hard negatives)."
+        },
+    )
+    ir_eval_beir: list[str] = field(
+        default_factory=list,
+        metadata={"help": "BEIR folders evaluated as IR, 'FOLDER:SPLIT' (e.g. ../shared/data/scifact:dev)."},
+    )
     sts_eval: list[str] = field(default_factory=list, metadata={"help": "STS evaluation files (jsonl, tsv)."})
     ir_eval_from_sts: bool = field(
         default=True,

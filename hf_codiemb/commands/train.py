@@ -32,6 +32,7 @@ def dataset_name(path: str, taken: set[str]) -> str:
 
 def load_training_data(data_args: DataArguments, num_negatives: int) -> tuple[dict[str, Dataset], dict[str, str]]:
     """All training datasets of a recipe, validated, with the task of each."""
+    from hf_codiemb.beir import beir_ir_train_dataset, load_beir, parse_beir_spec
     from hf_codiemb.data import ir_train_from_sts_pairs, load_ir_dataset, load_sts_dataset
 
     datasets: dict[str, Dataset] = {}
@@ -41,6 +42,14 @@ def load_training_data(data_args: DataArguments, num_negatives: int) -> tuple[di
     for path in data_args.ir_train:
         name = dataset_name(path, taken)
         datasets[name] = load_ir_dataset(resolve_data_path(path), name=name, max_records=data_args.max_train_records)
+        tasks[name] = "ir"
+    for entry in data_args.ir_train_beir:
+        spec = parse_beir_spec(entry)
+        beir = load_beir(spec.folder, spec.split)
+        name = dataset_name(beir.name, taken)
+        datasets[name] = beir_ir_train_dataset(
+            beir, spec.negatives, require_negatives=num_negatives > 0, max_records=data_args.max_train_records
+        )
         tasks[name] = "ir"
     for path in data_args.ir_train_from_sts:
         name = dataset_name(path, taken) + "_ir"
@@ -54,7 +63,7 @@ def load_training_data(data_args: DataArguments, num_negatives: int) -> tuple[di
         )
         tasks[name] = "sts"
     if not datasets:
-        raise ValueError("The recipe has no training data: give ir_train and/or sts_train")
+        raise ValueError("The recipe has no training data: give ir_train, ir_train_beir and/or sts_train")
     for name, dataset in datasets.items():
         keep = ["query", "positives", "negatives"] if tasks[name] == "ir" else ["sentence1", "sentence2", "score"]
         datasets[name] = dataset.select_columns([c for c in keep if c in dataset.column_names])
@@ -83,6 +92,7 @@ def ir_eval_set_from_ir_dataset(dataset: Dataset) -> tuple[dict[str, str], dict[
 
 def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, Any], dict[str, Any]]:
     """The STS and IR evaluation sets of a recipe (IR sets carry the query/passage prompts)."""
+    from hf_codiemb.beir import beir_ir_eval_set, load_beir, parse_beir_spec
     from hf_codiemb.data import ir_task_from_sts_pairs, load_ir_dataset, load_sts_dataset
 
     sts_sets: dict[str, Any] = {}
@@ -104,6 +114,13 @@ def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, Any]
         ir = load_ir_dataset(resolve_data_path(path), max_records=data_args.max_eval_records)
         queries, corpus, relevant = ir_eval_set_from_ir_dataset(ir)
         ir_sets[name] = {"queries": queries, "corpus": corpus, "relevant": relevant, **prompts}
+    for entry in data_args.ir_eval_beir:
+        spec = parse_beir_spec(entry, allow_negatives=False)
+        beir = load_beir(spec.folder, spec.split)
+        ir_sets[dataset_name(beir.name, taken)] = beir_ir_eval_set(
+            beir, query_prompt=prompts["query_prompt"], corpus_prompt=prompts["corpus_prompt"],
+            max_queries=data_args.max_eval_records,
+        )  # fmt: skip
     return sts_sets, ir_sets
 
 
@@ -165,12 +182,14 @@ def run(argv: list[str]) -> int:
 
     from hf_codiemb.evaluation import evaluate_model, format_before_after_table, write_results
     from hf_codiemb.models import load_model
-    from hf_codiemb.trainer import CoDiEmbTrainer
+    from hf_codiemb.trainer import CoDiEmbTrainer, prepare_output_dir
 
     model_args, data_args, training_args, run_args = parse_recipe(argv)
     if run_args.dry_run:
         return dry_run(model_args, data_args, training_args)
     output_dir = Path(training_args.output_dir)
+    # Before any work: resume from the latest complete checkpoint, or refuse to overwrite a used output_dir.
+    resume_from = prepare_output_dir(training_args)
     datasets, tasks = load_training_data(data_args, training_args.num_negatives)
     training_args.dataset_tasks = tasks
     training_args.prompts = training_prompts(model_args, datasets, tasks, training_args)
@@ -183,7 +202,7 @@ def run(argv: list[str]) -> int:
         logger.info("Evaluating before training")
         before = evaluate_model(model, sts_sets, ir_sets, sts_prompt=sts_prompt)
     trainer = CoDiEmbTrainer(model=model, args=training_args, train_dataset=datasets)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(output_dir))
     if not trainer.is_world_process_zero():
         return 0
