@@ -759,7 +759,7 @@ def demo_data_path(name: str) -> pathlib.Path:
             for entry in (importlib.resources.files("hf_codiemb") / "demo_data").iterdir()
             if entry.name.endswith(".jsonl")
         )
-        raise FileNotFoundError(f"no demo data file {name!r}; available: {available}")
+        raise DataFileNotFoundError(f"no demo data file {name!r}; available: {available}")
     return path
 
 

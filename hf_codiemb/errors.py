@@ -9,6 +9,9 @@ against the built-in types keeps working.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "CoDiEmbUserError",
     "DataError",
@@ -16,6 +19,8 @@ __all__ = [
     "ModelLoadError",
     "OutputExistsError",
     "RecipeError",
+    "UsageError",
+    "unknown_arguments_message",
 ]
 
 
@@ -72,3 +77,34 @@ class ModelLoadError(CoDiEmbUserError, OSError):
 
 class OutputExistsError(CoDiEmbUserError, FileExistsError):
     """An output folder that already exists and would be overwritten."""
+
+
+class UsageError(CoDiEmbUserError, ValueError):
+    """A command line that cannot be run (unknown flag, missing argument, nothing to do)."""
+
+
+def unknown_arguments_message(arguments: Iterable[str], known: Iterable[str], prefix: str = "--") -> str:
+    """``"; did you mean --max_steps?"`` for the unknown ``arguments`` that are close to a ``known`` one, else ``""``.
+
+    Args:
+        arguments: the unknown command-line tokens (only those starting with ``prefix`` are looked at) or keys.
+        known: the known option strings or keys.
+        prefix: the prefix of options (``"--"``); ``""`` compares plain keys.
+    """
+    # Compare with '-' and '_' made equal, so --max-steps finds --max_steps (suggested in its underscore spelling).
+    normalised: dict[str, str] = {}
+    for option in sorted(known, key=lambda option: "-" in option.lstrip("-")):
+        normalised.setdefault(option.replace("-", "_"), option)
+    hints: list[tuple[str, str]] = []
+    for argument in arguments:
+        if prefix and not argument.startswith(prefix):
+            continue
+        name = argument.split("=", 1)[0]
+        match = difflib.get_close_matches(name.replace("-", "_"), list(normalised), n=1, cutoff=0.75)
+        if match and normalised[match[0]] != name:
+            hints.append((name, normalised[match[0]]))
+    if not hints:
+        return ""
+    if len(hints) == 1:
+        return f"; did you mean {hints[0][1]}?"
+    return "; did you mean " + ", ".join(f"{suggestion} (for {name})" for name, suggestion in hints) + "?"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import re
+import struct
+import zipfile
+from collections import Counter
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,8 +19,11 @@ from datasets import Dataset, DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from torch.utils.data import BatchSampler, ConcatDataset
 from transformers import TrainerCallback
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_codiemb.collator import CoDiEmbDataCollator
+from hf_codiemb.errors import CoDiEmbUserError
 from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
 from hf_codiemb.training_args import TASKS, CoDiEmbTrainingArguments
 
@@ -23,8 +33,154 @@ IR_COLUMNS = ("query", "positives")
 STS_COLUMNS = ("sentence1", "sentence2", "score")
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(CoDiEmbUserError, ValueError):
     """A training dataset that cannot be trained on as configured (raised before training starts)."""
+
+
+class CheckpointError(CoDiEmbUserError, ValueError):
+    """A checkpoint that cannot be resumed from: missing, incomplete, or none at all in the output folder."""
+
+
+class NonFiniteLossError(CoDiEmbUserError, FloatingPointError):
+    """A training loss that is NaN or infinite (the message names the step, the dataset and the loss component)."""
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+MODEL_WEIGHT_NAMES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+    "adapter_model.safetensors", "adapter_model.bin",
+)  # fmt: skip
+RESUME_LATEST = ("true", "last", "latest")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file ``path`` is unreadable (truncated, bad header), or None when its size adds up."""
+    try:
+        with path.open("rb") as file:
+            prefix = file.read(8)
+            if len(prefix) < 8:
+                return f"{path.name} is truncated ({path.stat().st_size} bytes)"
+            (header_size,) = struct.unpack("<Q", prefix)
+            header = json.loads(file.read(header_size))
+    except (OSError, ValueError, struct.error) as error:
+        return f"{path.name} has no readable safetensors header ({error})"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_size + max(ends, default=0)
+    actual = path.stat().st_size
+    if actual != expected:
+        return f"{path.name} is truncated ({actual} of {expected} bytes)"
+    return None
+
+
+def checkpoint_problem(checkpoint: str | Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from, or ``None`` when it is complete.
+
+    A complete checkpoint has ``trainer_state.json`` (the Trainer writes it last, so a save killed midway leaves none
+    or a truncated one), the model (``modules.json`` and readable weights of every module) and, unless it is a
+    model-only checkpoint (``save_only_model``), the optimizer and scheduler states, all readable. Files are checked
+    for their structure (safetensors sizes, zip directories of ``torch.save`` files), not loaded.
+
+    Args:
+        checkpoint: A ``checkpoint-N`` folder.
+
+    Returns:
+        A short reason (e.g. ``"no trainer_state.json (its save did not finish)"``) or ``None``.
+    """
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return "not a folder" if path.exists() else "does not exist"
+    state_file = path / TRAINER_STATE_NAME
+    if not state_file.is_file():
+        return f"no {TRAINER_STATE_NAME} (its save did not finish)"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{TRAINER_STATE_NAME} is unreadable ({error})"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return f"{TRAINER_STATE_NAME} has no global_step"
+    try:
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+        module_dirs = [path / module.get("path", "") for module in modules]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as error:
+        return f"modules.json is missing or unreadable ({error})"
+    if not any((folder / name).is_file() for folder in {path, *module_dirs} for name in MODEL_WEIGHT_NAMES):
+        return f"no model weights ({' / '.join(MODEL_WEIGHT_NAMES[::2])})"
+    for weights in sorted(path.rglob("*.safetensors")):
+        problem = _safetensors_problem(weights)
+        if problem:
+            return problem
+    for weights in sorted(path.rglob("*.bin")):
+        if weights.name != "training_args.bin" and not zipfile.is_zipfile(weights):
+            return f"{weights.relative_to(path)} is truncated or not a torch.save file"
+    training_state = [OPTIMIZER_NAME, SCHEDULER_NAME]
+    present = [name for name in training_state if (path / name).is_file()]
+    deepspeed = any(child.is_dir() and child.name.startswith("global_step") for child in path.iterdir())
+    if present and len(present) < len(training_state) and not deepspeed:
+        missing = sorted(set(training_state) - set(present))
+        return f"no {' / '.join(missing)} (its save did not finish)"
+    for name in [*present, *sorted(file.name for file in path.glob("rng_state*.pth"))]:
+        if not zipfile.is_zipfile(path / name):
+            return f"{name} is truncated or not a torch.save file"
+    return None
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``output_dir``, oldest (lowest N) first; ``[]`` when it does not exist."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), child) for child in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(child.name))]
+    return [child for _, child in sorted(found) if child.is_dir()]
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint of ``output_dir`` with the highest step; every newer incomplete one is logged."""
+    for checkpoint in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        logger.warning("Skipping incomplete checkpoint %s: %s", checkpoint, problem)
+    return None
+
+
+def resolve_resume_checkpoint(value: str | bool | os.PathLike | None, output_dir: str | Path) -> str | None:
+    """The checkpoint a run resumes from, given ``resume_from_checkpoint``.
+
+    Args:
+        value: ``None``/``False``/``""``/``"false"``: start a new run. ``True`` or ``"true"``/``"last"``/``"latest"``:
+            the latest complete checkpoint of ``output_dir``. A path: that checkpoint, or, for a run folder holding
+            ``checkpoint-N`` folders, its latest complete one.
+        output_dir: The run's output folder.
+
+    Returns:
+        The checkpoint folder, or ``None`` for a new run.
+
+    Raises:
+        CheckpointError: when there is nothing to resume from, or the given checkpoint is incomplete (the message
+            says what is missing and names the latest complete checkpoint, if any).
+    """
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "false", "no")):
+        return None
+    if value is True or (isinstance(value, str) and value.strip().lower() in RESUME_LATEST):
+        checkpoint = latest_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            found = list_checkpoints(output_dir)
+            detail = f"none of its {len(found)} checkpoint(s) is complete" if found else "it holds no checkpoint-N folder"
+            raise CheckpointError(f"resume_from_checkpoint={value!s}: nothing to resume in {output_dir}: {detail}")
+        return str(checkpoint)
+    path = Path(value)
+    if path.is_dir() and not (path / TRAINER_STATE_NAME).exists() and list_checkpoints(path):
+        checkpoint = latest_complete_checkpoint(path)
+        if checkpoint is None:
+            raise CheckpointError(f"resume_from_checkpoint={path}: none of its checkpoint-N folders is complete")
+        return str(checkpoint)
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        latest = latest_complete_checkpoint(path.parent) if path.parent != path else None
+        hint = f"; the latest complete checkpoint there is {latest}" if latest is not None else ""
+        raise CheckpointError(f"resume_from_checkpoint={path}: cannot resume from it: {problem}{hint}")
+    return str(path)
 
 
 def infer_task(name: str, dataset: Dataset) -> str:
@@ -78,6 +234,108 @@ def validate_training_dataset(name: str, task: str, dataset: Dataset, num_negati
                 )
 
 
+def prepare_output_dir(args: CoDiEmbTrainingArguments) -> str | None:
+    """Where a run starts: the checkpoint it resumes from, or ``None`` for a new run into a safe ``output_dir``.
+
+    Resolves ``args.resume_from_checkpoint`` (see :func:`resolve_resume_checkpoint`). A new run into an
+    ``output_dir`` that already holds ``checkpoint-N`` folders or a saved model is refused unless
+    ``args.overwrite_output_dir``, in which case the old checkpoints are deleted (by the process that saves) so they
+    cannot be mistaken for this run's.
+
+    Raises:
+        OutputExistsError: a new run into a used ``output_dir`` without ``overwrite_output_dir``.
+        CheckpointError: a checkpoint to resume from that is missing or incomplete.
+    """
+    from hf_codiemb.errors import OutputExistsError
+
+    output_dir = Path(args.output_dir)
+    checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
+    if checkpoint is not None:
+        return checkpoint
+    checkpoints = list_checkpoints(output_dir)
+    saved_model = [name for name in ("modules.json", "adapter_config.json") if (output_dir / name).is_file()]
+    if not checkpoints and not saved_model:
+        return None
+    held = [f"{len(checkpoints)} checkpoint(s) ({', '.join(c.name for c in checkpoints[-3:])})"] if checkpoints else []
+    held += ["a saved model"] if saved_model else []
+    if not args.overwrite_output_dir:
+        raise OutputExistsError(
+            f"output_dir {output_dir} already holds {' and '.join(held)}: a new run would overwrite them. Resume with "
+            "--resume_from_checkpoint last (or a checkpoint path), choose another --output_dir, or pass "
+            "--overwrite_output_dir to start over (its checkpoints are then deleted)."
+        )
+    logger.warning("overwrite_output_dir: starting a new run in %s, which holds %s", output_dir, " and ".join(held))
+    if args.should_save:
+        import shutil
+
+        for old in checkpoints:
+            logger.warning("overwrite_output_dir: deleting %s of the previous run", old)
+            shutil.rmtree(old)
+    return None
+
+
+def loss_task(loss: Any) -> str | None:
+    """The task a loss is written for: ``"ir"`` (query, positives, negatives; no labels), ``"sts"`` (sentence pairs
+    with a gold score as label), or ``None`` for a loss this function does not know (it is then not checked).
+
+    Wrappers with an inner ``loss`` (``MatryoshkaLoss``, ``AdaptiveLayerLoss``) are looked through.
+    """
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    from hf_codiemb.losses import (
+        CoDiEmbSTSLoss,
+        MultiPositiveInfoNCELoss,
+        PearsonLoss,
+        PROLoss,
+        RankKLLoss,
+        SoftSpearmanLoss,
+    )
+
+    ir_losses = (
+        MultiPositiveInfoNCELoss,
+        st_losses.MultipleNegativesRankingLoss,
+        st_losses.CachedMultipleNegativesRankingLoss,
+        st_losses.MultipleNegativesSymmetricRankingLoss,
+        st_losses.CachedMultipleNegativesSymmetricRankingLoss,
+        st_losses.GISTEmbedLoss,
+        st_losses.CachedGISTEmbedLoss,
+        st_losses.TripletLoss,
+        st_losses.MegaBatchMarginLoss,
+    )
+    sts_losses = (
+        CoDiEmbSTSLoss,
+        PearsonLoss,
+        PROLoss,
+        RankKLLoss,
+        SoftSpearmanLoss,
+        st_losses.CoSENTLoss,
+        st_losses.AnglELoss,
+        st_losses.CosineSimilarityLoss,
+    )
+    while isinstance(getattr(loss, "loss", None), torch.nn.Module):
+        loss = loss.loss
+    if isinstance(loss, ir_losses):
+        return "ir"
+    if isinstance(loss, sts_losses):
+        return "sts"
+    return None
+
+
+def check_loss_tasks(losses: Mapping[str, Any], tasks: Mapping[str, str]) -> None:
+    """Refuse a loss written for one task given to a dataset of the other (it would fail at that dataset's first step).
+
+    Raises:
+        TrainingDataError: naming the dataset, its task and the loss.
+    """
+    for name, loss in losses.items():
+        expected = loss_task(loss)
+        if expected is not None and name in tasks and tasks[name] != expected:
+            raise TrainingDataError(
+                f"Training dataset {name!r} ({tasks[name]}) is given {type(loss).__name__}, a loss for {expected} "
+                f"data; give it a {tasks[name]} loss (or pass loss=None for the CoDiEmb default of its task)."
+            )
+
+
 def build_task_sampler(
     train_dataset: Mapping[str, Dataset],
     tasks: Mapping[str, str],
@@ -89,29 +347,60 @@ def build_task_sampler(
         DatasetSpec(name, tasks[name], len(dataset), args.batch_size_for_task(tasks[name]))
         for name, dataset in train_dataset.items()
     ]
-    weights = dataset_weights_from_task_ratio(
-        specs, args.task_ratio, args.sampling_temperature, args.world_size, args.gradient_accumulation_steps
-    )
-    return TaskBalancedBatchSampler(
-        concatenated if concatenated is not None else ConcatDataset(list(train_dataset.values())),
-        specs,
-        world_size=args.world_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        dataset_weights=weights,
-        seed=args.seed,
-    )
+    try:
+        weights = dataset_weights_from_task_ratio(
+            specs, args.task_ratio, args.sampling_temperature, args.world_size, args.gradient_accumulation_steps
+        )
+        return TaskBalancedBatchSampler(
+            concatenated if concatenated is not None else ConcatDataset(list(train_dataset.values())),
+            specs,
+            world_size=args.world_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            dataset_weights=weights,
+            seed=args.seed,
+        )
+    except ValueError as error:  # a dataset smaller than one update, a ratio without data: the recipe's to fix
+        raise TrainingDataError(str(error)) from error
 
 
 class _SamplerEpochCallback(TrainerCallback):
-    """Sets the epoch of the task-balanced sampler at every epoch start (also when resuming mid-epoch)."""
+    """Sets the epoch of the task-balanced sampler and of the collator's sampling at every epoch start.
+
+    Also when resuming mid-epoch: the collator is told how many of the epoch's batches the resumed run skips (as the
+    Trainer computes them: the updates done in this epoch times the gradient accumulation steps), so the batches that
+    follow are sampled exactly as in the uninterrupted run.
+    """
 
     def __init__(self, trainer: CoDiEmbTrainer) -> None:
         self.trainer = trainer
 
-    def on_epoch_begin(self, args, state, control, **kwargs) -> None:
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs) -> None:
+        epoch = math.floor(state.epoch + 1e-6) if state.epoch else 0
         sampler = self.trainer.task_batch_sampler
         if sampler is not None:
-            sampler.set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
+            sampler.set_epoch(epoch)
+        collator = self.trainer.data_collator
+        if isinstance(collator, CoDiEmbDataCollator):
+            first_batch = 0
+            if train_dataloader is not None and not args.ignore_data_skip:
+                batches, accumulation = len(train_dataloader), args.gradient_accumulation_steps
+                updates_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+                first_batch = (state.global_step % updates_per_epoch) * accumulation
+            collator.set_epoch(epoch, first_batch, num_processes=args.world_size, process_index=args.process_index)
+
+
+class _NonFiniteUpdateCallback(TrainerCallback):
+    """Drops the gradients of an optimizer update that contains a skipped non-finite batch (the update is skipped)."""
+
+    def __init__(self, trainer: CoDiEmbTrainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
+        if self.trainer._skip_this_update:
+            # Gradients set to None: the optimizer leaves every parameter and its state untouched in this update.
+            self.trainer.model.zero_grad(set_to_none=True)
+            self.trainer._skip_this_update = False
+            logger.warning("Optimizer update %d skipped (a batch of it had a non-finite loss)", state.global_step + 1)
 
 
 class CoDiEmbTrainer(SentenceTransformerTrainer):
@@ -186,8 +475,13 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
             self.dataset_tasks = {}
         self.task_batch_sampler: TaskBalancedBatchSampler | None = None
         self._loss_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
+        self.nonfinite_batches_skipped: Counter[str] = Counter()
+        self._skip_this_update = False
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, loss=loss, **kwargs)
+        if isinstance(self.loss, dict):  # loss factories are built by now
+            check_loss_tasks(self.loss, self.dataset_tasks)
         self.add_callback(_SamplerEpochCallback(self))
+        self.add_callback(_NonFiniteUpdateCallback(self))
 
     # ----------------------------------------------------------------------------------------------------- set-up
     @staticmethod
@@ -243,6 +537,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
                 temperature=args.temperature,
                 in_batch_negatives=args.in_batch_negatives,
                 gather_across_devices=args.gather_across_devices and args.world_size > 1,
+                in_batch_positives=args.in_batch_positives,
             )
         return lambda model: CoDiEmbSTSLoss(
             model,
@@ -251,6 +546,12 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
             rank_kl_weight=args.rank_kl_weight,
             soft_spearman_weight=args.soft_spearman_weight,
             temperature=args.sts_temperature,
+            multi_layer_weight=args.multi_layer_weight,
+            multi_layer_index=args.multi_layer_index,
+            multi_layer_threshold=args.multi_layer_threshold,
+            multi_layer_temperature=args.multi_layer_temperature,
+            gather_across_devices=args.sts_gather_across_devices and args.world_size > 1,
+            rank_kl_all_equal_gold=args.rank_kl_all_equal_gold,
         )
 
     def get_data_collator(self, model, args, processing_class=None) -> CoDiEmbDataCollator:
@@ -299,6 +600,48 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         )
         return self.task_batch_sampler
 
+    # ------------------------------------------------------------------------------------------ resume + evaluate
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """Train, optionally resuming from a checkpoint (see :func:`resolve_resume_checkpoint`).
+
+        ``resume_from_checkpoint=True`` (or ``"last"``) resumes from the latest *complete* checkpoint of
+        ``args.output_dir``: checkpoints whose save was interrupted (no ``trainer_state.json``, truncated weights, no
+        optimizer state) are skipped, each with a warning that says why. A given path must be a complete checkpoint
+        (or a run folder, whose latest complete checkpoint is used). A resumed run continues the batch order, the
+        sampled positives/negatives and the RNG states of the uninterrupted run, so it logs the same losses.
+        """
+        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if checkpoint is not None:
+            logger.info("Resuming training from %s", checkpoint)
+            if not (Path(checkpoint) / OPTIMIZER_NAME).is_file():
+                logger.warning(
+                    "%s holds no optimizer/scheduler state (saved with save_only_model?): they restart from scratch, so "
+                    "the resumed run will not match an uninterrupted one",
+                    checkpoint,
+                )
+        if self.args.dataloader_num_workers > 0 and self.args.dataloader_persistent_workers:
+            logger.warning(
+                "dataloader_persistent_workers: the workers keep the collator of the first epoch, so the positives and "
+                "negatives they sample are not keyed on the epoch and a resumed run samples differently"
+            )
+        return super().train(checkpoint, *args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Evaluate, with the collator sampling from its evaluation stream (the training stream does not move)."""
+        collator = self.data_collator
+        if not isinstance(collator, CoDiEmbDataCollator):
+            return super().evaluate(*args, **kwargs)
+        with collator.evaluation_sampling():
+            return super().evaluate(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # A checkpoint folder saved again (a run resumed from an older checkpoint) first loses its trainer state, so a
+        # save killed midway leaves it incomplete (and skipped on resume) rather than mixing two saves.
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            (folder / TRAINER_STATE_NAME).unlink(missing_ok=True)
+        super()._save_checkpoint(model, trial)
+
     # ------------------------------------------------------------------------------------------------ loss + logs
     def compute_loss(
         self,
@@ -320,6 +663,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         else:
             loss, components = output, {}
         components[f"{dataset_name}/loss"] = loss
+        loss = self.check_loss_is_finite(model, loss, components, dataset_name)
         self.track_loss_components(components)
         if return_outputs:
             return loss, {}
@@ -352,4 +696,67 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
                 if count:
                     logs[f"{prefix}{key}"] = round(total / count, 4)
             self._loss_sums[training_type] = {}
+        if training_type == "train" and self.nonfinite_batches_skipped:
+            logs = dict(logs)
+            logs["nonfinite_batches_skipped"] = sum(self.nonfinite_batches_skipped.values())
+            for name, count in sorted(self.nonfinite_batches_skipped.items()):
+                logs[f"{name}/nonfinite_batches_skipped"] = count
         super().log(logs, start_time)
+
+    # ---------------------------------------------------------------------------------------- non-finite losses
+    def check_loss_is_finite(
+        self,
+        model: torch.nn.Module,
+        loss: torch.Tensor,
+        components: dict[str, torch.Tensor],
+        dataset_name: str,
+    ) -> torch.Tensor:
+        """Stop on a non-finite training loss, or skip its batch when ``args.skip_nonfinite_batches`` is set.
+
+        Evaluation losses pass unchanged. In distributed training every process learns whether any process got a
+        non-finite loss (one ``all_reduce``), so all of them stop, or all skip the update, together.
+
+        Args:
+            model: The model the loss was computed with (its trainable parameters carry the zero gradient of a
+                skipped batch).
+            loss: The batch's total loss.
+            components: The batch's logged components (``"{dataset}/{component}"``); emptied for a skipped batch, so
+                none of its values reaches the logs.
+            dataset_name: The batch's dataset.
+
+        Returns:
+            ``loss``, or for a skipped batch a loss with the same (non-finite) value whose gradient is zero for every
+            parameter (the Trainer's ``logging_nan_inf_filter`` keeps the value out of the logged loss). The
+            optimizer update that contains the batch is then skipped as a whole.
+
+        Raises:
+            NonFiniteLossError: naming the step, the dataset and the non-finite components, unless
+                ``args.skip_nonfinite_batches``.
+        """
+        if not self.model.training:
+            return loss
+        nonfinite = ~torch.isfinite(loss.detach()).all()
+        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = nonfinite.to(torch.float32).reshape(1)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            nonfinite = flag[0] > 0
+        if not bool(nonfinite):
+            return loss
+        step = self.state.global_step + 1
+        bad = {key: value.detach().float() for key, value in components.items() if not torch.isfinite(value.detach()).all()}
+        named = ", ".join(f"{key} = {value.item() if value.numel() == 1 else value.tolist()}" for key, value in bad.items())
+        where = f"optimizer step {step} (epoch {self.state.epoch or 0:.2f}), dataset {dataset_name!r}"
+        if not named:
+            named = "finite here, non-finite on another process"
+        if not self.args.skip_nonfinite_batches:
+            raise NonFiniteLossError(
+                f"Non-finite training loss at {where}: {named}. Lower the learning rate, check the data of this "
+                "dataset, or set skip_nonfinite_batches=true to skip such batches (their optimizer update is skipped "
+                "and counted in the logs as nonfinite_batches_skipped)."
+            )
+        self.nonfinite_batches_skipped[dataset_name] += 1
+        self._skip_this_update = True
+        logger.warning("Skipping a batch at %s: non-finite loss (%s)", where, named)
+        components.clear()
+        zero = sum(((parameter * 0.0).sum() for parameter in model.parameters() if parameter.requires_grad), loss.new_zeros(()))
+        return zero + loss.detach()

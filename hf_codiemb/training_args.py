@@ -8,6 +8,8 @@ from typing import Any, Union
 
 from sentence_transformers import SentenceTransformerTrainingArguments
 
+from hf_codiemb.errors import RecipeError
+
 TASKS = ("ir", "sts")
 
 
@@ -88,6 +90,46 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     soft_spearman_weight: float = field(
         default=0.0, metadata={"help": "Weight of the differentiable Spearman STS loss (0 = off, as in the paper)."}
     )
+    in_batch_positives: str = field(
+        default="slot",
+        metadata={
+            "help": "IR in-batch candidates of positive slot p: 'slot' = every query's p-th positive + all hard "
+            "negatives (the reference code); 'all' = every other query's positives of every slot (ours, more "
+            "negatives). Equal when num_positives=1."
+        },
+    )
+    multi_layer_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the reference's auxiliary middle-layer InfoNCE on STS steps ('multi_layer_loss', on in "
+            "all its training scripts); 0 = off."
+        },
+    )
+    multi_layer_index: Union[int, None] = field(  # noqa: UP007
+        default=None,
+        metadata={"help": "Hidden-state index of the middle layer (0 = embeddings); unset = n // 2 (the reference)."},
+    )
+    multi_layer_threshold: float = field(
+        default=1.0, metadata={"help": "STS pairs with gold >= this are rows of the middle-layer InfoNCE (reference)."}
+    )
+    multi_layer_temperature: Union[float, None] = field(  # noqa: UP007
+        default=None,
+        metadata={"help": "Temperature of the middle-layer InfoNCE; unset = `temperature` (the reference's choice)."},
+    )
+    sts_gather_across_devices: bool = field(
+        default=False,
+        metadata={
+            "help": "All-gather STS scores and middle-layer embeddings across ranks before the STS losses (the "
+            "reference's sts_negatives_cross_device, off in its scripts)."
+        },
+    )
+    rank_kl_all_equal_gold: str = field(
+        default="uniform_target",
+        metadata={
+            "help": "Rank-KL on a batch whose gold scores are all equal: 'uniform_target' pulls the predictions "
+            "together (the reference), 'zero' skips it (ours)."
+        },
+    )
     task_ratio: Union[str, None, dict[str, float]] = field(  # noqa: UP007
         default=None,
         metadata={
@@ -102,23 +144,66 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             "1.0 = proportional to data; large values approach uniform over datasets."
         },
     )
+    skip_nonfinite_batches: bool = field(
+        default=False,
+        metadata={
+            "help": "On a NaN/inf training loss, skip the batch (its whole optimizer update is skipped, counted in the "
+            "logs as nonfinite_batches_skipped) instead of stopping with an error naming the step, dataset and loss "
+            "component."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "`codiemb train`: start a new run in an output_dir that already holds checkpoints or a saved "
+            "model; its checkpoint-N folders are deleted first. Without it such a run is refused (resume it with "
+            "resume_from_checkpoint=last instead). transformers 5 dropped this flag; this is ours."
+        },
+    )
 
     def __post_init__(self) -> None:
+        self._check_training_length()
         super().__post_init__()
-        self.task_ratio = parse_task_ratio(self.task_ratio)
+        try:
+            self.task_ratio = parse_task_ratio(self.task_ratio)
+        except ValueError as error:
+            raise RecipeError(str(error).removeprefix("task_ratio: "), "task_ratio") from None
         if isinstance(self.dataset_tasks, str):
             self.dataset_tasks = parse_dataset_tasks(self.dataset_tasks)
         for name, task in (self.dataset_tasks or {}).items():
             if task not in TASKS:
-                raise ValueError(f"dataset_tasks: dataset {name!r} has unknown task {task!r}; use one of {TASKS}")
+                raise RecipeError(f"dataset {name!r} has unknown task {task!r}; use one of {TASKS}", "dataset_tasks")
         for name in ("ir_batch_size", "sts_batch_size", "num_positives"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_negatives < 0:
-            raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
+            _check_int(self, name, minimum=1)
+        _check_int(self, "num_negatives", minimum=0)
+        if self.in_batch_positives not in ("slot", "all"):
+            raise RecipeError(
+                f"must be 'slot' (the reference) or 'all', got {self.in_batch_positives!r}", "in_batch_positives"
+            )
+        if self.rank_kl_all_equal_gold not in ("uniform_target", "zero"):
+            raise RecipeError(
+                f"must be 'uniform_target' (the reference) or 'zero', got {self.rank_kl_all_equal_gold!r}",
+                "rank_kl_all_equal_gold",
+            )
+        if self.multi_layer_temperature is None:
+            self.multi_layer_temperature = self.temperature
         for name in ("temperature", "sts_temperature", "sampling_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise RecipeError(f"must be a number > 0, got {value!r}", name)
+
+    def _check_training_length(self) -> None:
+        """``max_steps`` > 0 (or -1: train ``num_train_epochs``), epochs > 0 when they decide: else nothing trains."""
+        _check_int(self, "max_steps", minimum=-(2**63))
+        if self.max_steps < 1 and self.max_steps != -1:
+            raise RecipeError(
+                f"must be > 0, or -1 (the default) to train for num_train_epochs, got {self.max_steps}", "max_steps"
+            )
+        epochs = self.num_train_epochs
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs < 0:
+            raise RecipeError(f"must be a number >= 0, got {epochs!r}", "num_train_epochs")
+        if self.max_steps < 0 and epochs == 0:
+            raise RecipeError("is 0 and max_steps is unset: nothing would be trained", "num_train_epochs")
 
     def batch_size_for_task(self, task: str) -> int:
         """The per-device batch size of ``task`` ("ir" or "sts")."""
@@ -161,6 +246,15 @@ def credential_fields(values: dict[str, Any]) -> list[str]:
         name for name, value in values.items()
         if (name == "token" or name.endswith("_token")) and value is not None
     ]
+
+
+def _check_int(args: CoDiEmbTrainingArguments, name: str, minimum: int) -> None:
+    """``args.name`` must be an integer (not a bool, not a float) >= ``minimum``."""
+    value = getattr(args, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecipeError(f"must be an integer >= {minimum}, got {value!r} ({type(value).__name__})", name)
+    if value < minimum:
+        raise RecipeError(f"must be >= {minimum}, got {value}", name)
 
 
 def parse_dataset_tasks(value: str) -> dict[str, str]:

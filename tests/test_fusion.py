@@ -367,7 +367,7 @@ def test_fuse_command_with_yaml_config(tmp_path):
                                                               inputs[1]["pooler.dense.weight"]) / 2)
     bad = _parser().parse_args(["fuse", "--checkpoints", str(tmp_path / "missing"), "--base", str(base),
                                 "--output-dir", str(tmp_path / "o")])
-    assert bad.func(bad) == 1
+    assert bad.func(bad) == 2  # refused input: the user's error (exit status 2, as for every codiemb user error)
 
 
 def test_fused_file_is_plain_safetensors(minilm_checkpoints, tmp_path):

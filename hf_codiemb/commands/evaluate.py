@@ -31,12 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from sentence_transformers import SentenceTransformer
 
     from hf_codiemb.commands.train import load_eval_sets
+    from hf_codiemb.errors import UsageError
     from hf_codiemb.evaluation import evaluate_model, format_results_table, write_results
     from hf_codiemb.models import ModelArguments, resolve_model_path
     from hf_codiemb.recipe import DataArguments
 
     if not args.sts_eval and not args.ir_eval:
-        raise ValueError("Nothing to evaluate: give --sts-eval and/or --ir-eval")
+        raise UsageError("Nothing to evaluate: give --sts-eval and/or --ir-eval")
     data_args = DataArguments(
         sts_eval=args.sts_eval, ir_eval=args.ir_eval, ir_eval_from_sts=not args.no_ir_from_sts,
         sts_score_range=list(args.sts_score_range), max_eval_records=args.max_eval_records,

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the fusion (and the push); return the process exit code."""
     from hf_codiemb.fusion import FusionError, FusionWriteError, fuse
-    from hf_codiemb.hub import HubPushError, push_model_folder
+    from hf_codiemb.hub import HubPushError, PushRefusedError, check_repo_id, push_model_folder
 
     try:
         config = build_config(FuseConfig, args)
@@ -42,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
     if not config.checkpoints or not config.output_dir:
         logger.error("fuse needs --checkpoints and --output-dir (or a --config file that sets them)")
         return 2
+    if config.push_to_hub:
+        try:
+            check_repo_id(config.push_to_hub)  # before the fusion, not after it
+        except ValueError as exc:
+            logger.error("%s", exc)
+            return 2
     try:
         result = fuse(
             config.checkpoints,
@@ -54,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
             model_id=config.push_to_hub,
             base_model_id=config.base_model_id,
         )
-    except (FusionError, FusionWriteError, ImportError, ValueError) as exc:
+    except (FusionError, ValueError) as exc:  # the inputs are refused: the user's to fix
+        logger.error("Fusion failed: %s", exc)
+        return 2
+    except (FusionWriteError, ImportError) as exc:
         logger.error("Fusion failed: %s", exc)
         return 1
     logger.info("Fused model: %s", result.output_dir)
@@ -67,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
                 revision=config.revision,
                 create_pr=config.create_pr,
             )
+        except PushRefusedError as exc:  # the same file selection and credential checks as `codiemb push`
+            logger.error("%s\nThe fused model is in %s; push it with `codiemb push` once fixed.", exc, result.output_dir)
+            return 2
         except (HubPushError, FileNotFoundError, ValueError) as exc:
             logger.error("%s", exc)
             return 1

@@ -63,7 +63,9 @@ def load_training_data(data_args: DataArguments, num_negatives: int) -> tuple[di
         )
         tasks[name] = "sts"
     if not datasets:
-        raise ValueError("The recipe has no training data: give ir_train, ir_train_beir and/or sts_train")
+        from hf_codiemb.errors import RecipeError
+
+        raise RecipeError("The recipe has no training data: give ir_train, ir_train_beir and/or sts_train")
     for name, dataset in datasets.items():
         keep = ["query", "positives", "negatives"] if tasks[name] == "ir" else ["sentence1", "sentence2", "score"]
         datasets[name] = dataset.select_columns([c for c in keep if c in dataset.column_names])
@@ -147,23 +149,24 @@ def training_prompts(model_args, datasets: dict[str, Dataset], tasks: dict[str, 
 
 
 def dry_run(model_args, data_args, training_args) -> int:
-    """Validate a recipe without loading weights: config, data, model config, sampler plan."""
+    """Validate a recipe without loading weights: model path, data, sampler plan; fail wherever the run would.
+
+    The model is checked by :func:`hf_codiemb.models.resolve_model_path` (the real run's own check: folder, weights
+    headers, Hub id offline/unreachable), the data by the loaders and the trainer's own
+    :func:`~hf_codiemb.trainer.validate_training_dataset`, the batch plan by the trainer's sampler.
+    """
     from transformers import AutoConfig
 
     from hf_codiemb.models import resolve_model_path
-    from hf_codiemb.trainer import build_task_sampler
+    from hf_codiemb.trainer import build_task_sampler, validate_training_dataset
 
-    try:
-        path = resolve_model_path(model_args.model_name_or_path)
-    except (ValueError, LookupError, OSError) as error:  # e.g. a prepared model not converted on this machine
-        logger.warning("Model config not checked: %s", error)
-        path = model_args.model_name_or_path
+    path = resolve_model_path(model_args.model_name_or_path)
     if Path(path).is_dir():
         config = AutoConfig.from_pretrained(path)
         logger.info("Model config %s: %s, hidden %s", path, config.model_type, getattr(config, "hidden_size", "?"))
-    else:
-        logger.warning("Model %s is not a local folder: its config is not checked (no Hub access in a dry run)", path)
     datasets, tasks = load_training_data(data_args, training_args.num_negatives)
+    for name, dataset in datasets.items():
+        validate_training_dataset(name, tasks[name], dataset, training_args.num_negatives)
     sampler = build_task_sampler(datasets, tasks, training_args)
     load_eval_sets(data_args, model_args)
     plan = {
