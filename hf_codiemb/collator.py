@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch.utils.data
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
 IR_LIST_COLUMNS = ("positives", "negatives")
@@ -33,6 +36,13 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
     ``score``) pass through unchanged. Tokenization, prompts and labels are then handled by
     :class:`~sentence_transformers.sentence_transformer.data_collator.SentenceTransformerDataCollator`.
 
+    The sampling of a batch is a pure function of ``(seed, epoch, index of the batch in the epoch)``: each batch gets
+    its own :class:`random.Random` seeded from these three, so a run resumed from a checkpoint samples exactly the
+    positives and negatives of the uninterrupted run, with nothing to save in the checkpoint. The trainer calls
+    :meth:`set_epoch` at every epoch start (with the number of batches a resumed epoch skips); dataloader workers are
+    accounted for (batch ``i`` of an epoch goes to worker ``i % num_workers``). Evaluation batches are sampled from a
+    separate stream (:meth:`evaluation_sampling`) that restarts at every evaluation and never moves the training one.
+
     Args:
         num_positives: Positives per IR query and step.
         num_negatives: Hard negatives per IR query and step (0 = in-batch negatives only).
@@ -43,9 +53,56 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
     num_negatives: int = 4
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False)
+    _epoch: int = field(default=0, init=False, repr=False)
+    _first_batch: int = field(default=0, init=False, repr=False)
+    _num_processes: int = field(default=1, init=False, repr=False)
+    _process_index: int = field(default=0, init=False, repr=False)
+    _batches_collated: int = field(default=0, init=False, repr=False)
+    _evaluating: bool = field(default=False, init=False, repr=False)
+    _eval_batches_collated: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, first_batch: int = 0, num_processes: int = 1, process_index: int = 0) -> None:
+        """Key the sampling of the coming training batches on ``(seed, epoch, batch index)``.
+
+        Args:
+            epoch: The epoch about to start.
+            first_batch: How many of this process's batches of the epoch are skipped (a run resumed mid-epoch skips
+                the batches it already trained on; they are never collated).
+            num_processes: The number of training processes; batch ``j`` of process ``r`` is batch
+                ``j * num_processes + r`` of the epoch (accelerate hands batch ``i`` to process ``i % num_processes``).
+            process_index: This process's index.
+        """
+        self._epoch = epoch
+        self._first_batch = first_batch
+        self._num_processes = num_processes
+        self._process_index = process_index
+        self._batches_collated = 0
+
+    @contextmanager
+    def evaluation_sampling(self) -> Iterator[None]:
+        """Within this context, batches are sampled from the evaluation stream, restarted at its first batch."""
+        evaluating, self._evaluating, self._eval_batches_collated = self._evaluating, True, 0
+        try:
+            yield
+        finally:
+            self._evaluating = evaluating
+
+    def _next_batch_rng(self) -> random.Random:
+        """The random generator of the batch being collated (advances the batch counter of its stream)."""
+        worker = torch.utils.data.get_worker_info()
+        num_workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        if self._evaluating:
+            local = self._eval_batches_collated * num_workers + worker_id
+            self._eval_batches_collated += 1
+            return random.Random(f"eval:{self.seed}:{self._process_index}:{local}")
+        local = self._first_batch + self._batches_collated * num_workers + worker_id
+        self._batches_collated += 1
+        batch_index = local * self._num_processes + self._process_index
+        return random.Random(f"train:{self.seed}:{self._epoch}:{batch_index}")
 
     def expand_ir_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """One IR row as the flat columns the IR loss expects."""
@@ -65,6 +122,7 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
         return expanded
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        self._rng = self._next_batch_rng()
         if features and "positives" in features[0]:
             features = [self.expand_ir_row(row) for row in features]
         return super().__call__(features)
