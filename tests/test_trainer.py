@@ -84,8 +84,10 @@ def test_both_task_losses_decrease_and_are_logged_separately(tmp_path, tiny_mode
         assert entry["loss"] == pytest.approx(entry[task_keys.pop()], abs=2e-3)
     sts_parts = [e for e in steps if "toy_sts/loss" in e]
     for entry in sts_parts:
-        parts = entry["toy_sts/pearson"] + entry["toy_sts/pro"] + entry["toy_sts/rank_kl"]
+        # The reference's STS objective, each component logged: Pearson, PRO, rank-KL and the middle-layer InfoNCE.
+        parts = entry["toy_sts/pearson"] + entry["toy_sts/pro"] + entry["toy_sts/rank_kl"] + entry["toy_sts/multi_layer"]
         assert parts == pytest.approx(entry["toy_sts/loss"], abs=2e-3)
+    assert not any("toy_sts/multi_layer" in e for e in steps if "toy_ir/loss" in e)
     # 24 IR queries / 4 = 6 IR updates and 32 pairs / 8 = 4 STS updates per epoch, 12 epochs.
     assert len([e for e in steps if "toy_ir/loss" in e]) == 6 * 12
     assert len(sts_parts) == 4 * 12
