@@ -1,8 +1,15 @@
-"""``codiemb push``: upload a local model folder to the Hugging Face Hub.
+"""``codiemb push``: upload the model files of a local folder to the Hugging Face Hub.
+
+Only what a model repository needs is uploaded: the files SentenceTransformer loads (configs, weights, tokenizer,
+module folders, LoRA adapters), the model card and hf_codiemb's result files. Checkpoints, optimizer/RNG states,
+training_args.bin, runs/ and archives stay local; ``--include PATTERN`` adds files. Files whose name or content
+looks like a credential stop the push (exit code 2) unless ``--force``. The list of files and the total size are
+logged before anything is uploaded (``--dry-run`` stops there).
 
 Example::
 
     codiemb push fused --repo-id user/codiemb-fused --private
+    codiemb push run --repo-id user/codiemb-run --include "logs/*.txt" --dry-run
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from hf_codiemb.fusion.config import PushConfig, add_dataclass_arguments, build_config
+from hf_codiemb.fusion.config import add_dataclass_arguments, build_config
+from hf_codiemb.hub import PushConfig
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``push`` sub-command."""
     parser = subparsers.add_parser(
         "push",
-        help="Upload a model folder to the Hugging Face Hub.",
+        help="Upload the model files of a folder to the Hugging Face Hub.",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -29,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Push the folder; return the process exit code."""
-    from hf_codiemb.hub import HubPushError, push_model_folder
+    """Push the folder; return the process exit code (2: the user's input is wrong, 1: the Hub failed)."""
+    from hf_codiemb.hub import HubPushError, PushRefusedError, push_model_folder
 
     try:
         config = build_config(PushConfig, args)
@@ -48,9 +56,16 @@ def run(args: argparse.Namespace) -> int:
             revision=config.revision,
             create_pr=config.create_pr,
             commit_message=config.commit_message,
+            include=config.include,
+            force=config.force,
+            dry_run=config.dry_run,
         )
-    except (HubPushError, FileNotFoundError, ValueError) as exc:
+    except HubPushError as exc:
         logger.error("%s", exc)
         return 1
-    logger.info("Pushed %s to %s", config.folder, url)
+    except (PushRefusedError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    if not config.dry_run:
+        logger.info("Pushed %s to %s", config.folder, url)
     return 0

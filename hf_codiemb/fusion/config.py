@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hf_codiemb.hub import PushConfig  # noqa: F401 (lives with the push code; importable here too)
+
 T = TypeVar("T")
 
 
@@ -65,18 +67,6 @@ class FuseConfig:
         return {}
 
 
-@dataclass
-class PushConfig:
-    """Configuration of ``codiemb push``."""
-
-    folder: str | None = field(default=None, metadata={"help": "The local model folder to upload."})
-    repo_id: str | None = field(default=None, metadata={"help": "Target Hub repo (owner/name)."})
-    private: bool = field(default=False, metadata={"help": "Create the repo as private."})
-    revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
-    create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing."})
-    commit_message: str | None = field(default=None, metadata={"help": "Commit title."})
-
-
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
     """(inner type, is_list) of ``X | None`` / ``list[X]`` annotations."""
     origin = typing.get_origin(annotation)
@@ -102,7 +92,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, position
         if kind is bool:
             parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
         elif is_list:
-            parser.add_argument(flag, nargs="+", type=kind, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(  # repeatable: --include a --include b gives [a, b]
+                flag, nargs="+", action="extend", type=kind, default=argparse.SUPPRESS, help=help_text
+            )
         else:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
 
