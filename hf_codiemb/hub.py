@@ -458,6 +458,12 @@ def push_model_folder(
         raise PushRefusedError(folder, findings)
     for finding in findings:
         logger.warning("Uploading %s although %s (--force)", folder / finding.path, finding.reason)
+    left_out = [path for path in plan.skipped if credential_name_reason(path)]
+    if left_out:
+        logger.warning(
+            "Not uploaded, but their names look like credentials (keep them out of model folders): %s",
+            ", ".join(str(folder / path) for path in left_out),
+        )
     target = f"{repo_id}" + (f" (branch {revision})" if revision else "")
     logger.info("%s %s to %s: %s", "Would push" if dry_run else "Pushing", folder, target, plan.describe())
     if dry_run:

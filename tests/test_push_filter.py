@@ -100,6 +100,9 @@ def test_push_uploads_only_model_files_and_the_model_loads_from_the_hub(hub, tra
     for path in expected:
         assert f"  {path} (" in caplog.text, path
     assert "checkpoint-5/ (" in caplog.text and "model.tar" in caplog.text  # what was left out is said
+    assert f"look like credentials (keep them out of model folders): {folder / 'credentials.json'}, " \
+        f"{folder / 'hf_token.txt'}" in caplog.text
+    assert TOKEN not in caplog.text
     for path in expected:  # byte for byte
         assert hub.server.file_bytes("user/tiny-run", path) == (folder / path).read_bytes(), path
     remote = SentenceTransformer("user/tiny-run", cache_folder=str(hub.fresh_cache("st")), device="cpu")
