@@ -264,7 +264,7 @@ def write_recipe(tmp_path: Path, output_dir: Path) -> Path:
     recipe.write_text(
         f"model_name_or_path: {tmp_path / 'tiny' / 'model'}\n"
         "ir_train: [demo:ir_train.jsonl]\nsts_train: [demo:sts_train.jsonl]\n"
-        "ir_batch_size: 8\nsts_batch_size: 16\nmax_steps: 6\nlearning_rate: 1.0e-3\n"
+        "ir_batch_size: 8\nsts_batch_size: 16\nmax_steps: 4\nlearning_rate: 1.0e-3\n"
         "save_strategy: steps\nsave_steps: 2\nlogging_steps: 1\nreport_to: none\ndisable_tqdm: true\n"
         f"output_dir: {output_dir}\nuse_cpu: true\n"
     )
@@ -278,7 +278,8 @@ def train_in_subprocess(recipe: Path, steps_file: Path, kill_at_step: int, *flag
     )  # fmt: skip
 
 
-def test_kill_9_during_a_checkpoint_save_then_resume_last_finishes_like_an_uninterrupted_run(tmp_path):
+def test_kill_9_during_a_checkpoint_save_then_resume_last_finishes_like_an_uninterrupted_run(tmp_path, capsys):
+    from hf_codiemb.cli import main
     from hf_codiemb.commands.train import run as train_run
 
     out = tmp_path / "run"
@@ -291,25 +292,29 @@ def test_kill_9_during_a_checkpoint_save_then_resume_last_finishes_like_an_unint
     assert "no trainer_state.json" in checkpoint_problem(out / "checkpoint-4")
     assert checkpoint_problem(out / "checkpoint-2") is None
 
-    # A new run into that folder is refused before any work; nothing is touched.
+    # A new run into that folder is refused before any work (one line, exit status 2); nothing is touched.
     with pytest.raises(OutputExistsError, match="--overwrite_output_dir"):
         train_run(["--config", str(recipe)])
+    capsys.readouterr()
+    assert main(["train", "--config", str(recipe)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"codiemb train: error: output_dir {out} already holds 2 checkpoint(s)") and "\n" not in error
     assert (out / "checkpoint-4" / "model.safetensors").is_file()
 
     resumed = train_in_subprocess(recipe, tmp_path / "steps_resumed.txt", 0, "--resume_from_checkpoint", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Skipping incomplete checkpoint {out / 'checkpoint-4'}: no trainer_state.json" in resumed.stderr
     assert f"Resuming training from {out / 'checkpoint-2'}" in resumed.stderr
-    assert (tmp_path / "steps_resumed.txt").read_text().split() == ["3", "4", "5", "6"]  # not restarted at step 1
-    for step in (2, 4, 6):
+    assert (tmp_path / "steps_resumed.txt").read_text().split() == ["3", "4"]  # not restarted at step 1
+    for step in (2, 4):
         assert checkpoint_problem(out / f"checkpoint-{step}") is None
 
     # The same recipe without the interruption: the resumed run logged the same losses and saved the same model.
     clean = tmp_path / "clean"
     assert train_run(["--config", str(recipe), "--output_dir", str(clean)]) == 0
-    history = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
-    clean_history = json.loads((clean / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
-    assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 3, 4, 5, 6]
+    history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    clean_history = json.loads((clean / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 3, 4]
     for key in ("loss", "ir_train/loss", "sts_train/loss"):
         assert logged(history, key, 2) == logged(clean_history, key, 2), key
     weights, clean_weights = load_file(out / "model.safetensors"), load_file(clean / "model.safetensors")
