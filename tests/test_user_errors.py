@@ -171,10 +171,15 @@ def test_misspelled_or_abbreviated_flag_is_refused_with_a_suggestion(tmp_path, c
 
 
 def test_argparse_commands_refuse_abbreviations_and_suggest(tmp_path, capsys):
-    code, err = run_cli(["evaluate", "--mod", "x", "--output-dir", str(tmp_path), "--sts-eval", "a"], capsys)
-    assert code == 2 and "--mod" in err and "(see `codiemb evaluate --help`)" in err
-    code, err = run_cli(["evaluate", "--model", "x", "--output-dir", str(tmp_path), "--sts-evl", "a"], capsys)
+    # `--output` is a prefix of `--output-dir`: never taken for it (argparse's allow_abbrev is off).
+    code, err = run_cli(["evaluate", "--model", "m", "--sts-eval", "a", "--output", str(tmp_path)], capsys)
+    assert (code, err) == (
+        2, "codiemb evaluate: error: the following arguments are required: --output-dir (see `codiemb evaluate --help`)\n"
+    )
+    code, err = run_cli(["evaluate", "--model", "m", "--output-dir", str(tmp_path), "--sts-evl", "a"], capsys)
     assert code == 2 and "unrecognized arguments: --sts-evl a; did you mean --sts-eval?" in err
+    code, err = run_cli(["evaluate", "--output-dir", str(tmp_path)], capsys)
+    assert code == 2 and "the following arguments are required: --model" in err
 
 
 def test_bad_flag_value_is_one_line(tmp_path, capsys):

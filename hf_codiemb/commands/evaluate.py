@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     model_args = ModelArguments(
         model_name_or_path=args.model, query_prompt=args.query_prompt, passage_prompt=args.passage_prompt
     )
+    model_path = resolve_model_path(args.model)  # fails at once on a bad path, before the data is read
     sts_sets, ir_sets = load_eval_sets(data_args, model_args)
-    model = SentenceTransformer(resolve_model_path(args.model))
+    model = SentenceTransformer(model_path)
     results = evaluate_model(model, sts_sets, ir_sets, sts_prompt=args.query_prompt)
     write_results(results, args.output_dir)
     sys.stdout.write(format_results_table(results) + "\n")
