@@ -86,8 +86,11 @@ def test_train_with_hub_token_writes_it_nowhere(tmp_path, caplog):
 
 
 def test_push_during_training_authenticates_in_memory_and_uploads_no_token(hub_regular, tmp_path, monkeypatch):
+    import transformers.utils.hub
     from hub_server import HubRequestHandler
 
+    # transformers keeps one HfApi (with the endpoint of its first use) for the Trainer's pushes: start afresh.
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
     authorizations: list[str | None] = []
     dispatch = HubRequestHandler._dispatch
 
