@@ -106,6 +106,14 @@ def checkpoint_problem(checkpoint: str | Path) -> str | None:
         return f"modules.json is missing or unreadable ({error})"
     if not any((folder / name).is_file() for folder in {path, *module_dirs} for name in MODEL_WEIGHT_NAMES):
         return f"no model weights ({' / '.join(MODEL_WEIGHT_NAMES[::2])})"
+    for index in sorted(path.rglob("*.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            return f"{index.relative_to(path)} is unreadable ({error})"
+        missing_shards = sorted(shard for shard in shards if not (index.parent / shard).is_file())
+        if missing_shards:
+            return f"{index.relative_to(path)} lists missing shard(s) {missing_shards}"
     for weights in sorted(path.rglob("*.safetensors")):
         problem = _safetensors_problem(weights)
         if problem:

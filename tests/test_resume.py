@@ -178,6 +178,12 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def shard_with_one_shard_missing(checkpoint: Path) -> None:
+    (checkpoint / "model.safetensors").rename(checkpoint / "model-00001-of-00002.safetensors")
+    shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+
+
 @pytest.mark.parametrize(
     "damage,problem",
     [
@@ -189,9 +195,10 @@ def truncate(path: Path) -> None:
         (lambda c: (c / "scheduler.pt").unlink(), "no scheduler.pt (its save did not finish)"),
         (lambda c: truncate(c / "optimizer.pt"), "optimizer.pt is truncated"),
         (lambda c: truncate(c / "rng_state.pth"), "rng_state.pth is truncated"),
+        (shard_with_one_shard_missing, "lists missing shard(s) ['model-00002-of-00002.safetensors']"),
     ],
     ids=["no-state", "truncated-state", "no-weights", "truncated-weights", "no-modules", "no-scheduler",
-         "truncated-optimizer", "truncated-rng"],
+         "truncated-optimizer", "truncated-rng", "missing-shard"],
 )  # fmt: skip
 def test_incomplete_checkpoints_are_recognised(complete_checkpoint, tmp_path, damage, problem):
     assert checkpoint_problem(complete_checkpoint) is None
