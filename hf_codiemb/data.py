@@ -445,7 +445,7 @@ def _log_instructions(records: list[dict[str, Any]], name: str) -> None:
     instructions = {record["instruction"] for record in records if "instruction" in record}
     if instructions:
         logger.info(
-            "%s: %d distinct instruction(s) in the records, e.g. %r; set them as the dataset's query prompt",
+            "%s: %d distinct instruction(s) in the records, e.g. %r",
             name,
             len(instructions),
             next(iter(instructions)),
@@ -492,6 +492,12 @@ def _sts_pairs_from_unified(
                     "score": _check_score(score, field, name, line, score_range),
                 }
             )
+    instruction = record.get("instruction")
+    if instruction is not None:
+        if not isinstance(instruction, str):
+            raise DataFormatError(name, line, "instruction", f"must be a string, got {type(instruction).__name__}")
+        for pair in pairs:
+            pair["instruction"] = instruction
     return pairs
 
 
@@ -605,6 +611,7 @@ def load_sts_dataset(
     score_range: tuple[float, float] | None = (0.0, 5.0),
     name: str | None = None,
     max_records: int | None = None,
+    keep_instruction: bool = False,
 ) -> Dataset:
     """Load and validate an STS dataset.
 
@@ -619,9 +626,11 @@ def load_sts_dataset(
             is an error. ``None`` disables the check.
         name: the name used in error messages and logs (default: the file path).
         max_records: keep only the first ``max_records`` pairs.
+        keep_instruction: keep an ``instruction`` column (the task instruction of unified records) when every
+            pair has one; :func:`hf_codiemb.instructions.split_by_instruction` turns it into per-dataset prompts.
 
     Returns:
-        A dataset with the columns ``sentence1``, ``sentence2`` (str) and ``score`` (float).
+        A dataset with the columns ``sentence1``, ``sentence2`` (str) and ``score`` (float) (+ ``instruction``).
 
     Raises:
         DataFormatError: a record breaks the format (missing / non-numeric / NaN / out-of-range score,
@@ -641,7 +650,8 @@ def load_sts_dataset(
         raise DataFormatError(source_name, None, None, "contains no records")
     logger.info("Loaded %d STS pairs from %s", len(pairs), source_name)
     warn_suspicious_records(pairs, "sts", source_name)
-    return Dataset.from_dict({column: [pair[column] for pair in pairs] for column in STS_COLUMNS})
+    columns = list(STS_COLUMNS) + (_consistent_optional_columns(pairs, ["instruction"], source_name) if keep_instruction else [])
+    return Dataset.from_dict({column: [pair[column] for pair in pairs] for column in columns})
 
 
 # --------------------------------------------------------------------------------------------------------------

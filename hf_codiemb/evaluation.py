@@ -421,6 +421,16 @@ def _ir_set_arguments(name: str, spec: Any) -> dict[str, Any]:
     return {"queries": queries, "corpus": corpus, "relevant": relevant}
 
 
+def _sts_set_arguments(spec: Any, default_prompt: str | None) -> tuple[Any, str | None]:
+    """Accept an STS dataset / triples, or ``{"data": ..., "prompt": ...}`` with the set's own prompt."""
+    if isinstance(spec, Mapping) and "data" in spec:
+        unknown = set(spec) - {"data", "prompt"}
+        if unknown:
+            raise ValueError(f"STS set: unknown keys {sorted(unknown)} (expected 'data' and 'prompt')")
+        return spec["data"], spec.get("prompt", default_prompt)
+    return spec, default_prompt
+
+
 def _default_geometry_inputs(
     sts_sets: Mapping[str, Any], limit: int = 2000
 ) -> tuple[list[str], list[tuple[str, str]]]:
@@ -428,8 +438,8 @@ def _default_geometry_inputs(
     of each set's observed score range."""
     texts: list[str] = []
     pairs: list[tuple[str, str]] = []
-    for data in sts_sets.values():
-        sentences1, sentences2, scores = _sts_columns(data)
+    for spec in sts_sets.values():
+        sentences1, sentences2, scores = _sts_columns(_sts_set_arguments(spec, None)[0])
         texts.extend(sentences1 + sentences2)
         low, high = min(scores), max(scores)
         threshold = high - 0.2 * (high - low)
@@ -450,14 +460,16 @@ def evaluate_model(
     """Evaluate ``model`` on every STS and IR set and measure its embedding geometry.
 
     Args:
-        sts_sets: ``{name: STS dataset or (s1, s2, score) triples}``.
+        sts_sets: ``{name: STS dataset or (s1, s2, score) triples}``, or ``{name: {"data": ..., "prompt": ...}}``
+            for a set encoded with its own prompt (e.g. its task instruction).
         ir_sets: ``{name: (queries, corpus, relevant)}`` or ``{name: {"queries", "corpus", "relevant",
             "query_prompt", "corpus_prompt", ...}}``.
         geometry_texts: texts for the geometry metrics; default: the distinct sentences of the STS sets
             (at most 2,000). With neither, no geometry is computed.
         geometry_pairs: positive pairs for alignment; default: STS pairs scored in the top 20% of their set's
             score range (only when ``geometry_texts`` is not given either).
-        sts_prompt: a prompt used for STS sentences and geometry texts (e.g. ``"query: "`` for e5).
+        sts_prompt: a prompt used for STS sentences without a prompt of their own and for the geometry texts
+            (e.g. ``"query: "`` for e5).
 
     Returns:
         ``{"sts": {name: metrics}, "ir": {name: metrics}, "geometry": metrics}``.
@@ -465,8 +477,9 @@ def evaluate_model(
     sts_sets = sts_sets or {}
     ir_sets = ir_sets or {}
     results: dict[str, Any] = {"sts": {}, "ir": {}, "geometry": {}}
-    for name, data in sts_sets.items():
-        results["sts"][name] = evaluate_sts(model, data, name, batch_size=batch_size, prompt=sts_prompt)
+    for name, spec in sts_sets.items():
+        data, prompt = _sts_set_arguments(spec, sts_prompt)
+        results["sts"][name] = evaluate_sts(model, data, name, batch_size=batch_size, prompt=prompt)
         logger.info("STS %s: Spearman %.4f", name, results["sts"][name]["spearman_cosine"])
     for name, spec in ir_sets.items():
         results["ir"][name] = evaluate_ir(model, name=name, batch_size=batch_size, **_ir_set_arguments(name, spec))

@@ -56,6 +56,20 @@ class ModelArguments:
     sts_prompt: str | None = field(
         default=None, metadata={"help": "Prefix of both STS sentences (unset = query_prompt)."}
     )
+    instruction_template: str = field(
+        default="Instruction: {instruction} Query: ",
+        metadata={
+            "help": "Prompt made from a record's task `instruction` field, put on IR queries and both STS sentences "
+            "(the reference's format). Records without one get query_prompt / sts_prompt."
+        },
+    )
+    pooling_include_prompt: bool | None = field(
+        default=None,
+        metadata={
+            "help": "false = mean pooling leaves the prompt/instruction tokens out (the reference, for its "
+            "instruction-tuned encoders); unset keeps the model's own setting."
+        },
+    )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights, > 0 trains peft adapters."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -72,6 +86,10 @@ class ModelArguments:
             raise RecipeError(
                 f"must be one of {', '.join(POOLING_MODES)} (or unset to keep the model's), got {self.pooling!r}",
                 field="pooling",
+            )
+        if "{instruction}" not in self.instruction_template:
+            raise RecipeError(
+                f"must contain '{{instruction}}', got {self.instruction_template!r}", field="instruction_template"
             )
 
     @property
@@ -273,6 +291,8 @@ def load_model(args: ModelArguments, device: str | None = None) -> SentenceTrans
         model.max_seq_length = args.max_seq_length
     if args.pooling:
         set_pooling(model, args.pooling)
+    if args.pooling_include_prompt is not None:
+        set_pooling_include_prompt(model, args.pooling_include_prompt)
     if args.lora_r > 0:
         add_lora(model, args)
     return model
@@ -289,6 +309,17 @@ def set_pooling(model: SentenceTransformer, pooling: str) -> None:
             model[index] = Pooling(module.get_embedding_dimension(), pooling)
             return
     raise ModelLoadError("The model has no Pooling module to configure (pooling is set in the recipe)")
+
+
+def set_pooling_include_prompt(model: SentenceTransformer, include_prompt: bool) -> None:
+    """Whether the model's Pooling module pools the prompt tokens (``False``: instructions are left out)."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    pooling_modules = [module for module in model if isinstance(module, Pooling)]
+    if not pooling_modules:
+        raise ModelLoadError("The model has no Pooling module to configure (pooling_include_prompt is set in the recipe)")
+    for module in pooling_modules:
+        module.include_prompt = include_prompt
 
 
 def add_lora(model: SentenceTransformer, args: ModelArguments) -> None:

@@ -185,7 +185,7 @@ def test_recipe_fields_feed_training_and_evaluation(beir, tmp_path):
         {"query_id": q, "negatives": [document_text("c-moon"), document_text("c-rain")]} for q in ("q-temp", "q-store", "q-bread")
     ])  # fmt: skip
     data_args = DataArguments(ir_train_beir=[f"{beir}:train:{negatives}"], ir_eval_beir=[f"{beir}:dev"])
-    datasets, tasks = load_training_data(data_args, num_negatives=2)
+    datasets, tasks, _ = load_training_data(data_args, num_negatives=2)
     assert tasks == {"mini_train": "ir"}
     assert datasets["mini_train"].column_names == ["query", "positives", "negatives"]
     assert len(datasets["mini_train"]) == 3

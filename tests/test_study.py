@@ -194,7 +194,7 @@ def test_unknown_method_is_named(tiny_recipe, tmp_path):
 
 def test_load_training_data_feeds_the_methods(tiny_recipe):
     _, data_args, args, _ = parse_recipe(["--config", str(tiny_recipe)])
-    datasets, tasks = load_training_data(data_args, args.num_negatives)
+    datasets, tasks, _ = load_training_data(data_args, args.num_negatives)
     assert sorted(tasks.values()) == ["ir", "sts"]
     for key in METHODS:
         setup = METHODS[key].build(datasets, tasks, args, (0.0, 5.0))

@@ -30,10 +30,18 @@ def dataset_name(path: str, taken: set[str]) -> str:
     return name
 
 
-def load_training_data(data_args: DataArguments, num_negatives: int) -> tuple[dict[str, Dataset], dict[str, str]]:
-    """All training datasets of a recipe, validated, with the task of each."""
+def load_training_data(
+    data_args: DataArguments, num_negatives: int
+) -> tuple[dict[str, Dataset], dict[str, str], dict[str, str | None]]:
+    """All training datasets of a recipe, validated, with the task and the task instruction of each.
+
+    A file whose records carry several ``instruction`` values becomes one dataset per instruction (see
+    :func:`hf_codiemb.instructions.split_by_instruction`); ``instructions[name]`` is ``None`` for datasets without
+    one (they get the recipe's model-level prompts).
+    """
     from hf_codiemb.beir import beir_ir_train_dataset, load_beir, parse_beir_spec
     from hf_codiemb.data import ir_train_from_sts_pairs, load_ir_dataset, load_sts_dataset
+    from hf_codiemb.instructions import split_by_instruction
 
     datasets: dict[str, Dataset] = {}
     tasks: dict[str, str] = {}
@@ -41,7 +49,9 @@ def load_training_data(data_args: DataArguments, num_negatives: int) -> tuple[di
     score_range = tuple(data_args.sts_score_range)
     for path in data_args.ir_train:
         name = dataset_name(path, taken)
-        datasets[name] = load_ir_dataset(resolve_data_path(path), name=name, max_records=data_args.max_train_records)
+        datasets[name] = load_ir_dataset(
+            resolve_data_path(path), name=name, max_records=data_args.max_train_records, keep_instruction=True
+        )
         tasks[name] = "ir"
     for entry in data_args.ir_train_beir:
         spec = parse_beir_spec(entry)
@@ -59,17 +69,27 @@ def load_training_data(data_args: DataArguments, num_negatives: int) -> tuple[di
     for path in data_args.sts_train:
         name = dataset_name(path, taken)
         datasets[name] = load_sts_dataset(
-            resolve_data_path(path), score_range=score_range, name=name, max_records=data_args.max_train_records
+            resolve_data_path(path),
+            score_range=score_range,
+            name=name,
+            max_records=data_args.max_train_records,
+            keep_instruction=True,
         )
         tasks[name] = "sts"
     if not datasets:
         from hf_codiemb.errors import RecipeError
 
         raise RecipeError("The recipe has no training data: give ir_train, ir_train_beir and/or sts_train")
+    split: dict[str, Dataset] = {}
+    split_tasks: dict[str, str] = {}
+    instructions: dict[str, str | None] = {}
     for name, dataset in datasets.items():
-        keep = ["query", "positives", "negatives"] if tasks[name] == "ir" else ["sentence1", "sentence2", "score"]
-        datasets[name] = dataset.select_columns([c for c in keep if c in dataset.column_names])
-    return datasets, tasks
+        for part, (part_dataset, instruction) in split_by_instruction(name, dataset).items():
+            keep = ["query", "positives", "negatives"] if tasks[name] == "ir" else ["sentence1", "sentence2", "score"]
+            split[part] = part_dataset.select_columns([c for c in keep if c in part_dataset.column_names])
+            split_tasks[part] = tasks[name]
+            instructions[part] = instruction
+    return split, split_tasks, instructions
 
 
 def ir_eval_set_from_ir_dataset(dataset: Dataset) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
@@ -93,29 +113,48 @@ def ir_eval_set_from_ir_dataset(dataset: Dataset) -> tuple[dict[str, str], dict[
 
 
 def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The STS and IR evaluation sets of a recipe (IR sets carry the query/passage prompts)."""
+    """The STS and IR evaluation sets of a recipe, each with the prompts training uses.
+
+    IR sets carry ``query_prompt`` / ``corpus_prompt``; STS sets are ``{"data": dataset, "prompt": prompt}``. A set
+    whose records carry a task ``instruction`` is encoded with it (as training does), else with the recipe's
+    model-level prompts (:func:`hf_codiemb.instructions.task_prompts`).
+    """
     from hf_codiemb.beir import beir_ir_eval_set, load_beir, parse_beir_spec
     from hf_codiemb.data import ir_task_from_sts_pairs, load_ir_dataset, load_sts_dataset
+    from hf_codiemb.instructions import dataset_instruction, task_prompts
 
     sts_sets: dict[str, Any] = {}
     ir_sets: dict[str, Any] = {}
     taken: set[str] = set()
-    prompts = {"query_prompt": model_args.query_prompt, "corpus_prompt": model_args.passage_prompt}
+    default = task_prompts(None, model_args)
+    prompts = {"query_prompt": default.query, "corpus_prompt": default.passage}  # sets without an instruction
     for path in data_args.sts_eval:
         name = dataset_name(path, taken)
         sts = load_sts_dataset(
-            resolve_data_path(path), score_range=tuple(data_args.sts_score_range), max_records=data_args.max_eval_records
+            resolve_data_path(path),
+            score_range=tuple(data_args.sts_score_range),
+            max_records=data_args.max_eval_records,
+            keep_instruction=True,
         )
-        sts_sets[name] = sts
+        set_prompts = task_prompts(dataset_instruction(sts), model_args)
+        sts = sts.select_columns(["sentence1", "sentence2", "score"])
+        sts_sets[name] = {"data": sts, "prompt": set_prompts.sts}
         if data_args.ir_eval_from_sts:
             queries, corpus, relevant = ir_task_from_sts_pairs(sts)
             if queries:
-                ir_sets[f"{name}-paraphrase-ir"] = {"queries": queries, "corpus": corpus, "relevant": relevant, **prompts}
+                ir_sets[f"{name}-paraphrase-ir"] = {
+                    "queries": queries, "corpus": corpus, "relevant": relevant,
+                    "query_prompt": set_prompts.query, "corpus_prompt": set_prompts.passage,
+                }  # fmt: skip
     for path in data_args.ir_eval:
         name = dataset_name(path, taken)
-        ir = load_ir_dataset(resolve_data_path(path), max_records=data_args.max_eval_records)
+        ir = load_ir_dataset(resolve_data_path(path), max_records=data_args.max_eval_records, keep_instruction=True)
+        set_prompts = task_prompts(dataset_instruction(ir), model_args)
         queries, corpus, relevant = ir_eval_set_from_ir_dataset(ir)
-        ir_sets[name] = {"queries": queries, "corpus": corpus, "relevant": relevant, **prompts}
+        ir_sets[name] = {
+            "queries": queries, "corpus": corpus, "relevant": relevant,
+            "query_prompt": set_prompts.query, "corpus_prompt": set_prompts.passage,
+        }  # fmt: skip
     for entry in data_args.ir_eval_beir:
         spec = parse_beir_spec(entry, allow_negatives=False)
         beir = load_beir(spec.folder, spec.split)
@@ -126,26 +165,26 @@ def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, Any]
     return sts_sets, ir_sets
 
 
-def training_prompts(model_args, datasets: dict[str, Dataset], tasks: dict[str, str], training_args) -> dict | None:
-    """Per-dataset, per-column prompts: instructions on IR queries, passage prefixes, STS prefixes."""
-    sts_prompt = model_args.effective_sts_prompt
-    if not any([model_args.query_prompt, model_args.passage_prompt, sts_prompt]):
-        return None
+def training_prompts(
+    model_args, datasets: dict[str, Dataset], tasks: dict[str, str], instructions: dict[str, str | None], training_args
+) -> dict | None:
+    """Per-dataset, per-column prompts (sentence-transformers' ``prompts``): task instructions, passage prefixes.
+
+    A prompt the recipe gives itself in ``prompts`` (``{dataset: {column: prompt}}``) wins over the derived one.
+    """
+    from hf_codiemb.instructions import task_prompts
+
     prompts: dict[str, dict[str, str]] = {}
     for name in datasets:
-        columns: dict[str, str] = {}
-        if tasks[name] == "ir":
-            if model_args.query_prompt:
-                columns["query"] = model_args.query_prompt
-            if model_args.passage_prompt:
-                for i in range(training_args.num_positives):
-                    columns[f"positive_{i}"] = model_args.passage_prompt
-                for i in range(training_args.num_negatives):
-                    columns[f"negative_{i}"] = model_args.passage_prompt
-        elif sts_prompt:
-            columns = {"sentence1": sts_prompt, "sentence2": sts_prompt}
-        prompts[name] = columns
-    return prompts
+        columns = task_prompts(instructions.get(name), model_args).columns(
+            tasks[name], training_args.num_positives, training_args.num_negatives
+        )
+        given = (training_args.prompts or {}).get(name) if isinstance(training_args.prompts, dict) else None
+        if isinstance(given, dict):
+            columns.update(given)
+        if columns:
+            prompts[name] = columns
+    return prompts or None
 
 
 def dry_run(model_args, data_args, training_args) -> int:
@@ -164,7 +203,7 @@ def dry_run(model_args, data_args, training_args) -> int:
     if Path(path).is_dir():
         config = AutoConfig.from_pretrained(path)
         logger.info("Model config %s: %s, hidden %s", path, config.model_type, getattr(config, "hidden_size", "?"))
-    datasets, tasks = load_training_data(data_args, training_args.num_negatives)
+    datasets, tasks, _ = load_training_data(data_args, training_args.num_negatives)
     for name, dataset in datasets.items():
         validate_training_dataset(name, tasks[name], dataset, training_args.num_negatives)
     sampler = build_task_sampler(datasets, tasks, training_args)
@@ -193,9 +232,9 @@ def run(argv: list[str]) -> int:
     output_dir = Path(training_args.output_dir)
     # Before any work: resume from the latest complete checkpoint, or refuse to overwrite a used output_dir.
     resume_from = prepare_output_dir(training_args)
-    datasets, tasks = load_training_data(data_args, training_args.num_negatives)
+    datasets, tasks, instructions = load_training_data(data_args, training_args.num_negatives)
     training_args.dataset_tasks = tasks
-    training_args.prompts = training_prompts(model_args, datasets, tasks, training_args)
+    training_args.prompts = training_prompts(model_args, datasets, tasks, instructions, training_args)
     sts_sets, ir_sets = load_eval_sets(data_args, model_args)
     sts_prompt = model_args.effective_sts_prompt
 

@@ -95,7 +95,7 @@ class Study:
         self.results_dir = Path(results_dir)
         self.work_dir = Path(work_dir) / self.encoder
         self.model_args, self.data_args, base_args, _ = parse_recipe(["--config", recipe, *self.overrides])
-        self.datasets, self.tasks = load_training_data(self.data_args, base_args.num_negatives)
+        self.datasets, self.tasks, self.instructions = load_training_data(self.data_args, base_args.num_negatives)
         self.sts_sets, self.ir_sets = load_eval_sets(self.data_args, self.model_args)
         if not (self.sts_sets or self.ir_sets):
             raise ValueError(f"Recipe {recipe} has no evaluation data (sts_eval / ir_eval): the study needs dev sets")
@@ -176,7 +176,7 @@ class Study:
         args = self.training_args(key, seed)
         setup = method.build(self.datasets, self.tasks, args, self.score_range)
         args.dataset_tasks = dict(setup.tasks)
-        args.prompts = training_prompts(self.model_args, setup.datasets, setup.tasks, args)
+        args.prompts = training_prompts(self.model_args, setup.datasets, setup.tasks, self.instructions, args)
         updates = planned_updates(setup, args)
         logger.info("%s / %s seed %d: %d updates %s", self.encoder, key, seed, self.max_steps, updates)
         model = load_model(self.model_args)
