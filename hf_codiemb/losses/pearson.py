@@ -33,6 +33,10 @@ class PearsonLoss(PairScoreLoss):
         have no variance (e.g. a batch of one pair, or all gold scores equal) has loss 0 with zero, finite
         gradients, never NaN.
 
+        This is the reference's ``PearsonCorrelationLoss`` (CoDiEmb code, ``training/CoDiEmb/train/loss.py``;
+        population moments, 0 when all gold scores are equal). One deliberate difference: when the PREDICTED scores
+        have no variance the reference divides by zero (NaN/inf); ours returns 0 with zero gradients.
+
         Args:
             model: SentenceTransformer model (may be ``None`` when only :meth:`compute_from_scores` is used).
             similarity_fct: Function computing the PAIRWISE similarity of two embedding batches.

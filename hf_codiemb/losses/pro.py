@@ -44,8 +44,7 @@ class PROLoss(PairScoreLoss):
         this implementation computes all rows at once with an ``(n, n)`` masked logit matrix and a masked
         log-sum-exp and an analytic backward (no sorting, no Python loop, no host synchronisation; first-order
         gradients only, no double backward), which gives the same value (tested to 1e-5 against a loop
-        implementation) and is 20x+ faster at batch size 256 on CPU
-        (``tests/benchmarks/results/pro_loss.md``).
+        implementation); its speed against the loop is measured in ``tests/benchmarks/bench_pro_loss.py``.
 
         Args:
             model: SentenceTransformer model (may be ``None`` when only :meth:`compute_from_scores` is used).

@@ -50,6 +50,9 @@ class SoftSpearmanLoss(PairScoreLoss):
         ``regularization_strength`` is on the scale of the predicted scores (cosines in [-1, 1]).
         A batch with no variance in either side (one pair, all gold equal) gives loss 0 with zero gradients.
 
+        This loss is ours: the reference code has no differentiable Spearman term, and in
+        :class:`CoDiEmbSTSLoss` its weight is 0 unless a recipe sets ``soft_spearman_weight``.
+
         Args:
             model: SentenceTransformer model (may be ``None`` when only :meth:`compute_from_scores` is used).
             regularization_strength: Sigmoid temperature of the soft rank.
