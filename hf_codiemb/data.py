@@ -20,6 +20,10 @@ Accepted inputs:
 
 Every record is validated; a record that breaks the format raises :class:`DataFormatError` naming the
 source, the 1-based line (or row) and the field.
+
+Files are read as UTF-8 (a byte order mark is skipped); gzip-compressed files are decompressed on the fly, whatever
+their suffix. Loaded data that is valid but probably wrong (duplicated records, a query equal to one of its
+passages, all-equal STS scores) is logged once per file by :func:`warn_suspicious_records`.
 """
 
 from __future__ import annotations
@@ -395,7 +399,8 @@ def load_ir_dataset(
             columns are those of one of these formats.
         format: ``"auto"`` (detected from the first record), ``"unified"``, ``"flagembedding"`` or
             ``"dataset"``.
-        name: the name used in error messages and logs (default: the file path).
+        name: the name of a :class:`datasets.Dataset` source in error messages and logs (files are always named
+            by their full path).
         max_records: keep only the first ``max_records`` records.
         keep_instruction: keep an ``instruction`` column when every record has one. Off by default: the
             trainer takes instructions from the per-dataset ``prompts`` of the training arguments
@@ -407,7 +412,8 @@ def load_ir_dataset(
 
     Raises:
         DataFormatError: a record breaks the format (the message names source, line and field).
-        FileNotFoundError: ``source`` is a path that does not exist.
+        DataFileNotFoundError: ``source`` is a path that does not exist (a ``FileNotFoundError``).
+        DataError: ``source`` is a directory.
     """
     _check_max_records(max_records)
     source_name = _source_name(source, name)
@@ -624,7 +630,8 @@ def load_sts_dataset(
             for JSON suffixes, else looks at the number of fields of the first line.
         score_range: the declared ``(low, high)`` range of the gold scores (inclusive); a score outside it
             is an error. ``None`` disables the check.
-        name: the name used in error messages and logs (default: the file path).
+        name: the name of a :class:`datasets.Dataset` source in error messages and logs (files are always named
+            by their full path).
         max_records: keep only the first ``max_records`` pairs.
         keep_instruction: keep an ``instruction`` column (the task instruction of unified records) when every
             pair has one; :func:`hf_codiemb.instructions.split_by_instruction` turns it into per-dataset prompts.
@@ -635,7 +642,8 @@ def load_sts_dataset(
     Raises:
         DataFormatError: a record breaks the format (missing / non-numeric / NaN / out-of-range score,
             empty sentence, bad JSON, wrong task, ...), naming source, line and field.
-        FileNotFoundError: ``source`` is a path that does not exist.
+        DataFileNotFoundError: ``source`` is a path that does not exist (a ``FileNotFoundError``).
+        DataError: ``source`` is a directory.
     """
     _check_max_records(max_records)
     if score_range is not None and not score_range[0] <= score_range[1]:
