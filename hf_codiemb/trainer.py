@@ -536,17 +536,21 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
     @staticmethod
     def default_loss_factory(task: str, args: CoDiEmbTrainingArguments) -> Callable[[SentenceTransformer], torch.nn.Module]:
         """A function building the default CoDiEmb loss of ``task`` for a model, configured from ``args``."""
-        from hf_codiemb.losses import CoDiEmbSTSLoss, MultiPositiveInfoNCELoss
+        from hf_codiemb.losses import CachedMultiPositiveInfoNCELoss, CoDiEmbSTSLoss, MultiPositiveInfoNCELoss
 
         if task == "ir":
-            return lambda model: MultiPositiveInfoNCELoss(
-                model,
+            ir_kwargs = dict(
                 num_positives=args.num_positives,
                 temperature=args.temperature,
                 in_batch_negatives=args.in_batch_negatives,
                 gather_across_devices=args.gather_across_devices and args.world_size > 1,
                 in_batch_positives=args.in_batch_positives,
             )
+            if args.ir_mini_batch_size is not None:  # GradCache: same loss, memory of one mini-batch
+                return lambda model: CachedMultiPositiveInfoNCELoss(
+                    model, mini_batch_size=args.ir_mini_batch_size, **ir_kwargs
+                )
+            return lambda model: MultiPositiveInfoNCELoss(model, **ir_kwargs)
         return lambda model: CoDiEmbSTSLoss(
             model,
             pearson_weight=args.pearson_weight,
@@ -601,11 +605,8 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         if not is_train:
             return super().get_multi_dataset_batch_sampler(dataset, batch_samplers, generator=generator, seed=seed)
         self.task_batch_sampler = build_task_sampler(self.train_dataset, self.dataset_tasks, self.args, dataset)
-        logger.info(
-            "Task-balanced sampler: %d batches per epoch, optimizer updates per task %s",
-            len(self.task_batch_sampler),
-            self.task_batch_sampler.updates_per_task(),
-        )
+        if self.args.process_index == 0:
+            self.log_batch_plan()
         return self.task_batch_sampler
 
     # ------------------------------------------------------------------------------------------ resume + evaluate
@@ -649,6 +650,25 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         if self.args.should_save:
             (folder / TRAINER_STATE_NAME).unlink(missing_ok=True)
         super()._save_checkpoint(model, trial)
+
+    def log_batch_plan(self) -> None:
+        """Log once what one optimizer update holds per task: per-device and global batch, updates per epoch.
+
+        (transformers' own banner reports ``per_device_train_batch_size``, which the task-balanced sampler does not
+        use.)
+        """
+        args = self.args
+        per_update = args.world_size * args.gradient_accumulation_steps
+        tasks = sorted(set(self.dataset_tasks.values()))
+        logger.info(
+            "CoDiEmb batches: world size %d, gradient accumulation %d; per-device batch %s; global batch per "
+            "optimizer update %s; updates per epoch %s",
+            args.world_size,
+            args.gradient_accumulation_steps,
+            {task: args.batch_size_for_task(task) for task in tasks},
+            {task: args.batch_size_for_task(task) * per_update for task in tasks},
+            self.task_batch_sampler.updates_per_task() if self.task_batch_sampler is not None else {},
+        )
 
     # ------------------------------------------------------------------------------------------------ loss + logs
     def compute_loss(

@@ -98,6 +98,14 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             "negatives). Equal when num_positives=1."
         },
     )
+    ir_mini_batch_size: Union[int, None] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "Gradient cache (GradCache) for the default IR loss: embed the IR batch in mini-batches of this "
+            "many rows (CachedMultiPositiveInfoNCELoss; same loss and gradients, memory of a mini-batch, a second "
+            "forward pass). Unset = the uncached MultiPositiveInfoNCELoss."
+        },
+    )
     multi_layer_weight: float = field(
         default=1.0,
         metadata={
@@ -163,6 +171,7 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
 
     def __post_init__(self) -> None:
         self._check_training_length()
+        self._use_gloo_without_gpus()
         super().__post_init__()
         try:
             self.task_ratio = parse_task_ratio(self.task_ratio)
@@ -176,6 +185,8 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
         for name in ("ir_batch_size", "sts_batch_size", "num_positives"):
             _check_int(self, name, minimum=1)
         _check_int(self, "num_negatives", minimum=0)
+        if self.ir_mini_batch_size is not None:
+            _check_int(self, "ir_mini_batch_size", minimum=1)
         if self.in_batch_positives not in ("slot", "all"):
             raise RecipeError(
                 f"must be 'slot' (the reference) or 'all', got {self.in_batch_positives!r}", "in_batch_positives"
@@ -191,6 +202,32 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise RecipeError(f"must be a number > 0, got {value!r}", name)
+
+    def _use_gloo_without_gpus(self) -> None:
+        """Under a multi-process launcher (torchrun, ``accelerate launch``) on a machine without GPUs: one DDP job.
+
+        transformers only forms a process group on CPU when both ``use_cpu`` and ``ddp_backend`` are set; without
+        them every process trains alone on the full data (N independent runs into one output_dir). When the
+        launcher's ``WORLD_SIZE`` is above 1 and no CUDA device is visible, this sets ``use_cpu=True`` and, unless
+        the recipe chose a backend, ``ddp_backend="gloo"``.
+        """
+        import logging
+        import os
+
+        import torch
+
+        if "WORLD_SIZE" not in os.environ and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
+            logging.getLogger(__name__).warning(
+                "`accelerate launch --cpu` starts ONE process (accelerate runs several CPU processes only through "
+                "MPI). For N processes without GPUs use `torchrun --nproc_per_node N -m hf_codiemb.cli train ...` or "
+                "`accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes N -m "
+                "hf_codiemb.cli train ...` (gloo is chosen automatically)."
+            )
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+            return
+        self.use_cpu = True
+        if self.ddp_backend is None:
+            self.ddp_backend = "gloo"
 
     def _check_training_length(self) -> None:
         """``max_steps`` > 0 (or -1: train ``num_train_epochs``), epochs > 0 when they decide: else nothing trains."""

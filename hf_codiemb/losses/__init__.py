@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .cached_multi_positive_info_nce import CachedMultiPositiveInfoNCELoss
 from .codiemb_sts import CoDiEmbSTSLoss
 from .multi_positive_info_nce import MultiPositiveInfoNCELoss, multi_positive_info_nce
 from .pearson import PearsonLoss
@@ -10,6 +11,7 @@ from .rank_kl import RankKLLoss
 from .soft_spearman import SoftSpearmanLoss, soft_rank
 
 __all__ = [
+    "CachedMultiPositiveInfoNCELoss",
     "CoDiEmbSTSLoss",
     "MultiPositiveInfoNCELoss",
     "PROLoss",

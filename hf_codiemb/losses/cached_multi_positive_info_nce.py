@@ -1,0 +1,274 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from sentence_transformers.base.losses.gradcache import (
+    CachedLossMixin,
+    _validate_mini_batch_num_tokens,
+    has_static_embedding_input,
+)
+from sentence_transformers.sentence_transformer.model import SentenceTransformer
+from sentence_transformers.util import all_gather_with_grad, cos_sim
+from torch import Tensor, nn
+
+from ._common import CODIEMB_CITATION, check_same_sizes_across_ranks, function_name
+from .multi_positive_info_nce import InBatchPositives, MultiPositiveInfoNCELoss, multi_positive_info_nce
+
+GRADCACHE_CITATION = """
+@misc{gao2021scaling,
+    title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
+    author={Luyu Gao and Yunyi Zhang and Jiawei Han and Jamie Callan},
+    year={2021},
+    eprint={2101.06983},
+    archivePrefix={arXiv},
+    primaryClass={cs.LG}
+}
+"""
+
+
+class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        num_positives: int = 2,
+        temperature: float = 0.02,
+        in_batch_negatives: bool = True,
+        gather_across_devices: bool = False,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+        in_batch_positives: InBatchPositives = "slot",
+        mini_batch_size: int = 32,
+        mini_batch_num_tokens: int | None = None,
+        show_progress_bar: bool = False,
+    ) -> None:
+        """
+        :class:`~hf_codiemb.losses.MultiPositiveInfoNCELoss` (the CoDiEmb IR objective: multi-positive InfoNCE with
+        hard negatives) with gradient caching (GradCache), so that the IR batch, and with it the pool of in-batch
+        negatives, is no longer bounded by the activation memory of the encoder.
+
+        The in-batch negatives tie all rows of a batch together, so an IR batch cannot simply be split into
+        gradient-accumulation steps. GradCache splits the computation instead, using sentence-transformers' own
+        machinery (:class:`~sentence_transformers.base.losses.CachedLossMixin`: mini-batch slicing, the
+        :class:`~sentence_transformers.base.losses.gradcache.RandContext` that replays dropout, and the backward
+        hook):
+
+            (1) embed every column (query, positives, negatives) in mini-batches of ``mini_batch_size`` rows
+                without a computation graph, remembering the RNG state of each mini-batch;
+            (2) compute the loss on the whole batch from these embeddings, through the same functional
+                :func:`~hf_codiemb.losses.multi_positive_info_nce` as the uncached loss (the queries in chunks of
+                ``mini_batch_size`` rows via its ``query_offset``, each chunk against all passages), and
+                back-propagate it to the embeddings, whose gradients are cached;
+            (3) when the trainer calls ``loss.backward()``, re-embed each mini-batch with a graph (same RNG state,
+                hence the same dropout masks) and back-propagate its cached gradient into the model.
+
+        Only one mini-batch of encoder activations is alive at a time, so the memory is about that of a
+        ``mini_batch_size`` batch plus the embeddings and one chunk of the similarity matrix; the price is a second
+        forward pass of the encoder (roughly 1.3x to 2x the step time). The loss value and the gradients are those of
+        :class:`~hf_codiemb.losses.MultiPositiveInfoNCELoss` with the same arguments (up to float rounding), for both
+        ``in_batch_positives`` modes, with and without hard or in-batch negatives, and with
+        ``gather_across_devices`` (passages of all ranks are gathered with gradients; each rank computes the loss of
+        its own queries, ``query_offset = rank * B``).
+
+        Args:
+            model: SentenceTransformer model.
+            num_positives: Number of positive columns following the query column (paper: 2).
+            temperature: Temperature of the softmax over cosine similarities (paper: 0.02).
+            in_batch_negatives: Use the passages of the other queries as extra negatives.
+            gather_across_devices: Gather passages across ranks (needs ``in_batch_negatives``; ignored otherwise).
+            similarity_fct: Similarity MATRIX function, default ``util.cos_sim``.
+            in_batch_positives: ``"slot"`` (default, the reference code's candidates) or ``"all"`` (ours), see
+                :class:`~hf_codiemb.losses.MultiPositiveInfoNCELoss`.
+            mini_batch_size: Rows embedded at once in steps (1) and (3), and query rows per loss chunk in step (2).
+                It bounds the memory; larger is faster.
+            mini_batch_num_tokens: If set, the embedding mini-batches are packed by their number of (non-padding)
+                tokens instead of ``mini_batch_size`` rows (sentence-transformers' option of the same name).
+            show_progress_bar: Show a progress bar over the mini-batches.
+
+        References:
+            - Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup (GradCache):
+              https://arxiv.org/abs/2101.06983
+            - CoDiEmb: https://arxiv.org/abs/2508.11442 (reference code: TencentCloudADP/youtu-embedding,
+              ``training/CoDiEmb/train/loss.py``, ``ContrastiveLoss._loss_ir``)
+
+        Relations:
+            - Same loss and gradients as :class:`~hf_codiemb.losses.MultiPositiveInfoNCELoss`, with the memory of a
+              ``mini_batch_size`` batch and a second forward pass.
+            - :class:`~sentence_transformers.sentence_transformer.losses.CachedMultipleNegativesRankingLoss` is the
+              same technique for MultipleNegativesRankingLoss; with ``num_positives=1`` both compute the same loss
+              (``scale = 1 / temperature``).
+
+        Requirements:
+            1. (query, positive_0, ..., positive_{k-1}, negative_0, ..., negative_{m-1}) tuples with
+               ``k = num_positives`` and ``m >= 0`` (what ``CoDiEmbDataCollator`` produces for IR datasets).
+            2. A large per-device IR batch (``ir_batch_size``) with a small ``mini_batch_size``; otherwise the
+               uncached loss is faster for the same result.
+            3. With ``gather_across_devices``: equal local batch sizes on every rank.
+            4. Not for models whose inputs cannot be sliced along the batch (``StaticEmbedding``).
+
+        Inputs:
+            +------------------------------------------------------------------+--------+
+            | Inputs                                                           | Labels |
+            +==================================================================+========+
+            | (query, positive_0, ..., positive_{k-1}, negative_0, ..., neg_m) | none   |
+            +------------------------------------------------------------------+--------+
+
+        Example:
+            ::
+
+                from datasets import Dataset
+                from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+                from hf_codiemb.losses import CachedMultiPositiveInfoNCELoss
+
+                model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
+                train_dataset = Dataset.from_dict({
+                    "query": ["what is the capital of France", "who wrote Hamlet"],
+                    "positive_0": ["Paris is the capital of France.", "Hamlet is a play by Shakespeare."],
+                    "positive_1": ["France's capital city is Paris.", "Shakespeare wrote Hamlet around 1600."],
+                    "negative_0": ["Lyon is a city in France.", "Macbeth is a tragedy."],
+                })
+                loss = CachedMultiPositiveInfoNCELoss(model, num_positives=2, mini_batch_size=32)
+                trainer = SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss)
+                trainer.train()
+
+            With :class:`~hf_codiemb.trainer.CoDiEmbTrainer`, set ``ir_mini_batch_size`` in the training arguments
+            (recipe) instead: the default IR loss is then this one.
+        """
+        super().__init__()
+        if isinstance(model, nn.Sequential) and has_static_embedding_input(model):
+            raise ValueError(
+                f"{type(self).__name__} is not compatible with a StaticEmbedding model, whose inputs cannot be split "
+                "into mini-batches; use MultiPositiveInfoNCELoss instead."
+            )
+        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be an integer >= 1, got {mini_batch_size!r}.")
+        _validate_mini_batch_num_tokens(mini_batch_num_tokens)
+        self.model = model
+        # The uncached loss owns and validates the hyperparameters (and lets `loss_task` see an IR loss).
+        self.loss = MultiPositiveInfoNCELoss(
+            model,
+            num_positives=num_positives,
+            temperature=temperature,
+            in_batch_negatives=in_batch_negatives,
+            gather_across_devices=gather_across_devices,
+            similarity_fct=similarity_fct,
+            in_batch_positives=in_batch_positives,
+        )
+        self.mini_batch_size = mini_batch_size
+        self.mini_batch_num_tokens = mini_batch_num_tokens
+        self.show_progress_bar = show_progress_bar
+
+    # The hyperparameters live on the wrapped loss (as in sentence-transformers' cached losses).
+    _delegated_to_wrapped_loss = (
+        "num_positives",
+        "temperature",
+        "in_batch_negatives",
+        "gather_across_devices",
+        "similarity_fct",
+        "in_batch_positives",
+    )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._delegated_to_wrapped_loss and isinstance(getattr(self, "loss", None), nn.Module):
+            setattr(self.loss, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self)._delegated_to_wrapped_loss:
+            return getattr(self._modules["loss"], name)
+        return super().__getattr__(name)
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        sentence_features = list(sentence_features)
+        if len(sentence_features) < 1 + self.num_positives:
+            raise ValueError(
+                f"{type(self).__name__} expects a query column and {self.num_positives} positive columns "
+                f"(num_positives={self.num_positives}), got {len(sentence_features)} columns in total."
+            )
+        return self.forward_cached(sentence_features, labels)
+
+    def calculate_loss(
+        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
+    ) -> Tensor:
+        """The loss of the whole batch from the per-mini-batch column embeddings ``reps[column][mini_batch]``.
+
+        The queries are processed in chunks of ``mini_batch_size`` rows, each against all (gathered) passages, by
+        :func:`multi_positive_info_nce` with ``query_offset`` pointing at the chunk's rows; chunk losses are weighted
+        by their share of the batch, so their sum is the batch mean. With ``with_backward`` each chunk is
+        back-propagated at once (only one chunk of the similarity matrix is alive), then the accumulated gradients
+        of the stacked/gathered embeddings are sent back through the stacking and the gathering in one pass, and the
+        detached total is returned.
+        """
+        embeddings = [torch.cat(column) for column in reps]
+        queries = embeddings[0]
+        positives = torch.stack(embeddings[1 : 1 + self.num_positives], dim=1)
+        negative_columns = embeddings[1 + self.num_positives :]
+        negatives = torch.stack(negative_columns, dim=1) if negative_columns else None
+        batch_size = queries.size(0)
+        offset = 0
+        if self.gather_across_devices and self.in_batch_negatives and dist.is_available() and dist.is_initialized():
+            check_same_sizes_across_ranks(
+                {
+                    "batch": batch_size,
+                    "positives": positives.size(1),
+                    "negatives": 0 if negatives is None else negatives.size(1),
+                    "dim": queries.size(1),
+                },
+                type(self).__name__,
+                queries.device,
+            )
+            positives = all_gather_with_grad(positives)
+            if negatives is not None:
+                negatives = all_gather_with_grad(negatives)
+            offset = dist.get_rank() * batch_size
+
+        inputs = [tensor for tensor in (queries, positives, negatives) if tensor is not None]
+        if with_backward:
+            # Each chunk's backward stops at these leaves; their gradients go through stack/gather once at the end
+            # (one collective per gathered tensor, however many chunks).
+            leaves = [tensor.detach().requires_grad_() for tensor in inputs]
+        else:
+            leaves = inputs
+        chunk_queries, chunk_positives = leaves[0], leaves[1]
+        chunk_negatives = leaves[2] if negatives is not None else None
+
+        total = queries.new_zeros(())
+        for begin in range(0, batch_size, self.mini_batch_size):
+            end = min(begin + self.mini_batch_size, batch_size)
+            chunk_loss = multi_positive_info_nce(
+                chunk_queries[begin:end],
+                chunk_positives,
+                chunk_negatives,
+                temperature=self.temperature,
+                in_batch_negatives=self.in_batch_negatives,
+                similarity_fct=self.similarity_fct,
+                query_offset=offset + begin,
+                in_batch_positives=self.in_batch_positives,
+            ) * ((end - begin) / batch_size)
+            if with_backward:
+                chunk_loss.backward()
+                chunk_loss = chunk_loss.detach()
+            total = total + chunk_loss
+
+        if with_backward:
+            pairs = [(tensor, leaf.grad) for tensor, leaf in zip(inputs, leaves) if leaf.grad is not None]
+            torch.autograd.backward([tensor for tensor, _ in pairs], [grad for _, grad in pairs])
+        return total
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "num_positives": self.num_positives,
+            "temperature": self.temperature,
+            "in_batch_negatives": self.in_batch_negatives,
+            "gather_across_devices": self.gather_across_devices,
+            "similarity_fct": function_name(self.similarity_fct),
+            "in_batch_positives": self.in_batch_positives,
+            "mini_batch_size": self.mini_batch_size,
+            "mini_batch_num_tokens": self.mini_batch_num_tokens,
+        }
+
+    @property
+    def citation(self) -> str:
+        return CODIEMB_CITATION + GRADCACHE_CITATION
