@@ -240,7 +240,8 @@ def run(argv: list[str]) -> int:
 
     model = load_model(model_args)
     before = None
-    if (sts_sets or ir_sets) and data_args.evaluate_before:
+    # Under torchrun / accelerate launch every rank runs this script: evaluate (and later save results) once.
+    if (sts_sets or ir_sets) and data_args.evaluate_before and training_args.process_index == 0:
         logger.info("Evaluating before training")
         before = evaluate_model(model, sts_sets, ir_sets, sts_prompt=sts_prompt)
     trainer = CoDiEmbTrainer(model=model, args=training_args, train_dataset=datasets)
