@@ -45,10 +45,11 @@ def tiny_encoder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mined_beir(tmp_path_factory, tiny_encoder):
     """``recipe -> overrides``: each ``ir_train_beir`` entry of a recipe with its mined-negatives file replaced by
-    one mined here with the tiny encoder (first 60 queries), so the recipe runs without `codiemb mine` first."""
+    one mined here with the tiny encoder, so the recipe runs without `codiemb mine` first. To stay fast it mines
+    for the split's first 40 queries over their positives and 200 other documents of the corpus."""
     from sentence_transformers import SentenceTransformer
 
-    from hf_codiemb.beir import load_beir, mine_beir_hard_negatives, write_mining_output
+    from hf_codiemb.beir import BeirDataset, load_beir, mine_beir_hard_negatives, write_mining_output
 
     mined: dict[tuple[str, str], str] = {}
 
@@ -58,9 +59,13 @@ def mined_beir(tmp_path_factory, tiny_encoder):
         for entry in data_args.ir_train_beir:
             spec = parse_beir_spec(entry)
             if spec.negatives is not None and (spec.folder, spec.split) not in mined:
-                dataset = load_beir(REPO / spec.folder, spec.split)
-                dataset.queries = dict(list(dataset.queries.items())[:60])
-                dataset.qrels = {qid: dataset.qrels[qid] for qid in dataset.queries}
+                full = load_beir(REPO / spec.folder, spec.split)
+                relevant = dict(list(full.relevant().items())[:40])
+                doc_ids = list(full.corpus)[:200] + [cid for cids in relevant.values() for cid in cids]
+                dataset = BeirDataset(
+                    folder=full.folder, split=full.split, corpus={cid: full.corpus[cid] for cid in doc_ids},
+                    queries={qid: full.queries[qid] for qid in relevant}, qrels={qid: full.qrels[qid] for qid in relevant},
+                )  # fmt: skip
                 model = SentenceTransformer(str(tiny_encoder), device="cpu")
                 model.max_seq_length = 32
                 result = mine_beir_hard_negatives(
