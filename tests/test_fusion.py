@@ -322,7 +322,7 @@ def test_interrupted_fusion_leaves_no_half_model(tmp_path, monkeypatch):
     base = tiny_hf_model(tmp_path / "base")
     checkpoint = perturbed_copy(base, tmp_path / "ck", seed=1)
     calls = {"n": 0}
-    original = DeltaGuidedFusion.merge
+    original = DeltaGuidedFusion.merge_chunk  # what the streaming pipeline calls for every chunk
 
     def flaky(self, *args, **kwargs):
         calls["n"] += 1
@@ -330,7 +330,7 @@ def test_interrupted_fusion_leaves_no_half_model(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(DeltaGuidedFusion, "merge", flaky)
+    monkeypatch.setattr(DeltaGuidedFusion, "merge_chunk", flaky)
     with pytest.raises(KeyboardInterrupt):
         delta_fuse(base, [checkpoint], tmp_path / "out", show_progress=False)
     _assert_nothing_written(tmp_path / "out")

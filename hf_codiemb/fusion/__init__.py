@@ -10,8 +10,8 @@ Public API:
 
 from hf_codiemb.fusion.core import FusionResult, delta_fuse, fuse
 from hf_codiemb.fusion.errors import FusionError, FusionWriteError
-from hf_codiemb.fusion.methods.delta import DeltaGuidedFusion, delta_guided_weights
 from hf_codiemb.fusion.mergekit_plugin import register_mergekit_method
+from hf_codiemb.fusion.methods.delta import DeltaGuidedFusion, delta_guided_weights
 from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, get_method, register, registered_methods
 
 __all__ = [

@@ -12,20 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
 from hf_codiemb.fusion.card import load_eval_results, render_card
 from hf_codiemb.fusion.errors import FusionError, FusionWriteError
 from hf_codiemb.fusion.inputs import ResolvedModel, resolve_model
 from hf_codiemb.fusion.registry import FusionMethod, get_method
-from hf_codiemb.fusion.safetensors_io import (
-    SAFETENSORS_DTYPES,
-    LazyReader,
-    StreamingSafetensorsWriter,
-    row_chunks,
-)
-from hf_codiemb.fusion.stats import WeightStatistics
+from hf_codiemb.fusion.stats import WeightStatistics, preload_plotting
+from hf_codiemb.fusion.streaming import merge_weights
 from hf_codiemb.fusion.validate import FusionPlan, build_plan
 
 logger = logging.getLogger(__name__)
@@ -209,8 +201,11 @@ def _write_output(
     try:
         labels = [model.spec for model in checkpoints]
         statistics = WeightStatistics(labels)
-        has_weights = _merge_weights(method, plan, base, checkpoints, staging, statistics, chunk_elements,
-                                     show_progress)
+        preload_plotting()  # the weight plot's matplotlib import overlaps the tensor work
+        # Labels aligned with a plan row: [reference (the base, else checkpoint 1), checkpoint 1, ..., checkpoint K].
+        input_labels = [(base or checkpoints[0]).label, *(model.label for model in checkpoints)]
+        has_weights = merge_weights(method, plan, input_labels, base is not None, staging, statistics,
+                                    chunk_elements, show_progress)
         template = _template(base, checkpoints)
         _copy_support_files(template, staging)
         files = []
@@ -253,87 +248,6 @@ def _write_output(
     )
 
 
-def _merge_weights(
-    method: FusionMethod,
-    plan: FusionPlan,
-    base: ResolvedModel | None,
-    checkpoints: list[ResolvedModel],
-    staging: Path,
-    statistics: WeightStatistics,
-    chunk_elements: int,
-    show_progress: bool,
-) -> bool:
-    """Merge every weight group of ``plan`` into ``staging``; return whether per-checkpoint weights were recorded."""
-    total = sum(len(tensors) for tensors in plan.values())
-    recorded = False
-    with LazyReader() as reader, tqdm(total=total, desc="Fusing tensors", unit="tensor",
-                                      disable=not show_progress) as progress:
-        for group, tensors in plan.items():
-            target = staging / group
-            target.parent.mkdir(parents=True, exist_ok=True)
-            specs = [(name, SAFETENSORS_DTYPES[infos[0].dtype], infos[0].shape) for name, infos in tensors.items()]
-            writer = StreamingSafetensorsWriter(target, specs)
-            try:
-                for name, infos in tensors.items():
-                    reference_info, checkpoint_infos = infos[0], infos[1:]
-                    if not reference_info.is_float:
-                        # Buffers (position ids, ...) come unchanged from the base (or the first checkpoint).
-                        writer.write(name, reader.read(name, reference_info))
-                    else:
-                        sums = _merge_tensor(method, reader, name, infos, base is not None, writer, chunk_elements)
-                        if sums is not None:
-                            statistics.add(group, name, sums, reference_info.numel)
-                            recorded = True
-                    progress.update(1)
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-    return recorded
-
-
-def _merge_tensor(
-    method: FusionMethod,
-    reader: LazyReader,
-    name: str,
-    infos: list,
-    has_base: bool,
-    writer: StreamingSafetensorsWriter,
-    chunk_elements: int,
-) -> torch.Tensor | None:
-    reference_info, checkpoint_infos = infos[0], infos[1:]
-    out_dtype = SAFETENSORS_DTYPES[reference_info.dtype]
-    compute_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
-    chunks = list(row_chunks(reference_info.shape, chunk_elements)) if method.elementwise else [None]
-
-    def load(rows: tuple[int, int] | None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        base_chunk = reader.read(name, reference_info, rows).to(compute_dtype) if has_base else None
-        return base_chunk, [reader.read(name, info, rows).to(compute_dtype) for info in checkpoint_infos]
-
-    delta_norms = None
-    if method.needs_delta_norms:
-        if not has_base:
-            raise FusionError(f"Method {method.name!r} needs a base model")
-        squares = torch.zeros(len(checkpoint_infos), dtype=torch.float64)
-        for rows in chunks:
-            base_chunk, checkpoint_chunks = load(rows)
-            for index, chunk in enumerate(checkpoint_chunks):
-                squares[index] += (chunk - base_chunk).double().square().sum()
-        delta_norms = squares.sqrt()
-
-    weight_sums: torch.Tensor | None = torch.zeros(len(checkpoint_infos), dtype=torch.float64)
-    for rows in chunks:
-        base_chunk, checkpoint_chunks = load(rows)
-        output = method.merge(base_chunk, checkpoint_chunks, delta_norms=delta_norms, name=name)
-        del base_chunk, checkpoint_chunks
-        writer.write(name, output.merged.to(out_dtype))
-        if output.weight_sums is None or weight_sums is None:
-            weight_sums = None
-        else:
-            weight_sums += output.weight_sums.to(torch.float64)
-    return weight_sums
-
-
 def _template(base: ResolvedModel | None, checkpoints: list[ResolvedModel]) -> Path:
     """The folder whose non-weight files (modules.json, tokenizer, configs) are copied: the first checkpoint that
     is a sentence-transformers folder, else the base, else the first checkpoint."""
@@ -348,7 +262,7 @@ def _template(base: ResolvedModel | None, checkpoints: list[ResolvedModel]) -> P
 def _copy_support_files(template: Path, staging: Path) -> None:
     for source in sorted(template.rglob("*")):
         relative = source.relative_to(template)
-        if source.is_dir() or any(part.startswith(".") or part.startswith("checkpoint-") or part in _SKIPPED_DIRS
+        if source.is_dir() or any(part.startswith((".", "checkpoint-")) or part in _SKIPPED_DIRS
                                   for part in relative.parts):
             continue
         name = source.name

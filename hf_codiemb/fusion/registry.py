@@ -28,6 +28,31 @@ class MergeOutput:
     weight_sums: torch.Tensor | None = None
 
 
+class ChunkWorkspace:
+    """Named scratch buffers reused from one chunk to the next (allocated once, grown when a chunk is larger).
+
+    Streaming fusion processes hundreds of chunks of about the same size; allocating each temporary afresh costs a
+    page fault per 4 KiB page, which on large models takes longer than the arithmetic itself.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` and ``dtype``, a view of the buffer named ``key``."""
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
+            buffer = self._buffers[key] = torch.empty(numel, dtype=dtype)
+        return buffer[:numel].view(tuple(shape))
+
+    def clear(self) -> None:
+        """Release every buffer."""
+        self._buffers.clear()
+
+
 class FusionMethod(ABC):
     """Base class of a fusion method.
 
@@ -36,6 +61,12 @@ class FusionMethod(ABC):
     :meth:`merge`. Methods that need a statistic of the whole tensor while still being applied chunk by
     chunk set ``needs_delta_norms``: the pipeline then computes ``||theta_k - theta_0||_2`` per checkpoint
     in a first streaming pass and passes it to :meth:`merge`.
+
+    The streaming pipeline calls :meth:`merge_chunk`, which by default calls :meth:`merge`; a method overrides it to
+    work in the pipeline's reusable buffers (fewer temporaries, no fresh memory per chunk). A method sets
+    ``propagates_non_finite`` when every NaN/inf input value that influences an output value makes that value
+    non-finite (plain weighted sums do; sparsifying methods may drop it): the pipeline then checks only the merged
+    values for NaN/inf, otherwise every input chunk too.
     """
 
     name: ClassVar[str]
@@ -43,6 +74,7 @@ class FusionMethod(ABC):
     reference: ClassVar[str | None] = None
     requires_base: ClassVar[bool] = True
     elementwise: ClassVar[bool] = True
+    propagates_non_finite: ClassVar[bool] = False
 
     @property
     def needs_delta_norms(self) -> bool:
@@ -59,6 +91,21 @@ class FusionMethod(ABC):
         name: str = "",
     ) -> MergeOutput:
         """Merge one tensor (or one row chunk of it) of the K checkpoints, all given in a float dtype."""
+
+    def merge_chunk(
+        self,
+        base: torch.Tensor | None,
+        checkpoints: Sequence[torch.Tensor],
+        workspace: ChunkWorkspace,
+        *,
+        delta_norms: torch.Tensor | None = None,
+        name: str = "",
+    ) -> MergeOutput:
+        """:meth:`merge` as the streaming pipeline calls it: ``base`` and ``checkpoints`` are the pipeline's buffers,
+        refilled for the next chunk, so the method may overwrite them, and ``workspace`` lends reusable scratch
+        buffers. The merged tensor may be one of these buffers (it is written out before the next chunk is read).
+        The default calls :meth:`merge`."""
+        return self.merge(base, checkpoints, delta_norms=delta_norms, name=name)
 
     def parameters(self) -> dict[str, Any]:
         """The method's hyper-parameters, recorded in the fusion recipe and the model card."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -64,18 +65,42 @@ class WeightStatistics:
         return files
 
 
-def plot_layer_weights(data: dict[str, Any], path: Path) -> bool:
-    """Plot the mean weight of each checkpoint per layer (matplotlib, Agg backend); False if unavailable."""
-    try:
-        import matplotlib
+def preload_plotting() -> None:
+    """Import matplotlib's Agg canvas in a background thread (about a second), so that it overlaps the fusion's
+    tensor work instead of adding to it; :func:`plot_layer_weights` waits for it. Idempotent."""
+    global _PRELOAD
+    if _PRELOAD is None:
+        _PRELOAD = threading.Thread(target=_import_plotting, name="fusion-import-matplotlib", daemon=True)
+        _PRELOAD.start()
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def _import_plotting() -> bool:
+    try:
+        import matplotlib.backends.backend_agg
+        import matplotlib.figure  # noqa: F401
     except ImportError:  # pragma: no cover - matplotlib is a dependency
         return False
+    return True
+
+
+_PRELOAD: threading.Thread | None = None
+
+
+def plot_layer_weights(data: dict[str, Any], path: Path) -> bool:
+    """Plot the mean weight of each checkpoint per layer (matplotlib's Agg canvas, no pyplot state); False if
+    matplotlib is unavailable."""
+    if _PRELOAD is not None:
+        _PRELOAD.join()
+    if not _import_plotting():  # pragma: no cover - matplotlib is a dependency
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     layers = data["layers"]
     names = [row["layer"] for row in layers]
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.45 * len(names)), 4.0))
+    figure = Figure(figsize=(max(6.0, 0.45 * len(names)), 4.0))
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot()
     for index, label in enumerate(data["checkpoints"]):
         axis.plot(range(len(names)), [row["mean_weight"][index] for row in layers], marker="o", label=label)
     if data["checkpoints"]:
@@ -86,5 +111,4 @@ def plot_layer_weights(data: dict[str, Any], path: Path) -> bool:
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return True

@@ -10,11 +10,17 @@ every method in a FRESH subprocess and records wall time and peak RSS (the worke
 - ``ST.merge linear (mergekit)``: ``SentenceTransformer.merge(checkpoints, method="linear")`` + ``save``;
   without mergekit, a naive in-memory soup (``load_file`` of every checkpoint, average, ``save_file``).
 
-Every method writes a complete model folder. Run (about 5 minutes on 2 CPU cores, ~6 GB of temp disk):
+Two floors are measured the same way: reading every tensor of the K+1 input files once with
+``safetensors.safe_open`` (a ``sum`` per tensor, since safetensors maps the file and copies nothing until the data is
+used; no fusion can be faster), and materialising them plus writing one model with ``save_file``.
 
-    OMP_NUM_THREADS=1 python tests/benchmarks/bench_fusion.py --output tests/benchmarks/results/fusion.md
+Every method writes a complete model folder. Each round runs every method once (the order rotates between rounds),
+so methods are compared side by side on a shared machine; ratios are taken within a round. Run (about 10 minutes
+on 2 CPU cores with 3 rounds, ~8 GB of temp disk):
 
-Use ``--small`` to run the MiniLM part only.
+    OMP_NUM_THREADS=1 python tests/benchmarks/bench_fusion.py --repeat 3 --output tests/benchmarks/results/fusion.md
+
+Use ``--small`` (``--large``) to run the MiniLM (BERT-large-shaped) part only.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def _perturb(source: Path, target: Path, seed: int, scale: float = 1e-3) -> None
     generator = torch.Generator().manual_seed(seed)
     path = target / "model.safetensors"
     state = load_file(path)
-    for name, tensor in state.items():
+    for tensor in state.values():
         if tensor.is_floating_point():
             tensor.add_(torch.randn(tensor.shape, generator=generator), alpha=scale)
     save_file(state, path, metadata={"format": "pt"})
@@ -90,8 +96,8 @@ def _prepare(root: Path, name: str) -> dict[str, object]:
     from safetensors import safe_open
 
     with safe_open(str(base / "model.safetensors"), "pt") as handle:
-        params = sum(handle.get_slice(k).get_shape() and _numel(handle.get_slice(k).get_shape()) or 1
-                     for k in handle.keys())
+        names = handle.keys()
+        params = sum(_numel(handle.get_slice(k).get_shape()) for k in names)
     return {"base": str(base), "checkpoints": checkpoints, "size": size, "params": params}
 
 
@@ -119,12 +125,13 @@ def _peak_rss() -> int:
 
 def _worker(method: str, base: str, checkpoints: list[str], output: str) -> None:
     import psutil
-    import torch  # noqa: F401
+    import torch  # noqa: F401  (imported before the baseline RSS is taken)
     from sentence_transformers import SentenceTransformer
 
-    import hf_codiemb.fusion as fusion
+    from hf_codiemb import fusion
 
     imports_rss = psutil.Process().memory_info().rss
+    cpu_start = _cpu_seconds()
     start = time.perf_counter()
     if method == "delta":
         fusion.delta_fuse(base, checkpoints, output, p=1.0, granularity="element", show_progress=False)
@@ -132,8 +139,34 @@ def _worker(method: str, base: str, checkpoints: list[str], output: str) -> None
         fusion.fuse(checkpoints, output, method="uniform", show_progress=False)
     elif method == "st_merge":
         SentenceTransformer.merge(checkpoints, method="linear", device="cpu").save(output)
+    elif method == "read_floor":
+        # safetensors maps the file and get_tensor copies nothing: a sum makes every byte pass through the CPU once.
+        from safetensors import safe_open
+
+        for folder in [base, *checkpoints]:
+            for path in sorted(Path(folder).glob("**/*.safetensors")):
+                with safe_open(str(path), "pt") as handle:
+                    names = handle.keys()
+                    for key in names:
+                        handle.get_tensor(key).sum()
+    elif method == "copy_floor":
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        for folder in [base, *checkpoints]:
+            for path in sorted(Path(folder).glob("**/*.safetensors")):
+                with safe_open(str(path), "pt") as handle:
+                    names = handle.keys()
+                    state = {key: handle.get_tensor(key) for key in names}
+                    if folder == base:  # writing reads each byte of the base once
+                        target = Path(output) / path.relative_to(folder)
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        save_file(state, target, metadata={"format": "pt"})
+                    else:
+                        for tensor in state.values():
+                            tensor.sum()
+                    del state
     elif method == "naive":
-        import torch
         from safetensors.torch import load_file, save_file
 
         states = [load_file(Path(c) / "model.safetensors") for c in checkpoints]
@@ -144,8 +177,17 @@ def _worker(method: str, base: str, checkpoints: list[str], output: str) -> None
     else:
         raise ValueError(method)
     seconds = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu_start
     peak = _peak_rss()
-    print(json.dumps({"seconds": seconds, "peak_rss": peak, "imports_rss": imports_rss}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak, "imports_rss": imports_rss}))
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (less sensitive to a shared machine than wall time)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _run_worker(method: str, setup: dict[str, object], output: Path) -> dict[str, float]:
@@ -164,17 +206,27 @@ def _run_worker(method: str, setup: dict[str, object], output: Path) -> dict[str
 def _table(rows: list[dict[str, object]]) -> str:
     gib = 1024**3
     lines = [
-        "| model | params | model size | method | wall (s) | peak RSS (GiB) | RSS above imports (GiB) | "
-        "above-imports / model size | time vs ST.merge | peak RSS vs ST.merge |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        ("| model | params | model size | method | wall median (s) | wall min (s) | peak RSS (GiB) | "
+         "RSS above imports (GiB) | above-imports / model size | time vs ST.merge (median [min, max] of rounds) | "
+         "time vs read floor | peak RSS vs ST.merge |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        ratios = row["time_ratios"]
         lines.append(
             f"| {row['model']} | {row['params'] / 1e6:.0f}M | {row['size'] / gib:.2f} GiB | {row['label']} | "
-            f"{row['seconds']:.1f} | {row['peak_rss'] / gib:.2f} | {row['above'] / gib:.2f} | "
-            f"{row['above'] / row['size']:.2f}x | {row['time_ratio']:.2f}x | {row['rss_ratio']:.2f}x |"
+            f"{row['seconds']:.2f} | {row['min_seconds']:.2f} | {row['peak_rss'] / gib:.2f} | "
+            f"{row['above'] / gib:.2f} | {row['above'] / row['size']:.2f}x | "
+            f"{_median(ratios):.2f}x [{min(ratios):.2f}, {max(ratios):.2f}] | {row['floor_ratio']:.2f}x | "
+            f"{row['rss_ratio']:.2f}x |"
         )
     return "\n".join(lines)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def main() -> None:
@@ -185,7 +237,11 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help="Markdown file to write the results table to.")
     parser.add_argument("--small", action="store_true", help="MiniLM only.")
+    parser.add_argument("--large", action="store_true", help="The BERT-large-shaped model only.")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="Rounds; each round runs every method once, side by side (the order rotates).")
     parser.add_argument("--workdir", type=Path, default=None, help="Temp folder for the models (default: a tempdir).")
+    parser.add_argument("--note", default="", help="A sentence added to the report (e.g. 'the machine was shared').")
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker, args.base, args.checkpoints, args.out)
@@ -198,43 +254,62 @@ def main() -> None:
     except ImportError:
         reference, reference_label = "naive", "naive in-memory soup (mergekit not installed)"
     methods = [("delta", "codiemb delta_fuse (p=1, element)"), ("uniform", "codiemb fuse uniform"),
-               (reference, reference_label)]
+               (reference, reference_label), ("read_floor", "floor: read the K+1 files once (safetensors)"),
+               ("copy_floor", "floor: read K+1 files + write 1 (safetensors)")]
     root = Path(tempfile.mkdtemp(prefix="bench-fusion-", dir=args.workdir))
+    models = ["minilm"] if args.small else ["bert-large-random"] if args.large else ["minilm", "bert-large-random"]
     rows: list[dict[str, object]] = []
     try:
-        for name in ["minilm"] if args.small else ["minilm", "bert-large-random"]:
+        for name in models:
             logger.info("Preparing %s (base + 3 checkpoints)...", name)
             setup = _prepare(root, name)
-            results = {}
+            results: dict[str, list[dict[str, float]]] = {method: [] for method, _ in methods}
+            for round_index in range(args.repeat):
+                shift = round_index % len(methods)
+                for method, label in methods[shift:] + methods[:shift]:
+                    result = _run_worker(method, setup, root / name / f"out-{method}")
+                    results[method].append(result)
+                    logger.info("  round %d %s: %.2f s, peak RSS %.2f GiB", round_index + 1, label,
+                                result["seconds"], result["peak_rss"] / 1024**3)
             for method, label in methods:
-                logger.info("  %s ...", label)
-                results[method] = _run_worker(method, setup, root / name / f"out-{method}")
-                logger.info("    %.1f s, peak RSS %.2f GiB", results[method]["seconds"],
-                            results[method]["peak_rss"] / 1024**3)
-            for method, label in methods:
-                result = results[method]
-                rows.append({
-                    "model": name, "params": setup["params"], "size": setup["size"], "label": label, **result,
-                    "above": result["peak_rss"] - result["imports_rss"],
-                    "time_ratio": result["seconds"] / results[reference]["seconds"],
-                    "rss_ratio": result["peak_rss"] / results[reference]["peak_rss"],
-                })
+                runs = results[method]
+                seconds = [run["seconds"] for run in runs]
+                peak = _median([run["peak_rss"] for run in runs])
+                reference_peak = _median([run["peak_rss"] for run in results[reference]])
+                row = {
+                    "model": name, "params": setup["params"], "size": setup["size"], "label": label,
+                    "seconds": _median(seconds), "min_seconds": min(seconds), "peak_rss": peak,
+                    "above": peak - _median([run["imports_rss"] for run in runs]),
+                    "time_ratios": [run["seconds"] / ref["seconds"] for run, ref in zip(runs, results[reference])],
+                    "floor_ratio": _median(seconds) / _median([run["seconds"] for run in results["read_floor"]]),
+                    "rss_ratio": peak / reference_peak,
+                }
+                rows.append(row)
+                logger.info("%s %s: median %.2f s, %.2fx ST.merge (rounds %s)", name, label, row["seconds"],
+                            _median(row["time_ratios"]), ", ".join(f"{r:.2f}" for r in row["time_ratios"]))
             shutil.rmtree(root / name, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     command = "OMP_NUM_THREADS=1 python tests/benchmarks/bench_fusion.py" + (" --small" if args.small else "") + \
-        (f" --output {args.output}" if args.output else "")
+        (" --large" if args.large else "") + f" --repeat {args.repeat}" + \
+        (f" --output {args.output}" if args.output else "") + (f" --note '{args.note}'" if args.note else "")
     import torch
 
     report = "\n".join([
         "# Fusion benchmark: streaming `delta_fuse` vs `SentenceTransformer.merge` (mergekit)",
         "",
         f"3 checkpoints per model (base + Gaussian perturbation, scale 1e-3), float32, CPU, OMP_NUM_THREADS=1, "
-        f"each method in a fresh subprocess; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}.",
-        "Peak RSS is the worker's high-water mark (`VmHWM`, reset at exec; `ru_maxrss` would inherit the "
-        "parent's); 'above imports' subtracts the RSS after importing torch, "
-        "sentence-transformers and hf_codiemb. Ratios are against the ST.merge row of the same model.",
+        f"each method in a fresh subprocess, {args.repeat} rounds run side by side (every method once per round, "
+        f"the order rotating); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, torch {torch.__version__}." + (f" {args.note}" if args.note else ""),
+        ("Wall and peak RSS are medians over the rounds; 'time vs ST.merge' is the ratio within each round (median "
+         "[min, max]). The read floor maps the K+1 input files with `safetensors.safe_open` and sums every tensor "
+         "(safetensors copies nothing until the data is used, so the sum makes every byte pass through the CPU "
+         "once): no fusion can be faster than reading its inputs. The copy floor reads the K checkpoints the same "
+         "way and writes the base with `save_file` (read K+1 files, write one). "
+         "Peak RSS is the worker's high-water mark (`VmHWM`, reset at exec; `ru_maxrss` would inherit the "
+         "parent's); 'above imports' subtracts the RSS after importing torch, "
+         "sentence-transformers and hf_codiemb."),
         "",
         _table(rows),
         "",

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, register
+from hf_codiemb.fusion.registry import ChunkWorkspace, FusionMethod, MergeOutput, register
 
 Granularity = Literal["element", "tensor"]
 
@@ -86,6 +86,7 @@ class DeltaGuidedFusion(FusionMethod):
     reference = "https://arxiv.org/abs/2508.11442"
     requires_base = True
     elementwise = True
+    propagates_non_finite = True
 
     def __init__(self, p: float = 1.0, granularity: Granularity = "element", eps: float = 1e-12) -> None:
         if granularity not in ("element", "tensor"):
@@ -108,20 +109,45 @@ class DeltaGuidedFusion(FusionMethod):
         delta_norms: torch.Tensor | None = None,
         name: str = "",
     ) -> MergeOutput:
+        return self._merge(base, checkpoints, delta_norms, None)
+
+    def merge_chunk(
+        self,
+        base: torch.Tensor | None,
+        checkpoints: Sequence[torch.Tensor],
+        workspace: ChunkWorkspace,
+        *,
+        delta_norms: torch.Tensor | None = None,
+        name: str = "",
+    ) -> MergeOutput:
+        """:meth:`merge` computed in the pipeline's buffers (same arithmetic, same operation order, same bits)."""
+        return self._merge(base, checkpoints, delta_norms, workspace)
+
+    def _merge(
+        self,
+        base: torch.Tensor | None,
+        checkpoints: Sequence[torch.Tensor],
+        delta_norms: torch.Tensor | None,
+        workspace: ChunkWorkspace | None,
+    ) -> MergeOutput:
+        """The merge; with a ``workspace`` the inputs are overwritten and temporaries come from the workspace."""
         if base is None:
             raise ValueError("Delta-guided fusion needs the base model")
         k = len(checkpoints)
-        merged = base.clone()
+        in_place = workspace is not None
         if self.granularity == "tensor":
             if delta_norms is None:
                 raise ValueError("Tensor granularity needs whole-tensor delta norms")
             weights = delta_guided_weights(delta_norms.to(base.dtype), self.p, self.eps)
-            for weight, checkpoint in zip(weights.tolist(), checkpoints):
-                merged.add_(checkpoint - base, alpha=weight)
+            deltas = [checkpoint.sub_(base) if in_place else checkpoint - base for checkpoint in checkpoints]
+            merged = base if in_place else base.clone()
+            for weight, delta in zip(weights.tolist(), deltas):
+                merged.add_(delta, alpha=weight)
             return MergeOutput(merged, weights * base.numel())
         if k == 1:  # w = 1 wherever the checkpoint moved: the checkpoint itself, exactly
-            return MergeOutput(checkpoints[0].clone(), torch.full((1,), float(base.numel()), dtype=torch.float64))
-        merged, weight_sums = _element_merge(base, checkpoints, self.p, self.eps)
+            merged = checkpoints[0] if in_place else checkpoints[0].clone()
+            return MergeOutput(merged, torch.full((1,), float(base.numel()), dtype=torch.float64))
+        merged, weight_sums = _element_merge(base, checkpoints, self.p, self.eps, workspace)
         return MergeOutput(merged, weight_sums)
 
     def parameters(self) -> dict[str, Any]:
@@ -129,7 +155,11 @@ class DeltaGuidedFusion(FusionMethod):
 
 
 def _element_merge(
-    base: torch.Tensor, checkpoints: Sequence[torch.Tensor], p: float, eps: float
+    base: torch.Tensor,
+    checkpoints: Sequence[torch.Tensor],
+    p: float,
+    eps: float,
+    workspace: ChunkWorkspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Element-wise delta-guided merge in few memory passes (the hot loop of the streaming fusion).
 
@@ -137,30 +167,43 @@ def _element_merge(
     without materialising the ``(K, ...)`` weight tensor; the per-checkpoint weight sums ``sum_i m_k,i / S_i`` are
     dot products. Where ``sum_k m_k <= eps`` the moves are negligible (all zero in practice) and the merged value is
     the base; those positions count as uniform ``1/K`` in the weight sums, as in :func:`delta_guided_weights`.
+
+    With a ``workspace`` (the streaming pipeline) the checkpoints are turned into their deltas in place, the
+    numerator accumulates in the first delta and the magnitudes live in reused buffers: no fresh memory per chunk.
+    Without one the inputs are left untouched. Both run the same operations in the same order (same bits).
     """
     k = len(checkpoints)
-    deltas = [checkpoint - base for checkpoint in checkpoints]
+
+    def scratch(key: str) -> torch.Tensor:
+        return workspace.get(key, base.shape, base.dtype) if workspace is not None else torch.empty_like(base)
+
+    if workspace is not None:
+        deltas = [checkpoint.sub_(base) for checkpoint in checkpoints]
+    else:
+        deltas = [checkpoint - base for checkpoint in checkpoints]
     if p == 0:
-        merged = deltas[0].clone()
+        merged = deltas[0] if workspace is not None else deltas[0].clone()
         for delta in deltas[1:]:
             merged.add_(delta)
         merged.div_(k).add_(base)
         return merged, torch.full((k,), base.numel() / k, dtype=torch.float64)
-    magnitudes = [delta.abs() for delta in deltas]
+    magnitudes = [torch.abs(delta, out=scratch(f"delta.magnitude.{index}")) for index, delta in enumerate(deltas)]
     if p > 2:  # normalise by the largest move so that large p neither underflows nor overflows
-        peak = magnitudes[0].clone()
+        peak = scratch("delta.peak").copy_(magnitudes[0])
         for magnitude in magnitudes[1:]:
             torch.maximum(peak, magnitude, out=peak)
         peak.masked_fill_(peak == 0, 1.0)
         for magnitude in magnitudes:
             magnitude.div_(peak).pow_(p)
         del peak
-    elif p != 1:
+    elif p != 1:  # p == 1: the magnitudes are the weights' numerators as they are (no pow)
         for magnitude in magnitudes:
             magnitude.pow_(p)
-    total = magnitudes[0].clone()
-    numerator = magnitudes[0] * deltas[0]
-    for magnitude, delta in zip(magnitudes[1:], deltas[1:]):
+    total = torch.add(magnitudes[0], magnitudes[1], out=scratch("delta.total"))
+    # The numerator overwrites the first delta (IEEE products commute, so m_0 * d_0 has the same bits either way).
+    numerator = deltas[0].mul_(magnitudes[0]) if workspace is not None else magnitudes[0] * deltas[0]
+    numerator.addcmul_(magnitudes[1], deltas[1])
+    for magnitude, delta in zip(magnitudes[2:], deltas[2:]):
         total.add_(magnitude)
         numerator.addcmul_(magnitude, delta)
     del deltas

@@ -23,6 +23,7 @@ class TaskArithmetic(FusionMethod):
     reference = "https://arxiv.org/abs/2212.04089"
     requires_base = True
     elementwise = True
+    propagates_non_finite = True
 
     def __init__(self, scaling: float = 1.0) -> None:
         self.scaling = float(scaling)

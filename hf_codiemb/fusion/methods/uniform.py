@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, register
+from hf_codiemb.fusion.registry import ChunkWorkspace, FusionMethod, MergeOutput, register
 
 
 @register
@@ -18,6 +18,7 @@ class UniformSoup(FusionMethod):
     reference = "https://arxiv.org/abs/2203.05482"
     requires_base = False
     elementwise = True
+    propagates_non_finite = True
 
     def merge(
         self,
@@ -27,9 +28,25 @@ class UniformSoup(FusionMethod):
         delta_norms: torch.Tensor | None = None,
         name: str = "",
     ) -> MergeOutput:
-        k = len(checkpoints)
-        merged = checkpoints[0].clone()
-        for checkpoint in checkpoints[1:]:
-            merged.add_(checkpoint)
-        merged.div_(k)
-        return MergeOutput(merged, torch.full((k,), merged.numel() / k, dtype=torch.float64))
+        return _average(checkpoints, checkpoints[0].clone())
+
+    def merge_chunk(
+        self,
+        base: torch.Tensor | None,
+        checkpoints: Sequence[torch.Tensor],
+        workspace: ChunkWorkspace,
+        *,
+        delta_norms: torch.Tensor | None = None,
+        name: str = "",
+    ) -> MergeOutput:
+        """:meth:`merge` accumulated in the first checkpoint's buffer (same bits)."""
+        return _average(checkpoints, checkpoints[0])
+
+
+def _average(checkpoints: Sequence[torch.Tensor], merged: torch.Tensor) -> MergeOutput:
+    """Sum ``checkpoints[1:]`` into ``merged`` (which holds ``checkpoints[0]``) and divide by K."""
+    k = len(checkpoints)
+    for checkpoint in checkpoints[1:]:
+        merged.add_(checkpoint)
+    merged.div_(k)
+    return MergeOutput(merged, torch.full((k,), merged.numel() / k, dtype=torch.float64))
