@@ -539,13 +539,13 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         from hf_codiemb.losses import CachedMultiPositiveInfoNCELoss, CoDiEmbSTSLoss, MultiPositiveInfoNCELoss
 
         if task == "ir":
-            ir_kwargs = dict(
-                num_positives=args.num_positives,
-                temperature=args.temperature,
-                in_batch_negatives=args.in_batch_negatives,
-                gather_across_devices=args.gather_across_devices and args.world_size > 1,
-                in_batch_positives=args.in_batch_positives,
-            )
+            ir_kwargs = {
+                "num_positives": args.num_positives,
+                "temperature": args.temperature,
+                "in_batch_negatives": args.in_batch_negatives,
+                "gather_across_devices": args.gather_across_devices and args.world_size > 1,
+                "in_batch_positives": args.in_batch_positives,
+            }
             if args.ir_mini_batch_size is not None:  # GradCache: same loss, memory of one mini-batch
                 return lambda model: CachedMultiPositiveInfoNCELoss(
                     model, mini_batch_size=args.ir_mini_batch_size, **ir_kwargs
@@ -745,17 +745,17 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         non-finite loss (one ``all_reduce``), so all of them stop, or all skip the update, together.
 
         Args:
-            model: The model the loss was computed with (its trainable parameters carry the zero gradient of a
-                skipped batch).
+            model: The model the loss was computed with.
             loss: The batch's total loss.
             components: The batch's logged components (``"{dataset}/{component}"``); emptied for a skipped batch, so
                 none of its values reaches the logs.
             dataset_name: The batch's dataset.
 
         Returns:
-            ``loss``, or for a skipped batch a loss with the same (non-finite) value whose gradient is zero for every
-            parameter (the Trainer's ``logging_nan_inf_filter`` keeps the value out of the logged loss). The
-            optimizer update that contains the batch is then skipped as a whole.
+            ``loss``, or for a skipped batch ``loss * 0`` (still non-finite, so the Trainer's
+            ``logging_nan_inf_filter`` keeps it out of the logged loss): its backward runs as usual, and the gradients
+            of the optimizer update that contains the batch are dropped before the optimizer step, which so leaves
+            every parameter and its optimizer state untouched.
 
         Raises:
             NonFiniteLossError: naming the step, the dataset and the non-finite components, unless
@@ -786,5 +786,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         self._skip_this_update = True
         logger.warning("Skipping a batch at %s: non-finite loss (%s)", where, named)
         components.clear()
-        zero = sum(((parameter * 0.0).sum() for parameter in model.parameters() if parameter.requires_grad), loss.new_zeros(()))
-        return zero + loss.detach()
+        # The backward still runs through the batch's own graph (the same parameters, the same cross-process
+        # collectives as every other step, so DDP and gathering stay in step); its gradients, whatever they are, are
+        # dropped before the optimizer step by _NonFiniteUpdateCallback.
+        return loss * 0.0

@@ -1,4 +1,5 @@
-"""Cross-device gathering of MultiPositiveInfoNCELoss equals one process holding the concatenated batch."""
+"""Cross-device gathering of MultiPositiveInfoNCELoss (and its cached version) equals one process holding the
+concatenated batch."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def test_gathered_loss_and_grads_equal_single_process(tmp_path):
         str(SCRIPT), str(tmp_path),
     ]  # fmt: skip
     try:
-        proc = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            command, check=False, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        )
     except subprocess.TimeoutExpired as error:
         pytest.fail(f"distributed run timed out (hang?): {error}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -55,14 +58,17 @@ def test_gathered_loss_and_grads_equal_single_process(tmp_path):
         single.backward()
         singles[mode] = single.item()
 
-        torch.testing.assert_close(result["modes"][mode]["loss"], single.detach(), atol=1e-6, rtol=0)
-        for name, param in model.named_parameters():
-            torch.testing.assert_close(result["modes"][mode]["grads"][name], param.grad, atol=1e-6, rtol=0)
+        # The uncached loss and its GradCache version, gathered over 2 ranks, equal one process on the whole batch.
+        for key in (mode, f"cached_{mode}"):
+            torch.testing.assert_close(result["modes"][key]["loss"], single.detach(), atol=1e-6, rtol=0, msg=key)
+            for name, param in model.named_parameters():
+                torch.testing.assert_close(result["modes"][key]["grads"][name], param.grad, atol=1e-6, rtol=0)
         # Gathering matters: the local-only loss of a rank differs from the gathered one.
         local_only = loss([{"x": column[:3]} for column in result["columns"]], None)
         assert abs(local_only.item() - single.item()) > 1e-3
     assert abs(singles["slot"] - singles["all"]) > 1e-3  # the two modes are different losses at k+ = 2
 
     for rank in range(2):
-        message = (tmp_path / f"error_rank{rank}.txt").read_text()
-        assert "same local batch size" in message and "rank 1: batch=2" in message, message
+        for prefix in ("", "cached_"):
+            message = (tmp_path / f"{prefix}error_rank{rank}.txt").read_text()
+            assert "same local batch size" in message and "rank 1: batch=2" in message, message

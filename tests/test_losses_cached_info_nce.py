@@ -9,14 +9,15 @@ import random
 
 import pytest
 import torch
+from tiny_models import make_tiny_model
 from torch import nn
 
 from hf_codiemb import CoDiEmbTrainer, CoDiEmbTrainingArguments
 from hf_codiemb.errors import RecipeError
 from hf_codiemb.losses import CachedMultiPositiveInfoNCELoss, MultiPositiveInfoNCELoss, multi_positive_info_nce
-from tiny_models import make_tiny_model
 
 DIM_IN, HIDDEN, DIM_OUT = 5, 8, 4
+WORDS = ["apple", "river", "engine", "garden", "violin", "planet", "market", "winter", "doctor", "camera", "ocean"]
 
 
 class MLPEncoder(nn.Module):
@@ -49,8 +50,8 @@ def grads(model: nn.Module) -> dict[str, torch.Tensor]:
 def assert_same(loss_a: torch.Tensor, grads_a: dict, loss_b: torch.Tensor, grads_b: dict, atol: float = 1e-9) -> None:
     torch.testing.assert_close(loss_a.detach(), loss_b.detach(), atol=atol, rtol=0)
     assert grads_a.keys() == grads_b.keys()
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], atol=atol, rtol=0, msg=name)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grad, grads_b[name], atol=atol, rtol=0, msg=name)
 
 
 @pytest.mark.parametrize("mini_batch_size", [2, 4, 8])  # divides the batch of 6, does not, larger than the batch
@@ -59,7 +60,7 @@ def assert_same(loss_a: torch.Tensor, grads_a: dict, loss_b: torch.Tensor, grads
 @pytest.mark.parametrize("num_pos", [1, 2])
 def test_same_loss_and_gradients_as_uncached(num_pos, num_neg, mode, mini_batch_size):
     columns = make_columns(6, num_pos, num_neg, seed=10 * num_pos + num_neg)
-    kwargs = dict(num_positives=num_pos, temperature=0.05, in_batch_positives=mode)
+    kwargs = {"num_positives": num_pos, "temperature": 0.05, "in_batch_positives": mode}
 
     model = MLPEncoder()
     uncached = MultiPositiveInfoNCELoss(model, **kwargs)(columns, None)
@@ -80,7 +81,7 @@ def test_same_loss_and_gradients_as_uncached(num_pos, num_neg, mode, mini_batch_
 @pytest.mark.parametrize("num_neg", [0, 3])
 def test_same_without_in_batch_negatives(mode, num_neg):
     columns = make_columns(5, 2, num_neg, seed=3)
-    kwargs = dict(num_positives=2, temperature=0.1, in_batch_negatives=False, in_batch_positives=mode)
+    kwargs = {"num_positives": 2, "temperature": 0.1, "in_batch_negatives": False, "in_batch_positives": mode}
     model = MLPEncoder()
     uncached = MultiPositiveInfoNCELoss(model, **kwargs)(columns, None)
     uncached.backward()
@@ -138,14 +139,13 @@ def test_tiny_bert_with_padding_same_as_uncached(tmp_path):
 
     make_tiny_model(tmp_path)
     rng = random.Random(0)
-    words = "apple river engine garden violin planet market winter doctor camera ocean bridge".split()
-    texts = [[" ".join(rng.choice(words) for _ in range(rng.randint(1, 9))) for _ in range(5)] for _ in range(5)]
+    texts = [[" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 9))) for _ in range(5)] for _ in range(5)]
     for mode in ("slot", "all"):
         results = []
         for cached in (False, True):
             model = SentenceTransformer(str(tmp_path / "model"), device="cpu").double().eval()  # no dropout
             features = [model.preprocess(column) for column in texts]  # query, 2 positives, 2 negatives
-            kwargs = dict(num_positives=2, temperature=0.05, in_batch_positives=mode)
+            kwargs = {"num_positives": 2, "temperature": 0.05, "in_batch_positives": mode}
             loss_fct = (
                 CachedMultiPositiveInfoNCELoss(model, mini_batch_size=2, **kwargs)
                 if cached
@@ -199,15 +199,14 @@ def test_trainer_with_ir_mini_batch_size_trains_like_the_uncached_loss(tmp_path)
 
     make_tiny_model(tmp_path / "tiny")
     rng = random.Random(0)
-    words = "apple river engine garden violin planet market winter doctor camera ocean bridge".split()
 
     def sentence(n: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(n))
+        return " ".join(rng.choice(WORDS) for _ in range(n))
 
     dataset = Dataset.from_dict(
         {
-            "query": [f"{words[i % 12]} {sentence(2)}" for i in range(12)],
-            "positives": [[f"{words[i % 12]} {sentence(3)}", sentence(4)] for i in range(12)],
+            "query": [f"{WORDS[i % 11]} {sentence(2)}" for i in range(12)],
+            "positives": [[f"{WORDS[i % 11]} {sentence(3)}", sentence(4)] for i in range(12)],
             "negatives": [[sentence(5) for _ in range(2)] for _ in range(12)],
         }
     )
