@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from .cached_multi_positive_info_nce import CachedMultiPositiveInfoNCELoss
 from .codiemb_sts import CoDiEmbSTSLoss
+from .functional import soft_rank
 from .multi_positive_info_nce import MultiPositiveInfoNCELoss, multi_positive_info_nce
 from .pearson import PearsonLoss
 from .pro import PROLoss
 from .rank_kl import RankKLLoss
-from .soft_spearman import SoftSpearmanLoss, soft_rank
+from .soft_spearman import SoftSpearmanLoss
 
 __all__ = [
     "CachedMultiPositiveInfoNCELoss",

@@ -1,4 +1,4 @@
-"""Shared helpers of the CoDiEmb losses (citation, input validation, pairwise STS scoring)."""
+"""Shared helpers of the CoDiEmb losses (citation, pairwise STS scoring, cross-rank size checks)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch.distributed as dist
 from sentence_transformers import util
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
+
+from .functional import check_scores
 
 CODIEMB_CITATION = """
 @misc{zhang2025codiemb,
@@ -29,73 +31,6 @@ def function_name(fct: Callable) -> str:
         return util.similarity_fct_name(fct)
     except Exception:  # noqa: BLE001 - an unknown callable just gets its own name
         return getattr(fct, "__name__", repr(fct))
-
-
-def check_scores(predicted: Tensor, gold: Tensor, loss_name: str) -> tuple[Tensor, Tensor]:
-    """Validate a pair of 1-D score tensors and bring them to a common floating dtype.
-
-    Raises:
-        ValueError: if the shapes differ, are not 1-D (after flattening a trailing size-1 axis), or a gold score is
-            NaN or infinite (the message names the first offending position).
-    """
-    if predicted.dim() == 2 and predicted.size(1) == 1:
-        predicted = predicted.squeeze(1)
-    if gold.dim() == 2 and gold.size(1) == 1:
-        gold = gold.squeeze(1)
-    if predicted.dim() != 1 or gold.dim() != 1:
-        raise ValueError(
-            f"{loss_name} expects 1-D predicted and gold scores, got shapes {tuple(predicted.shape)} "
-            f"and {tuple(gold.shape)}."
-        )
-    if predicted.numel() != gold.numel():
-        raise ValueError(
-            f"{loss_name} expects one gold score per predicted score, got {predicted.numel()} predicted "
-            f"and {gold.numel()} gold scores."
-        )
-    if not predicted.is_floating_point():
-        raise ValueError(f"{loss_name} expects floating-point predicted scores, got dtype {predicted.dtype}.")
-    if predicted.dtype in (torch.float16, torch.bfloat16):
-        predicted = predicted.float()
-    gold = gold.to(device=predicted.device, dtype=predicted.dtype)
-    finite = torch.isfinite(gold)
-    if not bool(finite.all()):
-        position = int((~finite).nonzero()[0, 0])
-        value = float(gold[position])
-        raise ValueError(f"{loss_name}: gold score at position {position} is {value} (gold scores must be finite).")
-    return predicted, gold
-
-
-def average_ranks(values: Tensor) -> Tensor:
-    """0-based ascending ranks of a 1-D tensor, ties sharing their average rank (like ``rankdata(...) - 1``).
-
-    Uses an ``(n, n)`` comparison, which is cheap at STS batch sizes and has no data-dependent control flow.
-    The result carries no gradient.
-    """
-    values = values.detach()
-    lower = (values.unsqueeze(0) < values.unsqueeze(1)).sum(dim=1)
-    equal = (values.unsqueeze(0) == values.unsqueeze(1)).sum(dim=1)
-    return (lower + (equal - 1) / 2).to(values.dtype)
-
-
-def safe_pearson_loss(x: Tensor, y: Tensor, eps: float = 1e-12) -> Tensor:
-    """``1 - pearson(x, y)``, and exactly 0 (with zero, finite gradients) when either side has no variance.
-
-    ``eps`` bounds the variance below which a side counts as constant. Uses population (biased) moments, which
-    give the same correlation as the unbiased ones.
-    """
-    if x.numel() < 2:
-        return (x * 0).sum()
-    xc = x - x.mean()
-    yc = y - y.mean()
-    var_x = (xc * xc).mean()
-    var_y = (yc * yc).mean()
-    ok = (var_x > eps) & (var_y > eps)
-    # Double-where: the sqrt is evaluated on safe values, so the masked branch cannot produce inf * 0 = NaN grads.
-    denominator = torch.sqrt(torch.where(ok, var_x, torch.ones_like(var_x))) * torch.sqrt(
-        torch.where(ok, var_y, torch.ones_like(var_y))
-    )
-    pearson = (xc * yc).mean() / denominator
-    return torch.where(ok, 1 - pearson, torch.zeros_like(pearson))
 
 
 def embed_pair_scores(
@@ -123,6 +58,12 @@ class PairScoreLoss(nn.Module):
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         scores = embed_pair_scores(self.model, sentence_features, self.similarity_fct, type(self).__name__)
         return self.compute_from_scores(scores, labels)
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        """The loss of the two column embeddings ``[sentence_A, sentence_B]`` (each ``(B, D)``) against ``labels``."""
+        if len(embeddings) != 2:
+            raise ValueError(f"{type(self).__name__} expects 2 embedding columns, got {len(embeddings)}.")
+        return self.compute_from_scores(self.similarity_fct(embeddings[0], embeddings[1]), labels)
 
     def compute_from_scores(self, predicted: Tensor, gold: Tensor) -> Tensor:
         """The loss of 1-D predicted scores (e.g. cosine similarities) against 1-D gold scores.

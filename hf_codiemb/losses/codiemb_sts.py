@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -12,14 +11,11 @@ from sentence_transformers.sentence_transformer.model import SentenceTransformer
 from sentence_transformers.util import all_gather, all_gather_with_grad
 from torch import Tensor, nn
 
-from ._common import CODIEMB_CITATION, check_same_sizes_across_ranks, check_scores, function_name
+from . import functional as F
+from ._common import CODIEMB_CITATION, check_same_sizes_across_ranks, function_name
+from .functional import check_scores
 from .middle_layer import embed_with_layer, middle_layer_info_nce
-from .pearson import PearsonLoss
-from .pro import PROLoss
-from .rank_kl import RankKLLoss
-from .soft_spearman import SoftSpearmanLoss
-
-logger = logging.getLogger(__name__)
+from .rank_kl import ALL_EQUAL_GOLD
 
 
 class CoDiEmbSTSLoss(nn.Module):
@@ -141,6 +137,14 @@ class CoDiEmbSTSLoss(nn.Module):
         for name, weight in weights.items():
             if not weight >= 0:
                 raise ValueError(f"{name}_weight must be non-negative, got {weight}.")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}.")
+        if rank_kl_reduction not in ("batchmean", "sum"):
+            raise ValueError(f"rank_kl_reduction must be 'batchmean' or 'sum', got {rank_kl_reduction!r}.")
+        if rank_kl_all_equal_gold not in ALL_EQUAL_GOLD:
+            raise ValueError(f"rank_kl_all_equal_gold must be one of {ALL_EQUAL_GOLD}, got {rank_kl_all_equal_gold!r}.")
+        if not soft_spearman_regularization > 0:
+            raise ValueError(f"soft_spearman_regularization must be positive, got {soft_spearman_regularization}.")
         if not multi_layer_weight >= 0:
             raise ValueError(f"multi_layer_weight must be non-negative, got {multi_layer_weight}.")
         if not multi_layer_temperature > 0:
@@ -162,22 +166,6 @@ class CoDiEmbSTSLoss(nn.Module):
         self.multi_layer_temperature = multi_layer_temperature
         self.gather_across_devices = gather_across_devices
         self.rank_kl_all_equal_gold = rank_kl_all_equal_gold
-        # Components are scoring-only (no model): the embeddings are computed once here.
-        self._components: dict[str, tuple[float, nn.Module]] = {
-            "pearson": (pearson_weight, PearsonLoss(None)),
-            "pro": (pro_weight, PROLoss(None, temperature=temperature)),
-            "rank_kl": (
-                rank_kl_weight,
-                RankKLLoss(
-                    None, temperature=temperature, reduction=rank_kl_reduction, all_equal_gold=rank_kl_all_equal_gold
-                ),
-            ),
-            "soft_spearman": (
-                soft_spearman_weight,
-                SoftSpearmanLoss(None, regularization_strength=soft_spearman_regularization),
-            ),
-        }
-
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         name = type(self).__name__
         if self.model is None:
@@ -223,11 +211,20 @@ class CoDiEmbSTSLoss(nn.Module):
             ValueError: on mismatched shapes or a non-finite gold score.
         """
         predicted, gold = check_scores(predicted, gold, type(self).__name__)
-        return {
-            name: weight * loss._loss(predicted, gold)
-            for name, (weight, loss) in self._components.items()
-            if weight > 0
+        t = self.temperature
+        terms: dict[str, tuple[float, Callable[[], Tensor]]] = {
+            "pearson": (self.pearson_weight, lambda: F.pearson_loss(predicted, gold)),
+            "pro": (self.pro_weight, lambda: F.pro_loss(predicted, gold, t)),
+            "rank_kl": (
+                self.rank_kl_weight,
+                lambda: F.rank_kl_loss(predicted, gold, t, self.rank_kl_reduction, self.rank_kl_all_equal_gold),
+            ),
+            "soft_spearman": (
+                self.soft_spearman_weight,
+                lambda: F.soft_spearman_loss(predicted, gold, self.soft_spearman_regularization),
+            ),
         }
+        return {name: weight * term() for name, (weight, term) in terms.items() if weight > 0}
 
     def compute_from_scores(self, predicted: Tensor, gold: Tensor) -> Tensor:
         """The total loss (sum of the weighted components) as one scalar tensor.

@@ -1,17 +1,14 @@
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
-from torch import Tensor
-
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
+from torch import Tensor
 
-from ._common import CODIEMB_CITATION, PairScoreLoss, function_name, safe_pearson_loss
-
-logger = logging.getLogger(__name__)
+from ._common import CODIEMB_CITATION, PairScoreLoss, function_name
+from .functional import pearson_loss
 
 
 class PearsonLoss(PairScoreLoss):
@@ -50,6 +47,11 @@ class PearsonLoss(PairScoreLoss):
         Requirements:
             - Sentence pairs with a float gold similarity score; batches of more than one pair.
 
+        Relations:
+            - :class:`CoDiEmbSTSLoss` uses it as its ``pearson`` component (weight 2 in the reference).
+            - sentence-transformers' ``CosineSimilarityLoss`` regresses each cosine onto its gold score; this loss
+              only asks for linear agreement across the batch, so the gold scale does not matter.
+
         Inputs:
             +--------------------------------+------------------------+
             | Inputs                         | Labels                 |
@@ -74,7 +76,7 @@ class PearsonLoss(PairScoreLoss):
         self.eps = eps
 
     def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
-        return safe_pearson_loss(predicted, gold, self.eps)
+        return pearson_loss(predicted, gold, self.eps)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"similarity_fct": function_name(self.similarity_fct), "eps": self.eps}

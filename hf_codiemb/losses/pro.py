@@ -1,18 +1,14 @@
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
+from torch import Tensor
 
 from ._common import CODIEMB_CITATION, PairScoreLoss, function_name
-
-logger = logging.getLogger(__name__)
+from .functional import pro_loss
 
 
 class PROLoss(PairScoreLoss):
@@ -60,6 +56,11 @@ class PROLoss(PairScoreLoss):
         Requirements:
             - Sentence pairs with a float gold similarity score; batches with several distinct gold scores.
 
+        Relations:
+            - :class:`CoDiEmbSTSLoss` uses it as its ``pro`` component (weight 0.5 in the reference).
+            - sentence-transformers' ``CoSENTLoss`` also penalises mis-ordered pairs, with one log-sum-exp over all
+              pairs and no gold-gap weights.
+
         Inputs:
             +--------------------------------+------------------------+
             | Inputs                         | Labels                 |
@@ -89,9 +90,7 @@ class PROLoss(PairScoreLoss):
         self.similarity_fct = similarity_fct
 
     def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
-        if predicted.numel() < 2:
-            return (predicted * 0).sum()
-        return _ProListwise.apply(predicted / self.temperature, gold, self.eps)
+        return pro_loss(predicted, gold, self.temperature, self.eps)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
@@ -103,48 +102,3 @@ class PROLoss(PairScoreLoss):
     @property
     def citation(self) -> str:
         return CODIEMB_CITATION
-
-
-class _ProListwise(torch.autograd.Function):
-    """Vectorised PRO on temperature-scaled logits, with an analytic backward.
-
-    Forward: for every item k, a masked log-sum-exp over its own gap-weighted logit and the gap-weighted logits of
-    its competitors (items with a gold score lower by more than ``eps``), as one ``(n, n)`` matrix. Backward: the
-    gradient of ``-log p_k`` w.r.t. a logit is ``softmax probability - [own]`` times the gap weight of that logit,
-    which reduces to one matrix-vector product; this avoids recording ~10 ``(n, n)`` autograd nodes.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, gold: Tensor, eps: float) -> Tensor:  # noqa: D102
-        gap_to_min = gold - gold.min()
-        # Item k has competitors iff some y_j < y_k - eps; its own weight is the largest gap, y_k - min(y).
-        has_lower = gap_to_min > eps
-        own_logit = logits * gap_to_min
-        gap = gold.unsqueeze(1) - gold.unsqueeze(0)  # gap[k, j] = y_k - y_j
-        lower = gap > eps  # lower[k, j]: item j is a competitor of item k
-        # Non-competitors are filled with the finite own logit and zeroed after the exp, rather than set to -inf:
-        # exp of -inf or of underflowing arguments takes a slow path on CPU. Terms below exp(-80) relative to the
-        # row maximum (which contributes exp(0) = 1) cannot change the sum and are clamped there.
-        competitor_logits = torch.where(lower, gap * logits.unsqueeze(0), own_logit.unsqueeze(1))
-        row_max = torch.maximum(competitor_logits.amax(dim=1), own_logit)
-        exp_competitors = (competitor_logits - row_max.unsqueeze(1)).clamp_min_(-80.0).exp_().mul_(lower)
-        exp_own = (own_logit - row_max).clamp_min(-80.0).exp()
-        competitor_sum = exp_competitors.sum(dim=1)
-        normaliser = competitor_sum + exp_own
-        # When the own logit is the row maximum, -log p = log1p(sum of competitor terms): keeps tiny losses exact.
-        neg_log_p = torch.where(
-            own_logit >= row_max, competitor_sum.log1p(), row_max + normaliser.log() - own_logit
-        )
-        neg_log_p = torch.where(has_lower, neg_log_p, torch.zeros_like(own_logit))
-        count = has_lower.sum().clamp_min(1).to(logits.dtype)
-        ctx.save_for_backward(exp_competitors, exp_own, normaliser, gap, has_lower, gap_to_min, count)
-        return neg_log_p.sum() / count
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, None]:  # noqa: D102
-        exp_competitors, exp_own, normaliser, gap, has_lower, gap_to_min, count = ctx.saved_tensors
-        row_weight = grad_output * has_lower.to(normaliser.dtype) / count  # d loss / d(-log p_k)
-        prob_scale = row_weight / normaliser
-        grad = (exp_competitors * gap).t().mv(prob_scale)  # sum_k p_kj * gap_kj
-        grad = grad + (exp_own * prob_scale - row_weight) * gap_to_min
-        return grad, None, None

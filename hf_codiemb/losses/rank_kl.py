@@ -1,18 +1,14 @@
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-import torch
-import torch.nn.functional as F
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
 from torch import Tensor
 
-from ._common import CODIEMB_CITATION, PairScoreLoss, average_ranks, function_name
-
-logger = logging.getLogger(__name__)
+from ._common import CODIEMB_CITATION, PairScoreLoss, function_name
+from .functional import rank_kl_loss
 
 ALL_EQUAL_GOLD: tuple[str, ...] = ("uniform_target", "zero")
 
@@ -63,6 +59,10 @@ class RankKLLoss(PairScoreLoss):
         Requirements:
             - Sentence pairs with a float gold similarity score.
 
+        Relations:
+            - :class:`CoDiEmbSTSLoss` uses it as its ``rank_kl`` component (weight 5 in the reference).
+            - :class:`SoftSpearmanLoss` also targets the rank order, through a differentiable rank correlation.
+
         Inputs:
             +--------------------------------+------------------------+
             | Inputs                         | Labels                 |
@@ -95,19 +95,7 @@ class RankKLLoss(PairScoreLoss):
         self.all_equal_gold = all_equal_gold
 
     def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
-        n = predicted.numel()
-        if n < 2:
-            return (predicted * 0).sum()
-        normalised_ranks = average_ranks(gold) / (n - 1)
-        log_target = F.log_softmax(normalised_ranks / self.temperature, dim=0)
-        log_pred = F.log_softmax(predicted / self.temperature, dim=0)
-        kl = (log_target.exp() * (log_target - log_pred)).sum()
-        if self.reduction == "batchmean":
-            kl = kl / n
-        if self.all_equal_gold == "uniform_target":
-            return kl
-        has_order = gold.max() > gold.min()
-        return torch.where(has_order, kl, torch.zeros_like(kl))
+        return rank_kl_loss(predicted, gold, self.temperature, self.reduction, self.all_equal_gold)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {

@@ -1,33 +1,14 @@
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from sentence_transformers import util
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
+from torch import Tensor
 
-from ._common import (
-    CODIEMB_CITATION,
-    PairScoreLoss,
-    average_ranks,
-    function_name,
-    safe_pearson_loss,
-)
-
-logger = logging.getLogger(__name__)
-
-
-def soft_rank(values: Tensor, regularization_strength: float) -> Tensor:
-    """Pairwise-sigmoid soft rank of a 1-D tensor: ``sum_j sigmoid((v_i - v_j) / s) - 0.5``.
-
-    0-based and ascending; tends to the hard rank (ties: average rank) as ``s -> 0``. Differentiable everywhere.
-    """
-    diff = (values.unsqueeze(1) - values.unsqueeze(0)) / regularization_strength
-    return torch.sigmoid(diff).sum(dim=1) - 0.5
+from ._common import PairScoreLoss, function_name
+from .functional import soft_spearman_loss
 
 
 class SoftSpearmanLoss(PairScoreLoss):
@@ -68,6 +49,10 @@ class SoftSpearmanLoss(PairScoreLoss):
         Requirements:
             - Sentence pairs with a float gold similarity score.
 
+        Relations:
+            - :class:`CoDiEmbSTSLoss` adds it as its ``soft_spearman`` component when ``soft_spearman_weight > 0``.
+            - :class:`PearsonLoss` is the same correlation on the scores themselves instead of their (soft) ranks.
+
         Inputs:
             +--------------------------------+------------------------+
             | Inputs                         | Labels                 |
@@ -95,9 +80,7 @@ class SoftSpearmanLoss(PairScoreLoss):
         self.eps = eps
 
     def _loss(self, predicted: Tensor, gold: Tensor) -> Tensor:
-        if predicted.numel() < 2:
-            return (predicted * 0).sum()
-        return safe_pearson_loss(soft_rank(predicted, self.regularization_strength), average_ranks(gold), self.eps)
+        return soft_spearman_loss(predicted, gold, self.regularization_strength, self.eps)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
@@ -107,5 +90,6 @@ class SoftSpearmanLoss(PairScoreLoss):
         }
 
     @property
-    def citation(self) -> str:
-        return CODIEMB_CITATION
+    def citation(self) -> None:
+        """None: this loss is ours, not the maths of a paper (the CoDiEmb reference code has no such term)."""
+        return None
