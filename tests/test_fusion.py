@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hub_fixtures import minilm_path, perturbed_copy, tiny_hf_model  # noqa: E402
+from hub_fixtures import minilm_path, perturbed_copy, tiny_hf_model
 
-from hf_codiemb.fusion import (  # noqa: E402
+from hf_codiemb.fusion import (
     DeltaGuidedFusion,
     FusionError,
     FusionWriteError,
@@ -27,8 +27,8 @@ from hf_codiemb.fusion import (  # noqa: E402
     get_method,
     registered_methods,
 )
-from hf_codiemb.fusion.methods.mergekit_methods import mergekit_available  # noqa: E402
-from hf_codiemb.fusion.safetensors_io import StreamingSafetensorsWriter  # noqa: E402
+from hf_codiemb.fusion.methods.mergekit_methods import mergekit_available
+from hf_codiemb.fusion.safetensors_io import StreamingSafetensorsWriter
 
 
 # --------------------------------------------------------------------------- NumPy reference
@@ -398,3 +398,216 @@ def test_base_only_buffer_is_copied_from_the_base(tmp_path):
     assert torch.equal(fused["embeddings.position_ids"], base["embeddings.position_ids"])
     # |delta| weights 0.1/0.4 and 0.3/0.4: merged = base + 0.25*0.1 + 0.75*(-0.3)
     torch.testing.assert_close(fused["w"], base["w"] + 0.25 * 0.1 - 0.75 * 0.3)
+
+
+# --------------------------------------------------------------------------- streaming reads (offsets, dtypes)
+def test_chunked_bf16_streaming_equals_the_in_memory_merge(tmp_path):
+    """Row chunks read at byte offsets (7 elements per chunk: many chunks, uneven last one) and bf16 -> float32
+    conversion give exactly the in-memory merge of whole tensors, cast back to bf16."""
+    base = tiny_hf_model(tmp_path / "base")
+    folders = [base] + [perturbed_copy(base, tmp_path / f"ck{seed}", seed=seed) for seed in (1, 2, 3)]
+    for folder in folders:
+        state = load_file(folder / "model.safetensors")
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()},
+                  folder / "model.safetensors", metadata={"format": "pt"})
+    delta_fuse(base, folders[1:], tmp_path / "out", p=1.0, chunk_elements=7, show_progress=False)
+    fused = load_file(tmp_path / "out/model.safetensors")
+    states = [load_file(folder / "model.safetensors") for folder in folders]
+    method = DeltaGuidedFusion(p=1.0)
+    for name, tensor in states[0].items():
+        if not tensor.is_floating_point():
+            assert torch.equal(fused[name], tensor)
+            continue
+        expected = method.merge(tensor.float(), [s[name].float() for s in states[1:]]).merged.to(torch.bfloat16)
+        assert fused[name].dtype == torch.bfloat16
+        assert torch.equal(fused[name], expected), name
+        reference = numpy_delta_fuse(tensor.float().numpy(), [s[name].float().numpy() for s in states[1:]], 1.0)[0]
+        np.testing.assert_allclose(fused[name].float().numpy(), reference, rtol=1e-2, atol=1e-2)
+
+
+# --------------------------------------------------------------------------- NaN / inf inputs
+def _plant(folder: Path, name: str, positions: dict[int, float]) -> None:
+    """Set flat ``positions`` of tensor ``name`` in ``folder``'s model.safetensors to the given values."""
+    state = load_file(folder / "model.safetensors")
+    flat = state[name].reshape(-1)
+    for index, value in positions.items():
+        flat[index] = value
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+NAN_TENSOR = "encoder.layer.0.attention.self.query.weight"  # 16 x 16 in the tiny model
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 40])
+def test_non_finite_checkpoint_is_refused_with_tensor_and_count(tmp_path, chunk_elements):
+    """NaN/inf in a checkpoint: the fusion stops naming the checkpoint, the tensor and the count (over the whole
+    tensor, also when the bad values fall in different chunks), and writes nothing."""
+    base = tiny_hf_model(tmp_path / "base")
+    good = perturbed_copy(base, tmp_path / "good", seed=1)
+    bad = perturbed_copy(base, tmp_path / "bad", seed=2)
+    planted = {3: float("nan"), 100: float("nan"), 250: float("nan"), 17: float("inf"), 200: float("-inf")}
+    _plant(bad, NAN_TENSOR, planted)
+    values = load_file(bad / "model.safetensors")[NAN_TENSOR]
+    nan, inf = int(torch.isnan(values).sum()), int(torch.isinf(values).sum())
+    assert (nan, inf) == (3, 2)
+    with pytest.raises(FusionError, match=rf"{NAN_TENSOR}.*checkpoint 2 \(.*bad\) has 5 non-finite values "
+                                          r"\(3 NaN, 2 inf\) of 256") as error:
+        delta_fuse(base, [good, bad], tmp_path / "out", chunk_elements=chunk_elements, show_progress=False)
+    assert "checkpoint 1" not in str(error.value)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_non_finite_base_and_uniform_soup_are_refused(tmp_path):
+    base = tiny_hf_model(tmp_path / "base")
+    checkpoints = [perturbed_copy(base, tmp_path / f"ck{seed}", seed=seed) for seed in (1, 2)]
+    _plant(base, "pooler.dense.bias", {0: float("inf")})
+    with pytest.raises(FusionError, match=r"'pooler.dense.bias'.*the base \(.*base\) has 1 non-finite values "
+                                          r"\(0 NaN, 1 inf\) of 16"):
+        delta_fuse(base, checkpoints, tmp_path / "out", show_progress=False)
+    _plant(checkpoints[0], "embeddings.LayerNorm.weight", {5: float("nan")})
+    with pytest.raises(FusionError, match=r"'embeddings.LayerNorm.weight'.*checkpoint 1 \(.*ck1\) has 1 "):
+        fuse(checkpoints, tmp_path / "out", method="uniform", show_progress=False)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_non_finite_input_is_found_when_the_method_drops_it(tmp_path):
+    """A method that does not propagate NaN (here: keep checkpoint 1) still has its inputs checked."""
+    from hf_codiemb.fusion import FusionMethod, MergeOutput
+
+    class KeepFirst(FusionMethod):
+        name = "keep_first_test"
+        requires_base = False
+
+        def merge(self, base, checkpoints, *, delta_norms=None, name=""):
+            return MergeOutput(checkpoints[0].clone())
+
+    base = tiny_hf_model(tmp_path / "base")
+    checkpoints = [perturbed_copy(base, tmp_path / f"ck{seed}", seed=seed) for seed in (1, 2)]
+    fuse(checkpoints, tmp_path / "fine", method=KeepFirst(), show_progress=False)  # the method itself works
+    _plant(checkpoints[1], NAN_TENSOR, {0: float("nan"), 1: float("nan")})
+    with pytest.raises(FusionError, match=r"checkpoint 2 \(.*ck2\) has 2 non-finite values \(2 NaN, 0 inf\)"):
+        fuse(checkpoints, tmp_path / "out", method=KeepFirst(), show_progress=False)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_non_finite_input_fails_the_command(tmp_path, caplog):
+    base = tiny_hf_model(tmp_path / "base")
+    checkpoints = [perturbed_copy(base, tmp_path / f"ck{seed}", seed=seed) for seed in (1, 2)]
+    _plant(checkpoints[1], NAN_TENSOR, {7: float("nan")})
+    args = _parser().parse_args(["fuse", "--base", str(base), "--checkpoints", *map(str, checkpoints),
+                                 "--output-dir", str(tmp_path / "out")])
+    assert args.func(args) != 0
+    assert f"'{NAN_TENSOR}'" in caplog.text and "checkpoint 2" in caplog.text and "1 non-finite" in caplog.text
+    _assert_nothing_written(tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- output location safety
+def _digest(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_output_dir_that_is_an_input_is_refused(tmp_path, monkeypatch):
+    """--output-dir equal to the base or a checkpoint (directly, through a symlink or a relative path), or a folder
+    holding a checkpoint, is refused even with overwrite; the inputs are untouched."""
+    base = tiny_hf_model(tmp_path / "base")
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = perturbed_copy(base, run / "checkpoint-10", seed=1)
+    (tmp_path / "link-to-base").symlink_to(base)
+    before = {folder: _digest(folder) for folder in (base, checkpoint)}
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (base, r"is the base"),
+        (tmp_path / "link-to-base", r"is the base"),
+        (Path("run") / ".." / "base", r"is the base"),
+        (Path("run/checkpoint-10"), r"is the checkpoint 1"),
+        (run, r"contains the checkpoint 1"),
+    ]
+    for output, message in cases:
+        with pytest.raises(FusionError, match=message):
+            delta_fuse(base, [checkpoint], output, overwrite=True, show_progress=False)
+    args = _parser().parse_args(["fuse", "--base", "base", "--checkpoints", "run/checkpoint-10",
+                                 "--output-dir", "run/checkpoint-10", "--overwrite"])
+    assert args.func(args) != 0
+    assert {folder: _digest(folder) for folder in (base, checkpoint)} == before
+    assert not list(tmp_path.rglob(".*.partial-*")) and not list(tmp_path.rglob(".*.old-*"))
+
+
+_SLOW_FUSION = """
+import sys, time
+from hf_codiemb.fusion import delta_fuse
+from hf_codiemb.fusion.safetensors_io import StreamingSafetensorsWriter
+
+original = StreamingSafetensorsWriter.write
+
+def slow_write(self, name, tensor):
+    original(self, name, tensor)
+    self._file.flush()
+    time.sleep(0.2)
+
+StreamingSafetensorsWriter.write = slow_write
+delta_fuse(sys.argv[1], sys.argv[2:-1], sys.argv[-1], chunk_elements=64, show_progress=False)
+"""
+
+
+def test_kill_9_mid_write_then_the_next_run_cleans_up_and_succeeds(tmp_path, caplog):
+    """A fusion subprocess killed with SIGKILL while writing leaves its hidden staging folder; the next fusion into
+    the same place removes it (logging its name) and writes a complete, correct model."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    if not hasattr(signal, "SIGKILL"):
+        pytest.skip("needs SIGKILL")
+    base = tiny_hf_model(tmp_path / "base")
+    checkpoints = [perturbed_copy(base, tmp_path / f"ck{seed}", seed=seed) for seed in (1, 2)]
+    output = tmp_path / "fused"
+    script = tmp_path / "slow_fusion.py"
+    script.write_text(_SLOW_FUSION)
+    process = subprocess.Popen([sys.executable, str(script), str(base), *map(str, checkpoints), str(output)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    partial_weights: list[Path] = []
+    while time.monotonic() < deadline and process.poll() is None:
+        partial_weights = list(tmp_path.glob(".fused.partial-*/model.safetensors"))
+        if partial_weights and partial_weights[0].stat().st_size > 20_000:  # header + some tensors written
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, f"the fusion ended before it could be killed: {process.stderr.read()!r}"
+    assert partial_weights, "no staging folder appeared"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    leftovers = list(tmp_path.glob(".fused.partial-*"))
+    assert len(leftovers) == 1 and not output.exists()
+    size = partial_weights[0].stat().st_size
+    expected_size = (base / "model.safetensors").stat().st_size
+    assert 0 < size < expected_size  # killed mid-write
+
+    caplog.set_level("WARNING", logger="hf_codiemb.fusion.output")
+    delta_fuse(base, checkpoints, output, show_progress=False)
+    assert not list(tmp_path.glob(".fused.*"))
+    assert str(leftovers[0]) in caplog.text
+    fused = load_file(output / "model.safetensors")
+    states = [load_file(folder / "model.safetensors") for folder in (base, *checkpoints)]
+    for name in ("pooler.dense.weight", NAN_TENSOR):
+        reference = numpy_delta_fuse(states[0][name].numpy(), [s[name].numpy() for s in states[1:]], 1.0)[0]
+        np.testing.assert_allclose(fused[name].numpy(), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_staging_folder_of_a_running_fusion_is_left_alone(tmp_path, caplog):
+    """A staging folder whose owner process is alive (another fusion into the same place) is not deleted."""
+    import os
+
+    base = tiny_hf_model(tmp_path / "base")
+    checkpoint = perturbed_copy(base, tmp_path / "ck", seed=1)
+    busy = tmp_path / ".fused.partial-running"
+    busy.mkdir()
+    import socket
+
+    (busy / ".codiemb-fusion-owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    caplog.set_level("WARNING", logger="hf_codiemb.fusion.output")
+    delta_fuse(base, [checkpoint], tmp_path / "fused", show_progress=False)
+    assert busy.is_dir() and (tmp_path / "fused/model.safetensors").is_file()
+    assert str(busy) in caplog.text and "left alone" in caplog.text

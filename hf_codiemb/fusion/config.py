@@ -42,7 +42,9 @@ class FuseConfig:
     scaling: float = field(default=1.0, metadata={"help": "task_arithmetic: lambda applied to the summed task vectors."})
     density: float = field(default=0.5, metadata={"help": "ties/dare: fraction of each task vector kept."})
     seed: int = field(default=0, metadata={"help": "dare: seed of the random drop."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output folder."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace a non-empty output folder (never one that is, or holds, an input)."}
+    )
     eval_results: str | None = field(
         default=None,
         metadata={"help": "JSON file with evaluation results for the model card: {metric: value} or "

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hf_codiemb.fusion.card import load_eval_results, render_card
-from hf_codiemb.fusion.errors import FusionError, FusionWriteError
+from hf_codiemb.fusion.errors import FusionError
 from hf_codiemb.fusion.inputs import ResolvedModel, resolve_model
+from hf_codiemb.fusion.output import (
+    check_not_an_input,
+    check_output,
+    clean_leftovers,
+    create_staging,
+    move_into_place,
+)
 from hf_codiemb.fusion.registry import FusionMethod, get_method
 from hf_codiemb.fusion.stats import WeightStatistics, preload_plotting
 from hf_codiemb.fusion.streaming import merge_weights
@@ -111,7 +116,10 @@ def fuse(
     Only one row chunk per input is in memory at a time (``chunk_elements`` elements; methods that need whole
     tensors, like TIES, get whole tensors). Inputs are validated (architecture, weight files, tensor names, shapes,
     dtypes) before anything is written; the output is built in a hidden sibling folder and renamed into place,
-    so an interrupted fusion leaves no partial model at ``output_dir``.
+    so an interrupted fusion leaves no partial model at ``output_dir``; the hidden folders that killed runs left
+    behind are removed by the next run into the same place. An ``output_dir`` that is (or contains) one of the
+    inputs is refused, even with ``overwrite``. Weights holding NaN/inf are refused, naming the input, the tensor
+    and the count.
 
     Args:
         checkpoints: the models to fuse (local folders, Hub ids ``owner/name[@revision]``, LoRA adapter folders).
@@ -127,7 +135,8 @@ def fuse(
         show_progress: show a tqdm bar over tensors.
 
     Raises:
-        FusionError: invalid or incompatible inputs (nothing written).
+        FusionError: invalid, incompatible or non-finite inputs, or an output folder that is an input (nothing
+            written).
         FusionWriteError: the output folder cannot be created.
     """
     if not checkpoints:
@@ -138,7 +147,12 @@ def fuse(
     if isinstance(eval_results, (str, Path)):
         eval_results = load_eval_results(eval_results)
     output_dir = Path(output_dir).expanduser().absolute()
-    _check_output(output_dir, overwrite)
+    specs = ([("base", base)] if base is not None else []) + [
+        (f"checkpoint {index}", spec) for index, spec in enumerate(checkpoints, start=1)
+    ]
+    check_not_an_input(output_dir, specs)
+    check_output(output_dir, overwrite)
+    clean_leftovers(output_dir)
 
     resolved: list[ResolvedModel] = []
     try:
@@ -150,6 +164,8 @@ def fuse(
             model = resolve_model(spec, f"checkpoint {index}", lora_base=base_model)
             resolved.append(model)
             models.append(model)
+        # Hub snapshots and a LoRA's template (its adapter or base folder) are inputs too.
+        check_not_an_input(output_dir, [(m.label, path) for m in resolved for path in (m.path, m.template)])
         reference = base_model or models[0]
         plan = build_plan(reference, [reference, *models], models)
         logger.info(
@@ -166,19 +182,6 @@ def fuse(
             model.cleanup()
 
 
-def _check_output(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists():
-        if not output_dir.is_dir():
-            raise FusionWriteError(f"The output path {output_dir} exists and is not a folder")
-        if any(output_dir.iterdir()) and not overwrite:
-            raise FusionError(f"The output folder {output_dir} is not empty (pass overwrite=True / --overwrite)")
-    ancestor = output_dir.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise FusionWriteError(f"Cannot create the output folder {output_dir}: {ancestor} is not a writable folder")
-
-
 def _write_output(
     method: FusionMethod,
     plan: FusionPlan,
@@ -192,12 +195,7 @@ def _write_output(
     chunk_elements: int,
     show_progress: bool,
 ) -> FusionResult:
-    try:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = output_dir.parent / f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-    except OSError as exc:
-        raise FusionWriteError(f"Cannot create the output folder {output_dir}: {exc}") from exc
+    staging = create_staging(output_dir)
     try:
         labels = [model.spec for model in checkpoints]
         statistics = WeightStatistics(labels)
@@ -232,7 +230,7 @@ def _write_output(
             plot_file="fusion_weights.png" if "fusion_weights.png" in files else None,
         )
         (staging / "README.md").write_text(card)
-        _move_into_place(staging, output_dir, overwrite)
+        move_into_place(staging, output_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -274,21 +272,3 @@ def _copy_support_files(template: Path, staging: Path) -> None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
-
-
-def _move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
-    """Rename the finished staging folder to ``output_dir`` (replacing an empty one, or any with ``overwrite``)."""
-    previous = None
-    if output_dir.exists():
-        if any(output_dir.iterdir()) and not overwrite:
-            raise FusionError(f"The output folder {output_dir} became non-empty during fusion")
-        previous = output_dir.parent / f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(output_dir, previous)
-    try:
-        os.rename(staging, output_dir)
-    except BaseException:
-        if previous is not None:
-            os.rename(previous, output_dir)
-        raise
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
