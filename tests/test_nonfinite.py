@@ -149,3 +149,42 @@ def test_skip_nonfinite_batches_skips_the_update_and_counts_it(tiny_model_dir, t
         assert "toy_sts/loss" not in logs[step] and "toy_sts/pearson" not in logs[step]
     assert all(math.isfinite(entry["loss"]) for entry in logs.values())
     assert trainer.nonfinite_batches_skipped == {"toy_sts": 1}
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_nonfinite_loss_on_one_rank_stops_or_skips_on_every_rank(tmp_path, mode):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = Path(__file__).parent / "dist_scripts" / "nonfinite_two_ranks.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(script), str(tmp_path), mode]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    step = rank1["poisoned_step"]
+    assert "poisoned_step" not in rank0 and step > 1
+    if mode == "stop":
+        # Rank 1 names the component; rank 0, whose loss was finite, stops too (no hang) and says why.
+        assert rank1["error"].startswith(f"Non-finite training loss at optimizer step {step} ")
+        assert "dataset 'toy_ir': toy_ir/loss = nan" in rank1["error"]
+        assert "dataset 'toy_ir': finite here, non-finite on another process" in rank0["error"]
+        assert rank0["global_step"] == rank1["global_step"] == step - 1
+        return
+    # Both ranks skipped the same update and stayed identical.
+    assert "error" not in rank0 and "error" not in rank1
+    assert rank0["global_step"] == rank1["global_step"] == 6
+    assert rank0["adam_steps"] == rank1["adam_steps"] == [5]
+    assert rank0["skipped"] == rank1["skipped"] == {"toy_ir": 1}
+    for rank in (rank0, rank1):
+        assert rank["weights"][str(step)] == rank["weights"][str(step - 1)]
+    assert rank0["weights"]["6"] == rank1["weights"]["6"]
