@@ -523,3 +523,24 @@ IR_TOPICS: dict[str, list[tuple[str, ...]]] = {
          "Check that you are not muted, that the correct microphone is selected, and that the app has microphone permission."),
     ],
 }
+
+# "Echo" distractors: a page that repeats the question word for word but does not answer it (an unanswered forum
+# post, a teaser, a quiz). A bi-encoder that matches words rather than answers ranks it above the real answer, so
+# every IR record gets the echo of its own question among its negatives (and in the evaluation corpus). Train and
+# dev use different templates, so what a model learns from them is "restating is not answering", not a template.
+ECHO_TEMPLATES_TRAIN: list[str] = [
+    'Someone on a message board asked: "{question}" Nobody has answered yet.',
+    "{question} We get this question a lot; the full article is coming soon.",
+    "Reader question: {question} Unfortunately the reply was lost when our site moved.",
+    "Quiz time! {question} Think about it: the solution will be revealed in the next issue.",
+    "{question} I have wondered about this for years and still do not know.",
+    'Search trends: "{question}" is one of the most searched questions this month.',
+]
+ECHO_TEMPLATES_DEV: list[str] = [
+    'Forum thread, no replies yet: "{question}" Posted by a reader who would like to know.',
+    "{question} This question came up in our community, but the answer is still pending.",
+    "Frequently asked: {question} Our editors are still researching this one; check back soon.",
+    "Question of the week: {question} Send us your answer and we may publish it.",
+    "{question} Good question! Leave a comment below if you know.",
+    'Poll: "{question}" Vote now, results next Monday.',
+]
