@@ -28,8 +28,12 @@ passages, all-equal STS scores) is logged once per file by :func:`warn_suspiciou
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gzip
 import importlib.resources
+import io
+import itertools
 import json
 import logging
 import math
@@ -38,10 +42,17 @@ import pathlib
 import random
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as paj
+import xxhash
 from datasets import Dataset
+from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from tqdm.auto import tqdm
 
 from hf_codiemb.errors import DataError, DataFileNotFoundError
@@ -158,7 +169,7 @@ def _data_suffix(path: pathlib.Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _iter_text_lines(path: pathlib.Path, name: str) -> Iterator[tuple[int, str]]:
+def _iter_text_lines(path: pathlib.Path, name: str, progress: bool = True) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for every line of a UTF-8 text file, without its line terminator.
 
     gzip-compressed files (detected from their first bytes, whatever their suffix) are decompressed on the fly and
@@ -169,7 +180,7 @@ def _iter_text_lines(path: pathlib.Path, name: str) -> Iterator[tuple[int, str]]
     line_number = 0
     try:
         with (gzip.open(path, "rb") if compressed else path.open("rb")) as handle:
-            for line_number, raw in enumerate(_maybe_progress(handle, path), start=1):
+            for line_number, raw in enumerate(_maybe_progress(handle, path) if progress else handle, start=1):
                 if line_number == 1 and raw.startswith(_UTF8_BOM):
                     raw = raw[len(_UTF8_BOM) :]
                 try:
@@ -189,9 +200,9 @@ def _iter_text_lines(path: pathlib.Path, name: str) -> Iterator[tuple[int, str]]
         ) from None
 
 
-def _iter_jsonl(path: pathlib.Path, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _iter_jsonl(path: pathlib.Path, name: str, progress: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for every non-blank line of a JSON Lines file (plain or gzip)."""
-    for line_number, line in _iter_text_lines(path, name):
+    for line_number, line in _iter_text_lines(path, name, progress):
         if not line.strip():
             continue
         try:
@@ -391,8 +402,14 @@ def load_ir_dataset(
     name: str | None = None,
     max_records: int | None = None,
     keep_instruction: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Dataset:
     """Load and validate an IR training dataset.
+
+    A file is read, validated and normalised in Arrow (vectorised, chunk by chunk) and cached in the ``datasets``
+    cache, keyed by the file's path, size and modification time and the options: the result is memory-mapped, and
+    loading the same file again (e.g. on the other ranks of a DDP job) reuses it. When the Arrow reader refuses the
+    file, the line-by-line reader reads it again to report the first broken record with its line and field.
 
     Args:
         source: a JSON Lines file (unified or FlagEmbedding format) or a :class:`datasets.Dataset` whose
@@ -405,6 +422,7 @@ def load_ir_dataset(
         keep_instruction: keep an ``instruction`` column when every record has one. Off by default: the
             trainer takes instructions from the per-dataset ``prompts`` of the training arguments
             (``docs/design.md``), and an extra text column would be fed to the model.
+        cache_dir: the cache folder of files read in Arrow; defaults to the ``datasets`` cache (HF_DATASETS_CACHE).
 
     Returns:
         A dataset with the columns ``query``, ``positives``, ``negatives`` and, when every record has them,
@@ -417,6 +435,16 @@ def load_ir_dataset(
     """
     _check_max_records(max_records)
     source_name = _source_name(source, name)
+    arrow_refused = None
+    if not isinstance(source, Dataset) and format in ("auto", *_IR_FIELDS):
+        path = _check_path(source)
+        record_format = format if format in _IR_FIELDS else _first_ir_record_format(path, source_name)
+        dataset, arrow_refused = _try_arrow(
+            lambda: _read_with_arrow(path, "ir", record_format, max_records=max_records, cache_dir=cache_dir),
+            source_name,
+        )
+        if dataset is not None:
+            return _finish_arrow_ir(dataset, source_name, keep_instruction)
     records: list[dict[str, Any]] = []
     for line, raw, record_format in _iter_ir_source(source, format, source_name):
         records.append(_parse_ir_record(raw, record_format, source_name, line))
@@ -429,8 +457,29 @@ def load_ir_dataset(
     )
     _log_instructions(records, source_name)
     warn_suspicious_records(records, "ir", source_name)
+    if arrow_refused is not None:
+        _warn_line_by_line(source_name, arrow_refused)
     logger.info("Loaded %d IR records from %s", len(records), source_name)
     return Dataset.from_dict({column: [record[column] for record in records] for column in columns})
+
+
+def _first_ir_record_format(path: pathlib.Path, name: str) -> str:
+    """The format of the first record of a JSON Lines file (``format="auto"``: the first record decides)."""
+    for line, record in _iter_jsonl(path, name, progress=False):
+        return _detect_ir_record_format(record, name, line)
+    raise DataFormatError(name, None, None, "contains no records")
+
+
+def _finish_arrow_ir(dataset: Dataset, name: str, keep_instruction: bool) -> Dataset:
+    """What :func:`load_ir_dataset` does after reading records, for the Arrow reader's dataset."""
+    if not dataset.num_rows:
+        raise DataFormatError(name, None, None, "contains no records")
+    optional = ["positive_scores", "negative_scores"] + (["instruction"] if keep_instruction else [])
+    columns = list(IR_COLUMNS) + _consistent_arrow_columns(dataset, optional, name)
+    _log_arrow_instructions(dataset, name)
+    _warn_suspicious_counts(_stats_counts(dataset, "ir"), "ir", name)
+    logger.info("Loaded %d IR records from %s", dataset.num_rows, name)
+    return dataset.select_columns(columns)
 
 
 def _consistent_optional_columns(records: list[dict[str, Any]], optional: list[str], name: str) -> list[str]:
@@ -519,9 +568,9 @@ def _sts_pair_from_row(
     }
 
 
-def _iter_tsv_rows(path: pathlib.Path, name: str) -> Iterator[tuple[int, list[str]]]:
+def _iter_tsv_rows(path: pathlib.Path, name: str, progress: bool = True) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line_number, fields)``; one record per physical line, split at tabs (quotes are plain text)."""
-    for line_number, line in _iter_text_lines(path, name):
+    for line_number, line in _iter_text_lines(path, name, progress):
         fields = line.split("\t")
         if all(not field.strip() for field in fields):
             continue
@@ -529,7 +578,7 @@ def _iter_tsv_rows(path: pathlib.Path, name: str) -> Iterator[tuple[int, list[st
 
 
 def _detect_tsv_format(path: pathlib.Path, name: str) -> str:
-    for line, fields in _iter_tsv_rows(path, name):
+    for line, fields in _iter_tsv_rows(path, name, progress=False):
         if len(fields) >= len(_STSB_HEADER):
             return "stsb"
         if len(fields) == 3:
@@ -618,8 +667,11 @@ def load_sts_dataset(
     name: str | None = None,
     max_records: int | None = None,
     keep_instruction: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Dataset:
     """Load and validate an STS dataset.
+
+    Files are read in Arrow and cached as :func:`load_ir_dataset` describes.
 
     Args:
         source: a unified JSON Lines file (``.jsonl``/``.json``), an STS Benchmark tsv (8 columns, header
@@ -635,6 +687,7 @@ def load_sts_dataset(
         max_records: keep only the first ``max_records`` pairs.
         keep_instruction: keep an ``instruction`` column (the task instruction of unified records) when every
             pair has one; :func:`hf_codiemb.instructions.split_by_instruction` turns it into per-dataset prompts.
+        cache_dir: the cache folder of files read in Arrow; defaults to the ``datasets`` cache (HF_DATASETS_CACHE).
 
     Returns:
         A dataset with the columns ``sentence1``, ``sentence2`` (str) and ``score`` (float) (+ ``instruction``).
@@ -649,6 +702,22 @@ def load_sts_dataset(
     if score_range is not None and not score_range[0] <= score_range[1]:
         raise ValueError(f"score_range must be (low, high) with low <= high, got {score_range!r}")
     source_name = _source_name(source, name)
+    if format not in _STS_FORMATS:
+        raise ValueError(f"unknown STS data format {format!r}; expected one of {_STS_FORMATS}")
+    arrow_refused = None
+    if not isinstance(source, Dataset) and format != "dataset":
+        path = _check_path(source)
+        record_format = format
+        if format == "auto":
+            record_format = "unified" if _data_suffix(path) in _JSONL_SUFFIXES else _detect_tsv_format(path, source_name)
+        dataset, arrow_refused = _try_arrow(
+            lambda: _read_with_arrow(
+                path, "sts", record_format, score_range=score_range, max_records=max_records, cache_dir=cache_dir
+            ),
+            source_name,
+        )
+        if dataset is not None:
+            return _finish_arrow_sts(dataset, source_name, keep_instruction)
     pairs: list[dict[str, Any]] = []
     for pair in _iter_sts_pairs(source, format, source_name, score_range):
         pairs.append(pair)
@@ -658,8 +727,467 @@ def load_sts_dataset(
         raise DataFormatError(source_name, None, None, "contains no records")
     logger.info("Loaded %d STS pairs from %s", len(pairs), source_name)
     warn_suspicious_records(pairs, "sts", source_name)
+    if arrow_refused is not None:
+        _warn_line_by_line(source_name, arrow_refused)
     columns = list(STS_COLUMNS) + (_consistent_optional_columns(pairs, ["instruction"], source_name) if keep_instruction else [])
     return Dataset.from_dict({column: [pair[column] for pair in pairs] for column in columns})
+
+
+def _finish_arrow_sts(dataset: Dataset, name: str, keep_instruction: bool) -> Dataset:
+    """What :func:`load_sts_dataset` does after reading pairs, for the Arrow reader's dataset."""
+    if not dataset.num_rows:
+        raise DataFormatError(name, None, None, "contains no records")
+    logger.info("Loaded %d STS pairs from %s", dataset.num_rows, name)
+    _warn_suspicious_counts(_stats_counts(dataset, "sts"), "sts", name)
+    columns = list(STS_COLUMNS) + (_consistent_arrow_columns(dataset, ["instruction"], name) if keep_instruction else [])
+    return dataset.select_columns(columns)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Arrow-native reading of data files (cached in the datasets cache)
+# --------------------------------------------------------------------------------------------------------------
+#
+# A data file is read in byte chunks by pyarrow (JSON Lines: ``pyarrow.json`` with an explicit schema, as the
+# ``datasets`` JSON builder does; tsv: split at newlines and tabs in Arrow), each chunk is validated and normalised
+# with vectorised Arrow compute, and written by a ``datasets`` builder into the datasets cache (HF_DATASETS_CACHE),
+# keyed by the file's path, size and modification time and by the loader's options. The result is memory-mapped: a
+# second load of the same file (and every other rank of a DDP job) reuses it. When the Arrow reader or a check
+# fails, nothing of the chunk is trusted: the loader reads the file again with the line-by-line reader above, which
+# reports the first broken record with file, line and field (or, for an input only the Arrow reader refuses, loads
+# it). Per-record hashes and flags for :func:`warn_suspicious_records` are computed per chunk and stored in two
+# private columns, dropped from the returned dataset.
+
+# Part of the cache key: bump when the checks or the output of the Arrow reader change.
+_ARROW_CACHE_VERSION = "1"
+_ARROW_CHUNK_BYTES = 8 << 20
+_HASH_COLUMN = "_codiemb_record_hash"
+_FLAGS_COLUMN = "_codiemb_flags"
+# Flag bits: IR query in its positives / negatives, a text both positive and negative; STS identical sentences.
+_FLAG_QUERY_IS_POSITIVE, _FLAG_QUERY_IS_NEGATIVE, _FLAG_POSITIVE_IS_NEGATIVE, _FLAG_IDENTICAL_PAIR = 1, 2, 4, 8
+# The characters for which ``str.isspace()`` is true: what ``str.strip()`` removes (a test checks the list).
+_PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_TEXT_LIST = pa.list_(pa.string())
+_SCORE_LIST = pa.list_(pa.float64())
+_ARROW_SCHEMAS = {
+    "ir": pa.schema(
+        [
+            ("query", pa.string()),
+            ("positives", _TEXT_LIST),
+            ("negatives", _TEXT_LIST),
+            ("positive_scores", _SCORE_LIST),
+            ("negative_scores", _SCORE_LIST),
+            ("instruction", pa.string()),
+            (_HASH_COLUMN, pa.uint64()),
+            (_FLAGS_COLUMN, pa.uint8()),
+        ]
+    ),
+    "sts": pa.schema(
+        [
+            ("sentence1", pa.string()),
+            ("sentence2", pa.string()),
+            ("score", pa.float64()),
+            ("instruction", pa.string()),
+            (_HASH_COLUMN, pa.uint64()),
+            (_FLAGS_COLUMN, pa.uint8()),
+        ]
+    ),
+}
+
+
+class _ArrowReadRejected(Exception):
+    """A chunk that the Arrow reader cannot vouch for; the line-by-line reader locates and reports the problem."""
+
+
+def _reject_if(condition: bool, reason: str) -> None:
+    if condition:
+        raise _ArrowReadRejected(reason)
+
+
+def _any_true(mask: pa.Array | pa.ChunkedArray) -> bool:
+    return bool(pc.any(mask).as_py())
+
+
+def _is_blank(texts: pa.Array) -> pa.Array:
+    """Whether each string is empty once ``str.strip()`` has removed its whitespace."""
+    return pc.equal(pc.binary_length(pc.utf8_trim(texts, _PY_WHITESPACE)), 0)
+
+
+def _check_texts(texts: pa.Array, what: str) -> None:
+    """Reject null items and items that ``str.strip()`` would empty."""
+    _reject_if(texts.null_count > 0, f"{what}: a missing text")
+    _reject_if(_any_true(_is_blank(texts)), f"{what}: an empty text")
+
+
+def _check_task_column(tasks: pa.Array, task: str) -> None:
+    if tasks.null_count < len(tasks):
+        _reject_if(_any_true(pc.not_equal(pc.utf8_lower(tasks), task)), f"a record of another task than {task!r}")
+
+
+def _check_score_values(values: pa.Array, score_range: tuple[float, float] | None, what: str) -> None:
+    """Reject missing and non-finite scores and scores outside ``score_range``."""
+    _reject_if(values.null_count > 0, f"{what}: a missing score")
+    _reject_if(_any_true(pc.invert(pc.is_finite(values))), f"{what}: a score that is not finite")
+    if score_range is not None and len(values):
+        outside = pc.or_(pc.less(values, score_range[0]), pc.greater(values, score_range[1]))
+        _reject_if(_any_true(outside), f"{what}: a score outside the declared range")
+
+
+def _check_scores(scores: pa.Array, texts: pa.Array, what: str) -> None:
+    """Optional IR scores: where given, one finite number per text."""
+    _reject_if(_any_true(pc.not_equal(pc.list_value_length(scores), pc.list_value_length(texts))),
+               f"{what}: not one score per text")  # fmt: skip
+    _check_score_values(pc.list_flatten(scores), None, what)
+
+
+def _row_hashes(parts: list[pa.Array]) -> pa.Array:
+    """A 64-bit hash of each row's texts (xxh3 of the texts joined with control characters)."""
+    joined = pc.binary_join_element_wise(*parts, "\x1f")
+    if isinstance(joined, pa.ChunkedArray):
+        joined = joined.combine_chunks()
+    offset_type = np.int64 if pa.types.is_large_string(joined.type) else np.int32
+    offsets = np.frombuffer(joined.buffers()[1], dtype=offset_type)[joined.offset : joined.offset + len(joined) + 1]
+    data = joined.buffers()[2]
+    view = memoryview(data) if data is not None else memoryview(b"")
+    hashes = np.fromiter(
+        (xxhash.xxh3_64_intdigest(view[start:end]) for start, end in itertools.pairwise(offsets.tolist())),
+        dtype=np.uint64,
+        count=len(joined),
+    )
+    return pa.array(hashes, type=pa.uint64())
+
+
+def _rows_with_match(texts: pa.Array, values: pa.Array, num_rows: int) -> np.ndarray:
+    """Boolean mask of the rows of which one item of ``texts`` (a list column) equals the row's ``values``."""
+    parents = pc.list_parent_indices(texts)
+    equal = pc.equal(pc.list_flatten(texts), pc.take(values, parents))
+    mask = np.zeros(num_rows, dtype=bool)
+    mask[parents.to_numpy()[equal.to_numpy(zero_copy_only=False)]] = True
+    return mask
+
+
+def _rows_sharing_a_text(first: pa.Array, second: pa.Array, num_rows: int) -> np.ndarray:
+    """Boolean mask of the rows whose lists ``first`` and ``second`` have a text in common."""
+
+    def keyed(texts: pa.Array) -> tuple[pa.Array, pa.Array]:
+        parents = pc.list_parent_indices(texts)
+        return parents, pc.binary_join_element_wise(pc.cast(parents, pa.string()), pc.list_flatten(texts), "\x1f")
+
+    mask = np.zeros(num_rows, dtype=bool)
+    if not _any_true(pc.is_in(pc.list_flatten(second), value_set=pc.list_flatten(first))):
+        return mask  # no text of ``second`` is in ``first`` in any row (the usual case): no need for row keys
+    _, first_keys = keyed(first)
+    second_parents, second_keys = keyed(second)
+    found = pc.is_in(second_keys, value_set=first_keys).to_numpy(zero_copy_only=False)
+    mask[second_parents.to_numpy()[found]] = True
+    return mask
+
+
+def _ir_table_from_batch(batch: pa.RecordBatch, record_format: str) -> pa.Table:
+    """Validate a batch of IR records (parsed with the format's field names) and normalise it."""
+    pos_field, neg_field, pos_scores_field, neg_scores_field, instruction_field = _IR_FIELDS[record_format]
+    num_rows = batch.num_rows
+    columns = dict(zip(batch.schema.names, batch.columns))
+    _check_task_column(columns["task"], "ir")
+    query = columns["query"]
+    _reject_if(query.null_count > 0, "a record without a query")
+    _check_texts(query, "query")
+    positives = columns[pos_field]
+    _reject_if(positives.null_count > 0, "a record without positives")
+    _reject_if(_any_true(pc.equal(pc.list_value_length(positives), 0)), "a record with no positive")
+    _check_texts(pc.list_flatten(positives), "positives")
+    negatives = pc.fill_null(columns[neg_field], pa.scalar([], _TEXT_LIST))
+    _check_texts(pc.list_flatten(negatives), "negatives")
+    _check_scores(columns[pos_scores_field], positives, "positive scores")
+    _check_scores(columns[neg_scores_field], negatives, "negative scores")
+    hashes = _row_hashes([query, pc.binary_join(positives, "\x1e"), pc.binary_join(negatives, "\x1e")])
+    flags = (
+        _rows_with_match(positives, query, num_rows) * _FLAG_QUERY_IS_POSITIVE
+        + _rows_with_match(negatives, query, num_rows) * _FLAG_QUERY_IS_NEGATIVE
+        + _rows_sharing_a_text(positives, negatives, num_rows) * _FLAG_POSITIVE_IS_NEGATIVE
+    ).astype(np.uint8)
+    arrays = [query, positives, negatives, columns[pos_scores_field], columns[neg_scores_field],
+              columns[instruction_field], hashes, pa.array(flags, type=pa.uint8())]  # fmt: skip
+    return pa.Table.from_arrays(arrays, schema=_ARROW_SCHEMAS["ir"])
+
+
+def _sts_table_from_unified_batch(batch: pa.RecordBatch, score_range: tuple[float, float] | None) -> pa.Table:
+    """Validate a batch of unified STS records and turn each into its pairs (positives, then negatives)."""
+    columns = dict(zip(batch.schema.names, batch.columns))
+    _check_task_column(columns["task"], "sts")
+    query = columns["query"]
+    _reject_if(query.null_count > 0, "a record without a query")
+    _check_texts(query, "query")
+    positives = columns["positives"]
+    _reject_if(positives.null_count > 0, "a record without positives")
+    _reject_if(_any_true(pc.equal(pc.list_value_length(positives), 0)), "a record with no positive")
+    negatives = pc.fill_null(columns["negatives"], pa.scalar([], _TEXT_LIST))
+    parents, sides, sentence2, scores = [], [], [], []
+    for texts, scores_column, side in ((positives, columns["positive_scores"], 0),
+                                       (negatives, columns["negative_scores"], 1)):  # fmt: skip
+        _check_texts(pc.list_flatten(texts), "positives" if side == 0 else "negatives")
+        # Only rows with texts need scores (the line-by-line reader does not look at the others either).
+        with_texts = pc.greater(pc.list_value_length(texts), 0)
+        kept_scores, kept_texts = pc.filter(scores_column, with_texts), pc.filter(texts, with_texts)
+        _reject_if(kept_scores.null_count > 0, "scores: missing scores")
+        _reject_if(_any_true(pc.not_equal(pc.list_value_length(kept_scores), pc.list_value_length(kept_texts))),
+                   "scores: not one score per text")  # fmt: skip
+        values = pc.list_flatten(kept_scores) if len(kept_scores) else pa.array([], pa.float64())
+        _check_score_values(values, score_range, "scores")
+        text_parents = pc.list_parent_indices(texts).to_numpy()
+        parents.append(text_parents)
+        sides.append(np.full(len(text_parents), side, dtype=np.int64))
+        sentence2.append(pc.list_flatten(texts))
+        scores.append(values)
+    parent = np.concatenate(parents)
+    order = np.argsort(parent * 2 + np.concatenate(sides), kind="stable")
+    parent_index = pa.array(parent[order])
+    sentence1 = pc.take(query, parent_index)
+    sentence2_array = pc.take(pa.concat_arrays(sentence2), pa.array(order))
+    score_array = pc.take(pa.concat_arrays([s.cast(pa.float64()) for s in scores]), pa.array(order))
+    instruction = pc.take(columns["instruction"], parent_index)
+    return _sts_table(sentence1, sentence2_array, score_array, instruction)
+
+
+def _sts_table(sentence1: pa.Array, sentence2: pa.Array, score: pa.Array, instruction: pa.Array) -> pa.Table:
+    hashes = _row_hashes([sentence1, sentence2, pc.cast(score, pa.string())])
+    flags = np.asarray(pc.equal(sentence1, sentence2).to_numpy(zero_copy_only=False), dtype=np.uint8)
+    flags *= _FLAG_IDENTICAL_PAIR
+    arrays = [sentence1, sentence2, score, instruction, hashes, pa.array(flags, type=pa.uint8())]
+    return pa.Table.from_arrays(arrays, schema=_ARROW_SCHEMAS["sts"])
+
+
+def _sts_table_from_tsv_chunk(
+    chunk: bytes, record_format: str, first: bool, score_range: tuple[float, float] | None
+) -> pa.Table:
+    """Split one chunk of a tsv file into lines and fields in Arrow, validate it and return its pairs."""
+    lines = pc.list_flatten(pc.split_pattern(pa.array([chunk], pa.binary()), b"\n")).cast(pa.string())
+    lines = pc.utf8_rtrim(lines, characters="\r\n")
+    if first and len(lines):
+        fields = lines[0].as_py().split("\t")
+        header = [field.strip().lower() for field in fields]
+        if (record_format == "stsb" and header[: len(_STSB_HEADER)] == list(_STSB_HEADER)) or (
+            record_format == "tsv" and len(fields) == 3 and header[2] in _TSV_HEADER_NAMES
+        ):
+            lines = lines.slice(1)
+    lines = pc.filter(lines, pc.invert(_is_blank(lines)))
+    fields = pc.split_pattern(lines, "\t")
+    counts = pc.list_value_length(fields)
+    if record_format == "stsb":
+        _reject_if(_any_true(pc.less(counts, len(_STSB_HEADER))), "a line with fewer than 8 fields")
+        positions = (6, 7, 5)
+    else:
+        _reject_if(_any_true(pc.not_equal(counts, 3)), "a line without exactly 3 fields")
+        positions = (0, 1, 2)
+    sentence1, sentence2, score_text = (pc.list_element(fields, position) for position in positions)
+    _check_texts(sentence1, "sentence1")
+    _check_texts(sentence2, "sentence2")
+    score = pc.cast(pc.utf8_trim_whitespace(score_text), pa.float64())  # raises on a non-number
+    _check_score_values(score, score_range, "score")
+    return _sts_table(sentence1, sentence2, score, pa.nulls(len(score), pa.string()))
+
+
+def _iter_byte_chunks(path: pathlib.Path, chunk_bytes: int) -> Iterator[bytes]:
+    """Chunks of about ``chunk_bytes`` ending at a line end (plain or gzip file; a leading UTF-8 BOM removed)."""
+    with (gzip.open(path, "rb") if _is_gzip(path) else path.open("rb")) as handle:
+        first = True
+        while True:
+            chunk = handle.read(chunk_bytes)
+            if not chunk:
+                return
+            if not chunk.endswith(b"\n"):
+                chunk += handle.readline()
+            if first and chunk.startswith(_UTF8_BOM):
+                chunk = chunk[len(_UTF8_BOM) :]
+            first = False
+            yield chunk
+
+
+def _read_json_chunk(chunk: bytes, parse_options: paj.ParseOptions) -> pa.Table:
+    """Parse a chunk of JSON Lines in blocks of 1 MiB (in parallel), in one block when a line is longer."""
+    try:
+        return paj.read_json(io.BytesIO(chunk), read_options=paj.ReadOptions(block_size=1 << 20),
+                             parse_options=parse_options)  # fmt: skip
+    except pa.ArrowInvalid as exc:
+        if "straddling" not in str(exc) or len(chunk) <= 1 << 20:
+            raise
+    return paj.read_json(io.BytesIO(chunk), read_options=paj.ReadOptions(block_size=len(chunk)),
+                         parse_options=parse_options)  # fmt: skip
+
+
+@dataclasses.dataclass
+class _DataFileConfig(datasets.BuilderConfig):
+    """What the Arrow reader reads and how; every field is part of the cache key."""
+
+    path: str = ""
+    size: int = 0
+    mtime_ns: int = 0
+    task: str = "ir"
+    record_format: str = "unified"
+    score_low: float | None = None
+    score_high: float | None = None
+    max_records: int | None = None
+    chunk_bytes: int = _ARROW_CHUNK_BYTES
+
+
+class CodiembDataFile(datasets.ArrowBasedBuilder):
+    """A ``datasets`` builder that reads, validates and normalises one IR or STS data file (see the loaders)."""
+
+    BUILDER_CONFIG_CLASS = _DataFileConfig
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(features=datasets.Features.from_arrow_schema(_ARROW_SCHEMAS[self.config.task]))
+
+    def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={})]
+
+    def _generate_tables(self) -> Iterator[tuple[Any, pa.Table]]:
+        config = self.config
+        path = pathlib.Path(config.path)
+        score_range = None if config.score_low is None else (config.score_low, config.score_high)
+        if config.task == "ir":
+            fields = ["task", "query", *_IR_FIELDS[config.record_format]]
+            types = [pa.string(), pa.string(), _TEXT_LIST, _TEXT_LIST, _SCORE_LIST, _SCORE_LIST, pa.string()]
+        else:
+            fields = ["task", "query", "positives", "negatives", "positive_scores", "negative_scores", "instruction"]
+            types = [pa.string(), pa.string(), _TEXT_LIST, _TEXT_LIST, _SCORE_LIST, _SCORE_LIST, pa.string()]
+        parse_options = paj.ParseOptions(
+            explicit_schema=pa.schema(list(zip(fields, types))), unexpected_field_behavior="ignore"
+        )
+        remaining = config.max_records
+        for index, chunk in enumerate(_iter_byte_chunks(path, config.chunk_bytes)):
+            if config.task == "sts" and config.record_format in ("stsb", "tsv"):
+                table = _sts_table_from_tsv_chunk(chunk, config.record_format, index == 0, score_range)
+            else:
+                parsed = _read_json_chunk(chunk, parse_options)
+                parsed.validate(full=True)  # the JSON reader does not check that strings are UTF-8
+                if config.task == "ir":
+                    tables = [_ir_table_from_batch(batch, config.record_format) for batch in parsed.to_batches()]
+                else:
+                    tables = [_sts_table_from_unified_batch(batch, score_range) for batch in parsed.to_batches()]
+                table = pa.concat_tables(tables) if tables else _ARROW_SCHEMAS[config.task].empty_table()
+            if remaining is not None and table.num_rows >= remaining:
+                yield index, table.slice(0, remaining)
+                return
+            if remaining is not None:
+                remaining -= table.num_rows
+            yield index, table
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Turn the datasets progress bars off for small files (and restore the previous state)."""
+    was_disabled = are_progress_bars_disabled()
+    if not enabled and not was_disabled:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled and not was_disabled:
+            enable_progress_bars()
+
+
+def _read_with_arrow(
+    path: pathlib.Path,
+    task: str,
+    record_format: str,
+    *,
+    score_range: tuple[float, float] | None = None,
+    max_records: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Dataset:
+    """Read a data file through :class:`CodiembDataFile` (cached); raise on anything the Arrow checks refuse."""
+    stat = path.stat()
+    builder = CodiembDataFile(
+        cache_dir=os.fspath(cache_dir) if cache_dir is not None else datasets.config.HF_DATASETS_CACHE,
+        hash=_ARROW_CACHE_VERSION,
+        path=str(path.resolve()),
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        task=task,
+        record_format=record_format,
+        score_low=None if score_range is None else float(score_range[0]),
+        score_high=None if score_range is None else float(score_range[1]),
+        max_records=max_records,
+    )
+    with _progress_bars(stat.st_size >= _PROGRESS_BAR_MIN_BYTES):
+        builder.download_and_prepare()
+        dataset = builder.as_dataset(split=datasets.Split.TRAIN)
+    logger.debug("%s: read with the Arrow reader, cached in %s", path, builder.cache_dir)
+    return dataset
+
+
+# What the Arrow reader raises on input it cannot vouch for (anything else is a bug and is raised).
+_ARROW_REFUSALS = (_ArrowReadRejected, pa.ArrowException, UnicodeError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def _try_arrow(read: Callable[[], Dataset], name: str) -> tuple[Dataset | None, str | None]:
+    """Run the Arrow reader; when it refuses the input return the reason (the line-by-line reader takes over)."""
+    try:
+        return read(), None
+    except Exception as exc:
+        cause = exc
+        while cause.__cause__ is not None or (cause.__context__ is not None and not cause.__suppress_context__):
+            cause = cause.__cause__ or cause.__context__
+        if not isinstance(cause, _ARROW_REFUSALS):
+            raise
+        reason = f"{type(cause).__name__}: {cause}"
+        logger.debug("%s: the Arrow reader refused the file (%s); reading it line by line", name, reason)
+        return None, reason
+
+
+def _warn_line_by_line(name: str, reason: str) -> None:
+    logger.warning(
+        "%s: valid, but read line by line (slower, not cached) because the Arrow reader refused it: %s",
+        name,
+        _short_repr(reason, 200),
+    )
+
+
+def _stats_counts(dataset: Dataset, task: str) -> dict[str, int]:
+    """:func:`suspicious_record_counts` from the hash and flag columns of the Arrow reader."""
+    table = dataset.data
+    hashes = table.column(_HASH_COLUMN)
+    flags = pc.cast(table.column(_FLAGS_COLUMN), pa.int64())
+    total = table.num_rows
+
+    def flagged(bit: int) -> int:
+        return int(pc.sum(pc.not_equal(pc.bit_wise_and(flags, bit), 0)).as_py() or 0)
+
+    counts = {"records": total, "duplicates": total - int(pc.count_distinct(hashes).as_py() or 0)}
+    if task == "ir":
+        counts["query_is_positive"] = flagged(_FLAG_QUERY_IS_POSITIVE)
+        counts["query_is_negative"] = flagged(_FLAG_QUERY_IS_NEGATIVE)
+        counts["positive_is_negative"] = flagged(_FLAG_POSITIVE_IS_NEGATIVE)
+    else:
+        counts["identical_pairs"] = flagged(_FLAG_IDENTICAL_PAIR)
+        counts["distinct_scores"] = int(pc.count_distinct(table.column("score")).as_py() or 0)
+    return counts
+
+
+def _consistent_arrow_columns(dataset: Dataset, optional: list[str], name: str) -> list[str]:
+    """:func:`_consistent_optional_columns` for the Arrow reader's dataset (a column absent from a record is null)."""
+    kept = []
+    total = dataset.num_rows
+    for column in optional:
+        count = total - dataset.data.column(column).null_count
+        if count == total:
+            kept.append(column)
+        elif count:
+            logger.warning(
+                "%s: %r is present in %d of %d records only; dropping the column", name, column, count, total
+            )
+    return kept
+
+
+def _log_arrow_instructions(dataset: Dataset, name: str) -> None:
+    instructions = pc.unique(dataset.data.column("instruction")).drop_null()
+    if len(instructions):
+        logger.info(
+            "%s: %d distinct instruction(s) in the records, e.g. %r", name, len(instructions), instructions[0].as_py()
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -726,6 +1254,12 @@ def warn_suspicious_records(rows: Dataset | Iterable[Mapping[str, Any]], task: s
     when nothing is suspicious.
     """
     counts = suspicious_record_counts(rows, task)
+    _warn_suspicious_counts(counts, task, source)
+    return counts
+
+
+def _warn_suspicious_counts(counts: dict[str, int], task: str, source: str) -> None:
+    """The warning of :func:`warn_suspicious_records` for counts already computed."""
     total = counts["records"]
     findings = []
     if counts["duplicates"]:
@@ -747,7 +1281,6 @@ def warn_suspicious_records(rows: Dataset | Iterable[Mapping[str, Any]], task: s
             )
     if findings:
         logger.warning("%s: suspicious data in %d records: %s", source, total, "; ".join(findings))
-    return counts
 
 
 # --------------------------------------------------------------------------------------------------------------
