@@ -232,10 +232,13 @@ def run(argv: list[str]) -> int:
     output_dir = Path(training_args.output_dir)
     # Before any work: resume from the latest complete checkpoint, or refuse to overwrite a used output_dir.
     resume_from = prepare_output_dir(training_args)
-    datasets, tasks, instructions = load_training_data(data_args, training_args.num_negatives)
+    # Under DDP the local main process reads and validates the files first (into the datasets cache); the other
+    # ranks wait, then load the memory-mapped cache instead of reading every file again.
+    with training_args.main_process_first(desc="loading and validating the data"):
+        datasets, tasks, instructions = load_training_data(data_args, training_args.num_negatives)
+        sts_sets, ir_sets = load_eval_sets(data_args, model_args)
     training_args.dataset_tasks = tasks
     training_args.prompts = training_prompts(model_args, datasets, tasks, instructions, training_args)
-    sts_sets, ir_sets = load_eval_sets(data_args, model_args)
     sts_prompt = model_args.effective_sts_prompt
 
     model = load_model(model_args)
