@@ -30,17 +30,27 @@ class CommandArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
-# Subcommands parsed by argparse modules exposing register(subparsers) / run(args).
-ARGPARSE_COMMANDS = ("evaluate", "fuse", "push", "merge_lora", "prepare_models", "mine")
+# Sub-commands: name -> (module exposing register(subparsers) / run(args), one-line help). Only the module of the
+# command being run is imported, so `codiemb --help` and each command's start do not load the others' dependencies.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("hf_codiemb.commands.train", "Train a unified IR + STS embedding model from a YAML recipe."),
+    "evaluate": ("hf_codiemb.commands.evaluate", "Evaluate a model: STS Spearman, IR nDCG@10/MRR@10/Recall@100."),
+    "mine": ("hf_codiemb.commands.mine", "Mine hard negatives for a BEIR folder with a model."),
+    "fuse": ("hf_codiemb.commands.fuse", "Delta-guided fusion of checkpoints (optionally pushed to the Hub)."),
+    "push": ("hf_codiemb.commands.push", "Upload a model folder to the Hugging Face Hub."),
+    "merge-lora": ("hf_codiemb.commands.merge_lora", "Merge LoRA adapters into a full model."),
+    "prepare-models": ("hf_codiemb.commands.prepare_models", "Download and convert the offline encoders."),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``codiemb`` parser; only ``command``'s own options are built (its module imported), the others are listed."""
     parser = CommandArgumentParser(
         prog="codiemb",
         description="CoDiEmb: train unified IR + STS embedding models with sentence-transformers, fuse checkpoints "
         "with delta-guided fusion and publish them on the Hugging Face Hub.",
         epilog="Run `codiemb COMMAND --help` for the options of a command. Example: "
-        "codiemb train --config recipes/default/config.yaml",
+        "codiemb train recipes/default/config.yaml",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
@@ -50,24 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEBUG_ENV_VAR}=1. Such errors exit with status {USER_ERROR_EXIT_CODE}.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandArgumentParser)
-    from hf_codiemb.commands import train
-
-    subparsers.add_parser("train", help=train.HELP, add_help=False)
-    for name in ARGPARSE_COMMANDS:
-        try:
-            module = importlib.import_module(f"hf_codiemb.commands.{name}")
-        except ImportError as error:  # an optional command whose dependencies are missing
-            logger.debug("command %s unavailable: %s", name, error)
+    for name, (module_name, help_text) in COMMANDS.items():
+        if name != command or name == "train":  # `train` parses its own dataclasses (HfArgumentParser)
+            subparsers.add_parser(name, help=help_text, add_help=name != "train")
             continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:  # an optional command whose dependencies are missing
+            raise UsageError(f"`codiemb {name}` is unavailable: {error}") from None
         module.register(subparsers)
     return parser
 
 
 def setup_logging(level: str) -> None:
-    import transformers
+    """Our messages at ``level``; transformers' own at warning unless ``--log-level debug`` (quiet by default).
 
+    transformers reads ``TRANSFORMERS_VERBOSITY`` when it is imported, so this does not import it (a fast
+    ``--help``); when it is already imported its verbosity is set directly.
+    """
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level.upper())
-    transformers.logging.set_verbosity(getattr(logging, level.upper()))
+    library_level = "debug" if level == "debug" else "warning" if level == "info" else level
+    os.environ["TRANSFORMERS_VERBOSITY"] = library_level
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].logging.set_verbosity(getattr(logging, library_level.upper()))
 
 
 def _global_options(argv: list[str]) -> tuple[str, bool, list[str]]:
@@ -101,7 +116,8 @@ def _run(argv: list[str]) -> int:
         from hf_codiemb.commands import train
 
         return train.run(argv[1:])
-    parser = build_parser()
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args, extras = parser.parse_known_args(argv)
     if extras:
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -250,6 +250,8 @@ def check_recipe_values(values: dict[str, Any], source: str, lines: dict[str, in
             hint = unknown_arguments_message([key], field_types, prefix="")
             raise RecipeError(f"unknown key{hint}", key, source, lines.get(key))
         annotation = field_types[key]
+        if key == "resume_from_checkpoint" and isinstance(value, bool):  # YAML `true` / `false`
+            checked[key] = value = "true" if value else None
         if typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,) and isinstance(value, str):
             checked[key] = value = [value]
         if not _value_matches(value, annotation):
@@ -282,6 +284,8 @@ def parse_recipe(argv: list[str] | None = None):
     parser.set_defaults(report_to=["tensorboard"])
     pre = RunArguments()
     argv = list(argv or [])
+    if argv and not argv[0].startswith("-"):  # `codiemb train recipes/x/config.yaml [flags]`: the recipe, positional
+        argv = ["--config", *argv]
     if "--config" in argv:
         index = argv.index("--config")
         if index + 1 >= len(argv):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tiny_models import make_tiny_model
 
-from hf_codiemb.commands.train import load_training_data, training_prompts
+from hf_codiemb.pipeline import load_training_data, training_prompts
 from hf_codiemb.losses import CoDiEmbSTSLoss, MultiPositiveInfoNCELoss
 from hf_codiemb.recipe import parse_recipe
 from hf_codiemb.trainer import CoDiEmbTrainer
@@ -16,7 +16,7 @@ from hf_codiemb.trainer import CoDiEmbTrainer
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 PAPER_RECIPES = ["bge-large-zh-v1.5", "multilingual-e5-large-instruct", "minicpm-embedding"]
-CPU_OVERRIDES = ["--bf16", "false", "--deepspeed", "", "--gradient_checkpointing", "false", "--use_cpu", "true"]
+CPU_OVERRIDES = ["--bf16", "false", "--deepspeed", "", "--activation_checkpointing", "false", "--use_cpu", "true"]
 
 
 @pytest.mark.parametrize("recipe", PAPER_RECIPES)

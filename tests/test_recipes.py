@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
 SHARED_DATA = REPO.parent / "shared" / "data"
 # Paper recipes assume GPUs (bf16, DeepSpeed): on this CPU machine their dry run turns those off.
-CPU_OVERRIDES = ["--bf16", "false", "--deepspeed", "", "--gradient_checkpointing", "false", "--use_cpu", "true"]
+CPU_OVERRIDES = ["--bf16", "false", "--deepspeed", "", "--activation_checkpointing", "false", "--use_cpu", "true"]
 
 
 def recipe_id(path: Path) -> str:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from datasets import Dataset
 
-from hf_codiemb.commands.train import load_training_data
+from hf_codiemb.pipeline import load_training_data
 from hf_codiemb.recipe import parse_recipe
 from hf_codiemb.study import FUSION_ROWS, METHODS, Study
 from hf_codiemb.study.report import encoder_table, mean_and_spread, write_report

@@ -8,11 +8,26 @@ Public API:
     - :func:`register_mergekit_method`: make ``codiemb_delta`` available to mergekit / ``SentenceTransformer.merge``.
 """
 
-from hf_codiemb.fusion.core import FusionResult, delta_fuse, fuse
-from hf_codiemb.fusion.errors import FusionError, FusionWriteError
-from hf_codiemb.fusion.mergekit_plugin import register_mergekit_method
-from hf_codiemb.fusion.methods.delta import DeltaGuidedFusion, delta_guided_weights
-from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, get_method, register, registered_methods
+import importlib
+from typing import Any
+
+# Attributes are imported on first use (PEP 562): `codiemb --help` and the config/push code must not pay for torch,
+# safetensors and mergekit.
+_LAZY = {
+    "FusionResult": "core", "delta_fuse": "core", "fuse": "core",
+    "FusionError": "errors", "FusionWriteError": "errors",
+    "register_mergekit_method": "mergekit_plugin",
+    "DeltaGuidedFusion": "methods.delta", "delta_guided_weights": "methods.delta",
+    "FusionMethod": "registry", "MergeOutput": "registry", "get_method": "registry", "register": "registry",
+    "registered_methods": "registry",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"hf_codiemb.fusion.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'hf_codiemb.fusion' has no attribute {name!r}")
+
 
 __all__ = [
     "DeltaGuidedFusion",

@@ -81,7 +81,7 @@ class Study:
         results_dir: str | os.PathLike[str],
         work_dir: str | os.PathLike[str],
     ) -> None:
-        from hf_codiemb.commands.train import load_eval_sets, load_training_data
+        from hf_codiemb.pipeline import load_eval_sets, load_training_data
         from hf_codiemb.recipe import parse_recipe
 
         if max_steps < NUM_CHECKPOINTS:
@@ -158,7 +158,7 @@ class Study:
 
     def run_method(self, key: str, seed: int) -> dict[str, Any]:
         """Train one method for ``max_steps`` updates with ``seed`` and evaluate it (skipped if already stored)."""
-        from hf_codiemb.commands.train import training_prompts
+        from hf_codiemb.pipeline import training_prompts
         from hf_codiemb.models import load_model
         from hf_codiemb.trainer import CoDiEmbTrainer
 

@@ -1,0 +1,185 @@
+"""The training pipeline of a recipe, as a library: load the training and evaluation data of a recipe and derive the
+prompts of every dataset. `codiemb train` (hf_codiemb/commands/train.py), `codiemb evaluate` and the study runner
+call these functions; none of them imports a command module.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from datasets import Dataset
+
+from hf_codiemb.recipe import DataArguments, resolve_data_path
+
+logger = logging.getLogger(__name__)
+
+
+def dataset_name(path: str, taken: set[str]) -> str:
+    """A short unique dataset name from a file path (its stem, plus its parent folder on a clash)."""
+    resolved = resolve_data_path(path)
+    name = resolved.stem
+    if name in taken:
+        name = f"{resolved.parent.name}_{resolved.stem}"
+    base, i = name, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def load_training_data(
+    data_args: DataArguments, num_negatives: int
+) -> tuple[dict[str, Dataset], dict[str, str], dict[str, str | None]]:
+    """All training datasets of a recipe, validated, with the task and the task instruction of each.
+
+    A file whose records carry several ``instruction`` values becomes one dataset per instruction (see
+    :func:`hf_codiemb.instructions.split_by_instruction`); ``instructions[name]`` is ``None`` for datasets without
+    one (they get the recipe's model-level prompts).
+    """
+    from hf_codiemb.beir import beir_ir_train_dataset, load_beir, parse_beir_spec
+    from hf_codiemb.data import ir_train_from_sts_pairs, load_ir_dataset, load_sts_dataset
+    from hf_codiemb.instructions import split_by_instruction
+
+    datasets: dict[str, Dataset] = {}
+    tasks: dict[str, str] = {}
+    taken: set[str] = set()
+    score_range = tuple(data_args.sts_score_range)
+    for path in data_args.ir_train:
+        name = dataset_name(path, taken)
+        datasets[name] = load_ir_dataset(
+            resolve_data_path(path), name=name, max_records=data_args.max_train_records, keep_instruction=True
+        )
+        tasks[name] = "ir"
+    for entry in data_args.ir_train_beir:
+        spec = parse_beir_spec(entry)
+        beir = load_beir(spec.folder, spec.split)
+        name = dataset_name(beir.name, taken)
+        datasets[name] = beir_ir_train_dataset(
+            beir, spec.negatives, require_negatives=num_negatives > 0, max_records=data_args.max_train_records
+        )
+        tasks[name] = "ir"
+    for path in data_args.ir_train_from_sts:
+        name = dataset_name(path, taken) + "_ir"
+        sts = load_sts_dataset(resolve_data_path(path), score_range=score_range, max_records=data_args.max_train_records)
+        datasets[name] = ir_train_from_sts_pairs(sts, num_negatives=max(num_negatives, 1))
+        tasks[name] = "ir"
+    for path in data_args.sts_train:
+        name = dataset_name(path, taken)
+        datasets[name] = load_sts_dataset(
+            resolve_data_path(path),
+            score_range=score_range,
+            name=name,
+            max_records=data_args.max_train_records,
+            keep_instruction=True,
+        )
+        tasks[name] = "sts"
+    if not datasets:
+        from hf_codiemb.errors import RecipeError
+
+        raise RecipeError("The recipe has no training data: give ir_train, ir_train_beir and/or sts_train")
+    split: dict[str, Dataset] = {}
+    split_tasks: dict[str, str] = {}
+    instructions: dict[str, str | None] = {}
+    for name, dataset in datasets.items():
+        for part, (part_dataset, instruction) in split_by_instruction(name, dataset).items():
+            keep = ["query", "positives", "negatives"] if tasks[name] == "ir" else ["sentence1", "sentence2", "score"]
+            split[part] = part_dataset.select_columns([c for c in keep if c in part_dataset.column_names])
+            split_tasks[part] = tasks[name]
+            instructions[part] = instruction
+    return split, split_tasks, instructions
+
+
+def ir_eval_set_from_ir_dataset(dataset: Dataset) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """An IR evaluation task from IR records: corpus = every positive and negative, relevant = the positives."""
+    corpus_ids: dict[str, str] = {}
+    queries: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+
+    def doc_id(text: str) -> str:
+        if text not in corpus_ids:
+            corpus_ids[text] = f"d{len(corpus_ids)}"
+        return corpus_ids[text]
+
+    for i, row in enumerate(dataset):
+        qid = f"q{i}"
+        queries[qid] = row["query"]
+        relevant[qid] = {doc_id(text) for text in row["positives"]}
+        for text in row.get("negatives") or []:
+            doc_id(text)
+    return queries, {cid: text for text, cid in corpus_ids.items()}, relevant
+
+
+def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The STS and IR evaluation sets of a recipe, each with the prompts training uses.
+
+    IR sets carry ``query_prompt`` / ``corpus_prompt``; STS sets are ``{"data": dataset, "prompt": prompt}``. A set
+    whose records carry a task ``instruction`` is encoded with it (as training does), else with the recipe's
+    model-level prompts (:func:`hf_codiemb.instructions.task_prompts`).
+    """
+    from hf_codiemb.beir import beir_ir_eval_set, load_beir, parse_beir_spec
+    from hf_codiemb.data import ir_task_from_sts_pairs, load_ir_dataset, load_sts_dataset
+    from hf_codiemb.instructions import dataset_instruction, task_prompts
+
+    sts_sets: dict[str, Any] = {}
+    ir_sets: dict[str, Any] = {}
+    taken: set[str] = set()
+    default = task_prompts(None, model_args)
+    prompts = {"query_prompt": default.query, "corpus_prompt": default.passage}  # sets without an instruction
+    for path in data_args.sts_eval:
+        name = dataset_name(path, taken)
+        sts = load_sts_dataset(
+            resolve_data_path(path),
+            score_range=tuple(data_args.sts_score_range),
+            max_records=data_args.max_eval_records,
+            keep_instruction=True,
+        )
+        set_prompts = task_prompts(dataset_instruction(sts), model_args)
+        sts = sts.select_columns(["sentence1", "sentence2", "score"])
+        sts_sets[name] = {"data": sts, "prompt": set_prompts.sts}
+        if data_args.ir_eval_from_sts:
+            queries, corpus, relevant = ir_task_from_sts_pairs(sts)
+            if queries:
+                ir_sets[f"{name}-paraphrase-ir"] = {
+                    "queries": queries, "corpus": corpus, "relevant": relevant,
+                    "query_prompt": set_prompts.query, "corpus_prompt": set_prompts.passage,
+                }  # fmt: skip
+    for path in data_args.ir_eval:
+        name = dataset_name(path, taken)
+        ir = load_ir_dataset(resolve_data_path(path), max_records=data_args.max_eval_records, keep_instruction=True)
+        set_prompts = task_prompts(dataset_instruction(ir), model_args)
+        queries, corpus, relevant = ir_eval_set_from_ir_dataset(ir)
+        ir_sets[name] = {
+            "queries": queries, "corpus": corpus, "relevant": relevant,
+            "query_prompt": set_prompts.query, "corpus_prompt": set_prompts.passage,
+        }  # fmt: skip
+    for entry in data_args.ir_eval_beir:
+        spec = parse_beir_spec(entry, allow_negatives=False)
+        beir = load_beir(spec.folder, spec.split)
+        ir_sets[dataset_name(beir.name, taken)] = beir_ir_eval_set(
+            beir, query_prompt=prompts["query_prompt"], corpus_prompt=prompts["corpus_prompt"],
+            max_queries=data_args.max_eval_records,
+        )  # fmt: skip
+    return sts_sets, ir_sets
+
+
+def training_prompts(
+    model_args, datasets: dict[str, Dataset], tasks: dict[str, str], instructions: dict[str, str | None], training_args
+) -> dict | None:
+    """Per-dataset, per-column prompts (sentence-transformers' ``prompts``): task instructions, passage prefixes.
+
+    A prompt the recipe gives itself in ``prompts`` (``{dataset: {column: prompt}}``) wins over the derived one.
+    """
+    from hf_codiemb.instructions import task_prompts
+
+    prompts: dict[str, dict[str, str]] = {}
+    for name in datasets:
+        columns = task_prompts(instructions.get(name), model_args).columns(
+            tasks[name], training_args.num_positives, training_args.num_negatives
+        )
+        given = (training_args.prompts or {}).get(name) if isinstance(training_args.prompts, dict) else None
+        if isinstance(given, dict):
+            columns.update(given)
+        if columns:
+            prompts[name] = columns
+    return prompts or None

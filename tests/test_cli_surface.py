@@ -1,0 +1,92 @@
+"""The command line as users meet it: a fast --help, the recipe as a positional path, both flag spellings, quiet
+libraries, and YAML values written the natural way."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hf_codiemb.recipe import parse_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fuse", "--help"], ["push", "--help"]])
+def test_help_is_fast_and_imports_no_heavy_library(argv):
+    code = (
+        "import sys, time\n"
+        "start = time.perf_counter()\n"
+        "from hf_codiemb.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "elapsed = time.perf_counter() - start\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'datasets', 'mergekit') "
+        "if m in sys.modules)\n"
+        "sys.stderr.write(f'RESULT {elapsed:.3f} {heavy}\\n')\n"
+    )
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - started
+    result = next(line for line in proc.stderr.splitlines() if line.startswith("RESULT"))
+    _, elapsed, heavy = result.split(" ", 2)
+    assert heavy == "[]", f"`codiemb {' '.join(argv)}` imported {heavy}"
+    assert float(elapsed) < 1.0, result
+    assert wall < 5.0  # interpreter start included, on a busy 2-core machine
+    assert "usage: codiemb" in proc.stdout
+
+
+def test_recipe_as_positional_path_and_both_flag_spellings(monkeypatch):
+    monkeypatch.chdir(REPO)
+    model_args, _, args, run_args = parse_recipe(
+        ["recipes/default/config.yaml", "--max-steps", "3", "--ir_batch_size", "4", "--sts-batch-size", "8"]
+    )
+    assert run_args.config == "recipes/default/config.yaml"
+    assert (args.max_steps, args.ir_batch_size, args.sts_batch_size) == (3, 4, 8)
+    assert model_args.model_name_or_path == "packaged:all-minilm-l6-v2"
+
+
+def test_yaml_resume_true_means_the_latest_checkpoint(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ir_train: [demo:ir_train.jsonl]\nresume_from_checkpoint: true\n")
+    assert parse_recipe([str(recipe)])[2].resume_from_checkpoint == "true"
+    recipe.write_text("ir_train: [demo:ir_train.jsonl]\nresume_from_checkpoint: false\n")
+    assert parse_recipe([str(recipe)])[2].resume_from_checkpoint is None
+
+
+def test_shipped_recipes_trigger_no_deprecation_warning(monkeypatch):
+    import warnings
+
+    monkeypatch.chdir(REPO)
+    cpu = ["--bf16", "false", "--use_cpu", "true", "--deepspeed", ""]
+    for recipe in sorted(REPO.glob("recipes/**/*.yaml")):
+        if "accelerate" in recipe.parts:
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parse_recipe([str(recipe), *cpu])
+        deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+        assert not deprecations, f"{recipe.relative_to(REPO)}: {deprecations}"
+
+
+def test_transformers_is_quiet_at_the_default_log_level():
+    from hf_codiemb.cli import setup_logging
+
+    saved = os.environ.get("TRANSFORMERS_VERBOSITY")
+    try:
+        setup_logging("info")
+        assert os.environ["TRANSFORMERS_VERBOSITY"] == "warning"
+        setup_logging("debug")
+        assert os.environ["TRANSFORMERS_VERBOSITY"] == "debug"
+    finally:
+        if saved is None:
+            os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+        else:
+            os.environ["TRANSFORMERS_VERBOSITY"] = saved
+        setup_logging("info")
