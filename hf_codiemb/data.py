@@ -1102,6 +1102,7 @@ def _read_with_arrow(
     stat = path.stat()
     builder = CodiembDataFile(
         cache_dir=os.fspath(cache_dir) if cache_dir is not None else datasets.config.HF_DATASETS_CACHE,
+        dataset_name="codiemb_data_file",
         hash=_ARROW_CACHE_VERSION,
         path=str(path.resolve()),
         size=stat.st_size,
@@ -1111,6 +1112,7 @@ def _read_with_arrow(
         score_low=None if score_range is None else float(score_range[0]),
         score_high=None if score_range is None else float(score_range[1]),
         max_records=max_records,
+        chunk_bytes=_ARROW_CHUNK_BYTES,
     )
     with _progress_bars(stat.st_size >= _PROGRESS_BAR_MIN_BYTES):
         builder.download_and_prepare()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
 
@@ -502,3 +503,156 @@ def test_labelled_pairs_from_ir_records_exact():
         labelled_pairs_from_ir_records(records, positive_score=0.0, negative_score=0.0)
     with pytest.raises(ValueError, match="no pair"):
         labelled_pairs_from_ir_records([])
+
+
+# ------------------------------------------------------------------------------------------------ Arrow reader, cache
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Files read in Arrow are cached in a temporary datasets cache, not the user's."""
+    import datasets
+
+    cache = tmp_path_factory.mktemp("hf_datasets_cache")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    return cache
+
+
+def cached_arrow_files(cache: Path) -> list[Path]:
+    return sorted((cache / "codiemb_data_file").glob("**/*.arrow"))
+
+
+def test_python_whitespace_list_is_complete():
+    from hf_codiemb.data import _PY_WHITESPACE
+
+    assert _PY_WHITESPACE == "".join(chr(code) for code in range(0x110000) if chr(code).isspace())
+
+
+def test_arrow_reader_is_cached_and_reused(tmp_path, datasets_cache, monkeypatch, caplog):
+    from hf_codiemb import data
+
+    records = [IR_OK, dict(IR_OK, query="q2", negatives=[]), {"query": "q3", "positives": ["p"]}]
+    path = write_jsonl(tmp_path / "ir.jsonl", records)
+    with caplog.at_level(logging.WARNING, logger="hf_codiemb.data"):
+        first = load_ir_dataset(path)
+    assert not [r for r in caplog.records if "line by line" in r.getMessage()]
+    assert cached_arrow_files(datasets_cache), "the Arrow reader wrote nothing to the datasets cache"
+    assert first.cache_files and first.cache_files[0]["filename"].startswith(str(datasets_cache))
+    assert first.to_list() == [
+        {"query": "q1", "positives": ["p1", "p2"], "negatives": ["n1"]},
+        {"query": "q2", "positives": ["p1", "p2"], "negatives": []},
+        {"query": "q3", "positives": ["p"], "negatives": []},
+    ]
+
+    calls = []
+    real = data._ir_table_from_batch
+    monkeypatch.setattr(data, "_ir_table_from_batch", lambda *args: calls.append(1) or real(*args))
+    assert load_ir_dataset(path).to_list() == first.to_list()
+    assert not calls, "the file was read again instead of loading the cache"
+    # Another cache folder, or a changed file, is read again.
+    assert load_ir_dataset(path, cache_dir=tmp_path / "other_cache").to_list() == first.to_list()
+    assert calls
+    write_jsonl(path, [*records, {"query": "q4", "positives": ["p4"]}])
+    assert load_ir_dataset(path)["query"] == ["q1", "q2", "q3", "q4"]
+
+
+def test_arrow_reader_over_many_chunks_matches_the_records(tmp_path, monkeypatch):
+    """Small chunks: records split over many chunks, blank lines, CRLF, gzip; line numbers of errors stay exact."""
+    import gzip
+    import random
+
+    from hf_codiemb import data
+
+    monkeypatch.setattr(data, "_ARROW_CHUNK_BYTES", 200)
+    rng = random.Random(0)
+    records = []
+    for i in range(60):
+        record = {"query": f"query {i}", "pos": [f"pos {i} {j}" for j in range(rng.randint(1, 3))],
+                  "neg": [f"neg {i} {j}" for j in range(rng.randint(0, 4))], "prompt": "Represent: ", "extra": {"a": i}}
+        records.append(record)
+    lines = []
+    for record in records:
+        lines.append(json.dumps(record))
+        if rng.random() < 0.2:
+            lines.append("   ")
+    path = tmp_path / "fe.jsonl.gz"
+    path.write_bytes(gzip.compress(("\r\n".join(lines) + "\r\n").encode()))
+    dataset = load_ir_dataset(path, keep_instruction=True)
+    assert dataset.to_list() == [
+        {"query": r["query"], "positives": r["pos"], "negatives": r["neg"], "instruction": "Represent: "}
+        for r in records
+    ]
+    assert len(load_ir_dataset(path, max_records=7)) == 7
+    # A broken record far into the file: the error names its physical line (blank lines counted) and the field.
+    bad_line = len(lines) - 3
+    broken = lines[: bad_line - 1] + [json.dumps({"query": "q", "pos": ["p", "  "]})] + lines[bad_line - 1 :]
+    path = write_text(tmp_path / "broken.jsonl", "\n".join(broken) + "\n")
+    with pytest.raises(DataFormatError, match="item 1 must be a non-empty string") as excinfo:
+        load_ir_dataset(path)
+    assert_error(excinfo, path, bad_line, "pos")
+    # max_records stops before the broken record, as the line-by-line reader does.
+    kept = sum(1 for line in broken[: bad_line - 1] if line.strip())
+    assert len(load_ir_dataset(path, max_records=kept)) == kept
+
+
+def test_arrow_sts_readers_match_the_pairs(tmp_path, monkeypatch):
+    from hf_codiemb import data
+
+    monkeypatch.setattr(data, "_ARROW_CHUNK_BYTES", 64)
+    rows = [(f"sentence {i}", f"other {i}", (i * 7) % 11 / 2) for i in range(40)]
+    tsv = write_text(tmp_path / "s.tsv", "s1\ts2\tscore\n" + "".join(f"{a}\t{b}\t {s} \n" for a, b, s in rows))
+    expected = [{"sentence1": a, "sentence2": b, "score": float(s)} for a, b, s in rows]
+    assert load_sts_dataset(tsv).to_list() == expected
+    stsb = write_text(tmp_path / "stsb.tsv", "".join(f"train\tg\td\ty\t{i}\t{s}\t{a}\t{b}\textra\r\n"
+                                                      for i, (a, b, s) in enumerate(rows)))  # fmt: skip
+    assert load_sts_dataset(stsb).to_list() == expected
+    unified = write_jsonl(tmp_path / "sts.jsonl", [
+        {"task": "STS", "query": "a", "positives": ["b", "c"], "positive_scores": [1, 2.5], "negatives": ["d"],
+         "negative_scores": [0]},
+        {"query": "e", "positives": ["f"], "positive_scores": [5], "negatives": [], "negative_scores": [9]},
+    ])  # fmt: skip
+    assert load_sts_dataset(unified, max_records=4).to_list() == [
+        {"sentence1": "a", "sentence2": "b", "score": 1.0},
+        {"sentence1": "a", "sentence2": "c", "score": 2.5},
+        {"sentence1": "a", "sentence2": "d", "score": 0.0},
+        {"sentence1": "e", "sentence2": "f", "score": 5.0},
+    ]
+    # A header-like line after line 1 is a record, and its score is not a number.
+    late_header = write_text(tmp_path / "late.tsv", "a\tb\t1\n" * 30 + "s1\ts2\tscore\n")
+    with pytest.raises(DataFormatError, match="must be a number, got 'score'") as excinfo:
+        load_sts_dataset(late_header)
+    assert_error(excinfo, late_header, 31, "score")
+
+
+def test_input_only_the_line_by_line_reader_accepts_is_loaded_with_a_warning(tmp_path, caplog):
+    # Python's float() reads '1_5' (15.0); Arrow does not: the line-by-line reader loads the file, and says so.
+    path = write_text(tmp_path / "s.tsv", "a\tb\t1\nc\td\t1_5\n")
+    with caplog.at_level(logging.WARNING, logger="hf_codiemb.data"):
+        dataset = load_sts_dataset(path, score_range=None)
+    assert dataset["score"] == [1.0, 15.0]
+    warnings = [r.getMessage() for r in caplog.records if "line by line" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{path}: valid, but read line by line")
+
+
+def test_arrow_suspicious_counts_equal_the_python_counts(tmp_path, caplog):
+    from hf_codiemb.data import suspicious_record_counts
+
+    records = [
+        {"query": "q", "positives": ["p"], "negatives": ["n"]},
+        {"query": "q", "positives": ["p"], "negatives": ["n"]},
+        {"query": "q", "positives": ["p"], "negatives": ["n", "m"]},
+        {"query": "q", "positives": ["q", "p"], "negatives": ["p"]},
+        {"query": "r", "positives": ["a", "b"], "negatives": ["c", "r", "b"]},
+        {"query": "s", "positives": ["ab"], "negatives": ["a", "b"]},
+        {"query": "s", "positives": ["a", "b"], "negatives": ["ab"]},
+    ]
+    path = write_jsonl(tmp_path / "ir.jsonl", records)
+    with caplog.at_level(logging.WARNING, logger="hf_codiemb.data"):
+        load_ir_dataset(path)
+    expected = suspicious_record_counts(records, "ir")
+    assert expected == {"records": 7, "duplicates": 1, "query_is_positive": 1, "query_is_negative": 1,
+                        "positive_is_negative": 2}  # fmt: skip
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == (f"{path}: suspicious data in 7 records: 1 duplicated record(s); 1 record(s) with the query "
+                       "equal to one of its positives; 1 record(s) with the query equal to one of its negatives; "
+                       "2 record(s) with a text that is both a positive and a negative")  # fmt: skip
