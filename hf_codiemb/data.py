@@ -21,6 +21,13 @@ Accepted inputs:
 Every record is validated; a record that breaks the format raises :class:`DataFormatError` naming the
 source, the 1-based line (or row) and the field.
 
+Files are read in Arrow: pyarrow parses them in chunks, each chunk is validated and normalised with vectorised Arrow
+compute, and a ``datasets`` builder writes the result into the datasets cache (``HF_DATASETS_CACHE``, or
+``cache_dir``), keyed by the file's path, size and modification time and the loader's options. The dataset is
+memory-mapped from there, and loading the same file again (a second run, the other ranks of a DDP job) reuses it.
+When the Arrow reader refuses a file, the line-by-line reader reads it to report the first broken record with its
+line and field (and loads it, with a warning, when only the Arrow reader refused it).
+
 Files are read as UTF-8 (a byte order mark is skipped); gzip-compressed files are decompressed on the fly, whatever
 their suffix. Loaded data that is valid but probably wrong (duplicated records, a query equal to one of its
 passages, all-equal STS scores) is logged once per file by :func:`warn_suspicious_records`.
