@@ -611,3 +611,13 @@ def test_staging_folder_of_a_running_fusion_is_left_alone(tmp_path, caplog):
     delta_fuse(base, [checkpoint], tmp_path / "fused", show_progress=False)
     assert busy.is_dir() and (tmp_path / "fused/model.safetensors").is_file()
     assert str(busy) in caplog.text and "left alone" in caplog.text
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    base = tiny_hf_model(tmp_path / "base")
+    checkpoint = perturbed_copy(base, tmp_path / "ck", seed=1)
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(FusionError, match=r"checkpoint 1 \(.*ck\): .*ck/model.safetensors is not a valid safetensors"):
+        delta_fuse(base, [checkpoint], tmp_path / "out", show_progress=False)
+    _assert_nothing_written(tmp_path / "out")

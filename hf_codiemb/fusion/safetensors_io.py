@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,19 @@ class TensorInfo:
 
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
-    """Tensor names, dtypes and shapes of one safetensors file, without reading any data."""
-    with safe_open(str(path), framework="pt") as handle:  # validates the header against the file size
-        names = list(handle.keys())
-    with open(path, "rb") as file:
-        (length,) = struct.unpack("<Q", file.read(8))
-        header = json.loads(file.read(length))
+    """Tensor names, dtypes, shapes and byte offsets of one safetensors file, without reading any data.
+
+    Raises:
+        ValueError: the file is truncated or not a safetensors file (the message names it).
+    """
+    try:
+        with safe_open(str(path), framework="pt") as handle:  # validates the header against the file size
+            names = list(handle.keys())
+        with open(path, "rb") as file:
+            (length,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(length))
+    except Exception as exc:  # safetensors raises its own SafetensorError (truncated, corrupt header)
+        raise ValueError(f"{path} is not a valid safetensors file (truncated or corrupt?): {exc}") from exc
     start = 8 + length
     infos = {}
     for name in names:
@@ -126,6 +134,7 @@ class LazyReader:
 
     def __init__(self) -> None:
         self._files: dict[Path, int] = {}
+        self._lock = threading.Lock()  # reads may come from several threads; positioned reads need no more
 
     def __enter__(self) -> LazyReader:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
@@ -135,9 +144,10 @@ class LazyReader:
 
     def close(self) -> None:
         """Close every file opened so far."""
-        for descriptor in self._files.values():
-            os.close(descriptor)
-        self._files.clear()
+        with self._lock:
+            for descriptor in self._files.values():
+                os.close(descriptor)
+            self._files.clear()
 
     def read(
         self,
@@ -173,7 +183,10 @@ class LazyReader:
     def _read_into(self, path: Path, target: torch.Tensor, offset: int, name: str) -> None:
         descriptor = self._files.get(path)
         if descriptor is None:
-            descriptor = self._files[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            with self._lock:
+                descriptor = self._files.get(path)
+                if descriptor is None:
+                    descriptor = self._files[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         view = memoryview(target.view(torch.uint8).numpy())
         done = 0
         while done < len(view):

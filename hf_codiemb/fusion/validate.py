@@ -24,10 +24,13 @@ def _architecture(folder: Path) -> tuple[str | None, tuple[str, ...]] | None:
 
 def model_weight_groups(model: ResolvedModel) -> dict[str, dict[str, TensorInfo]]:
     """Weight groups of a resolved input (a merged LoRA adds the other modules' weights from its template)."""
-    groups = weight_groups(model.path)
-    if model.is_lora and model.template != model.path:
-        for key, infos in weight_groups(model.template).items():
-            groups.setdefault(key, infos)
+    try:
+        groups = weight_groups(model.path)
+        if model.is_lora and model.template != model.path:
+            for key, infos in weight_groups(model.template).items():
+                groups.setdefault(key, infos)
+    except (ValueError, OSError) as exc:
+        raise FusionError(f"The {model.label}: {exc}") from exc
     if not groups:
         pickled = sorted(p.name for p in model.path.glob("*.bin")) + sorted(p.name for p in model.path.glob("*.pt"))
         hint = f" (found {', '.join(pickled)}: convert them to safetensors; pickle files are never loaded)" if pickled else ""
