@@ -817,6 +817,9 @@ def _any_true(mask: pa.Array | pa.ChunkedArray) -> bool:
     return bool(pc.any(mask).as_py())
 
 
+_WHITESPACE_CHARS = pa.array(list(_PY_WHITESPACE))
+
+
 def _is_blank(texts: pa.Array) -> pa.Array:
     """Whether each string is empty once ``str.strip()`` has removed its whitespace."""
     return pc.equal(pc.binary_length(pc.utf8_trim(texts, _PY_WHITESPACE)), 0)
@@ -825,7 +828,12 @@ def _is_blank(texts: pa.Array) -> pa.Array:
 def _check_texts(texts: pa.Array, what: str) -> None:
     """Reject null items and items that ``str.strip()`` would empty."""
     _reject_if(texts.null_count > 0, f"{what}: a missing text")
-    _reject_if(_any_true(_is_blank(texts)), f"{what}: an empty text")
+    # Only an empty string or one that starts with whitespace can be blank: trim those only.
+    candidates = pc.or_(
+        pc.equal(pc.binary_length(texts), 0), pc.is_in(pc.utf8_slice_codeunits(texts, 0, 1), _WHITESPACE_CHARS)
+    )
+    if _any_true(candidates):
+        _reject_if(_any_true(_is_blank(pc.filter(texts, candidates))), f"{what}: an empty text")
 
 
 def _check_task_column(tasks: pa.Array, task: str) -> None:
@@ -868,10 +876,17 @@ def _row_hashes(parts: list[pa.Array]) -> pa.Array:
 
 def _rows_with_match(texts: pa.Array, values: pa.Array, num_rows: int) -> np.ndarray:
     """Boolean mask of the rows of which one item of ``texts`` (a list column) equals the row's ``values``."""
-    parents = pc.list_parent_indices(texts)
-    equal = pc.equal(pc.list_flatten(texts), pc.take(values, parents))
     mask = np.zeros(num_rows, dtype=bool)
-    mask[parents.to_numpy()[equal.to_numpy(zero_copy_only=False)]] = True
+    parents = pc.list_parent_indices(texts).to_numpy()
+    flat = pc.list_flatten(texts)
+    # Compare the texts only where the byte lengths are equal (rare): lengths are cheap.
+    lengths = pc.binary_length(flat).to_numpy(zero_copy_only=False)
+    value_lengths = pc.binary_length(values).to_numpy(zero_copy_only=False)
+    same_length = np.flatnonzero(lengths == value_lengths[parents])
+    if len(same_length):
+        candidates = pa.array(same_length)
+        equal = pc.equal(pc.take(flat, candidates), pc.take(values, pa.array(parents[same_length])))
+        mask[parents[same_length][equal.to_numpy(zero_copy_only=False)]] = True
     return mask
 
 
@@ -883,12 +898,21 @@ def _rows_sharing_a_text(first: pa.Array, second: pa.Array, num_rows: int) -> np
         return parents, pc.binary_join_element_wise(pc.cast(parents, pa.string()), pc.list_flatten(texts), "\x1f")
 
     mask = np.zeros(num_rows, dtype=bool)
-    if not _any_true(pc.is_in(pc.list_flatten(second), value_set=pc.list_flatten(first))):
-        return mask  # no text of ``second`` is in ``first`` in any row (the usual case): no need for row keys
-    _, first_keys = keyed(first)
-    second_parents, second_keys = keyed(second)
+
+    def length_keys(texts: pa.Array) -> pa.Array:  # (row, byte length) of every item, as one int64
+        parents = pc.list_parent_indices(texts).to_numpy().astype(np.int64)
+        return pa.array(parents << 32 | pc.binary_length(pc.list_flatten(texts)).to_numpy(zero_copy_only=False))
+
+    second_keys = length_keys(second)
+    same_length = pc.is_in(second_keys, value_set=length_keys(first)).to_numpy(zero_copy_only=False)
+    if not same_length.any():
+        return mask  # no row has a text in both lists with the same byte length (the usual case)
+    # Compare the texts of the rows with such a pair only.
+    rows = np.unique(pc.list_parent_indices(second).to_numpy()[same_length])
+    _, first_keys = keyed(pc.take(first, pa.array(rows)))
+    second_parents, second_keys = keyed(pc.take(second, pa.array(rows)))
     found = pc.is_in(second_keys, value_set=first_keys).to_numpy(zero_copy_only=False)
-    mask[second_parents.to_numpy()[found]] = True
+    mask[rows[second_parents.to_numpy()[found]]] = True
     return mask
 
 
@@ -1070,10 +1094,11 @@ class CodiembDataFile(datasets.ArrowBasedBuilder):
             else:
                 parsed = _read_json_chunk(chunk, parse_options)
                 parsed.validate(full=True)  # the JSON reader does not check that strings are UTF-8
+                batches = parsed.combine_chunks().to_batches()  # one batch: fewer, larger compute calls
                 if config.task == "ir":
-                    tables = [_ir_table_from_batch(batch, config.record_format) for batch in parsed.to_batches()]
+                    tables = [_ir_table_from_batch(batch, config.record_format) for batch in batches]
                 else:
-                    tables = [_sts_table_from_unified_batch(batch, score_range) for batch in parsed.to_batches()]
+                    tables = [_sts_table_from_unified_batch(batch, score_range) for batch in batches]
                 table = pa.concat_tables(tables) if tables else _ARROW_SCHEMAS[config.task].empty_table()
             if remaining is not None and table.num_rows >= remaining:
                 yield index, table.slice(0, remaining)
