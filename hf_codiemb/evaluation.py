@@ -31,6 +31,8 @@ from sentence_transformers.sentence_transformer.evaluation import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ExcludingInformationRetrievalEvaluator",
+    "PromptedEmbeddingSimilarityEvaluator",
     "alignment",
     "anisotropy",
     "build_ir_evaluator",
@@ -58,8 +60,32 @@ IR_RECALL_AT_K = 100
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _PromptedEmbeddingSimilarityEvaluator(EmbeddingSimilarityEvaluator):
-    """``EmbeddingSimilarityEvaluator`` that encodes both sides with one prompt (e.g. e5's ``"query: "``)."""
+class PromptedEmbeddingSimilarityEvaluator(EmbeddingSimilarityEvaluator):
+    """
+    sentence-transformers' ``EmbeddingSimilarityEvaluator`` that encodes both sentences with one prompt.
+
+    STS is symmetric, so both sides get the same prompt: e5's ``"query: "``, or the task instruction a CoDiEmb
+    run trained the STS data with. sentence-transformers 6.2's evaluator takes no prompt argument (its
+    ``InformationRetrievalEvaluator`` does). Model cards show it as "Semantic Similarity", with its prompt.
+
+    Args:
+        *args: Passed on to ``EmbeddingSimilarityEvaluator`` (``sentences1``, ``sentences2``, ``scores``, ...).
+        prompt: A literal prompt prepended to both sentences.
+        prompt_name: The name of a prompt stored in the model (``model.prompts``), used instead of ``prompt``.
+        **kwargs: Passed on to ``EmbeddingSimilarityEvaluator``.
+
+    Example:
+        ::
+
+            from sentence_transformers import SentenceTransformer
+            from hf_codiemb.evaluation import PromptedEmbeddingSimilarityEvaluator
+
+            model = SentenceTransformer("intfloat/multilingual-e5-small")
+            evaluator = PromptedEmbeddingSimilarityEvaluator(
+                ["A man is eating."], ["A man eats food."], [4.8], name="sts_dev", prompt="query: "
+            )
+            results = evaluator(model)
+    """
 
     def __init__(self, *args: Any, prompt: str | None = None, prompt_name: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -72,6 +98,14 @@ class _PromptedEmbeddingSimilarityEvaluator(EmbeddingSimilarityEvaluator):
         if self.prompt_name is not None:
             kwargs.setdefault("prompt_name", self.prompt_name)
         return super().embed_inputs(model, sentences, **kwargs)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """The parent's configuration plus the prompt, for the model card."""
+        config = super().get_config_dict()
+        for key in ("prompt", "prompt_name"):
+            if getattr(self, key) is not None:
+                config[key] = getattr(self, key)
+        return config
 
 
 def _sts_columns(data: Any) -> tuple[list[str], list[str], list[float]]:
@@ -98,7 +132,7 @@ def build_sts_evaluator(
 ) -> EmbeddingSimilarityEvaluator:
     """An ``EmbeddingSimilarityEvaluator`` (cosine) for an STS set, usable as the trainer's evaluator."""
     sentences1, sentences2, scores = _sts_columns(dataset_or_pairs)
-    return _PromptedEmbeddingSimilarityEvaluator(
+    return PromptedEmbeddingSimilarityEvaluator(
         sentences1,
         sentences2,
         scores,
@@ -119,6 +153,8 @@ def evaluate_sts(
     batch_size: int = 32,
     prompt: str | None = None,
     prompt_name: str | None = None,
+    epoch: float = -1,
+    steps: int = -1,
 ) -> dict[str, float]:
     """Spearman (and Pearson) correlation between cosine similarities and gold scores.
 
@@ -128,6 +164,8 @@ def evaluate_sts(
             iterable of ``(sentence1, sentence2, score)`` triples.
         name: the set's name (used in logs).
         prompt / prompt_name: a prompt for both sides (STS is symmetric; e5 models use ``"query: "``).
+        epoch / steps: when the evaluation happens (``0``/``0``: before training; ``-1``: after it); the model card
+            data (``model.model_card_data``) records the metrics at this point of its training logs.
 
     Returns:
         ``{"spearman_cosine", "pearson_cosine", "num_pairs"}``.
@@ -135,7 +173,7 @@ def evaluate_sts(
     evaluator = build_sts_evaluator(
         dataset_or_pairs, name, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name
     )
-    metrics = evaluator(model)
+    metrics = evaluator(model, epoch=epoch, steps=steps)
     prefix = f"{name}_" if name else ""
     return {
         "spearman_cosine": float(metrics[f"{prefix}spearman_cosine"]),
@@ -149,16 +187,49 @@ def evaluate_sts(
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _ExcludingInformationRetrievalEvaluator(InformationRetrievalEvaluator):
-    """``InformationRetrievalEvaluator`` that ignores given (query, document) hits, as BEIR ignores identical ids.
+class ExcludingInformationRetrievalEvaluator(InformationRetrievalEvaluator):
+    """
+    sentence-transformers' ``InformationRetrievalEvaluator`` that ignores given (query, document) hits, as BEIR
+    ignores a document whose id equals the query's.
 
-    Excluded documents neither count as hits nor take a rank. Retrieval goes deep enough that every cutoff
-    still sees ``k`` candidates after the exclusions.
+    Excluded documents neither count as hits nor take a rank. Retrieval goes deep enough that every cutoff still
+    sees ``k`` candidates after the exclusions. Needed for IR tasks built from STS pairs, whose corpus holds the
+    query sentences themselves. Without exclusions it computes exactly the parent's metrics. Model cards show it
+    as "Information Retrieval" (task type ``information-retrieval``).
+
+    Args:
+        *args: Passed on to ``InformationRetrievalEvaluator`` (``queries``, ``corpus``, ``relevant_docs``, ...).
+        excluded: ``{query_id: {corpus_id, ...}}``, the documents never ranked for that query.
+        **kwargs: Passed on to ``InformationRetrievalEvaluator``.
+
+    Example:
+        ::
+
+            from hf_codiemb.evaluation import ExcludingInformationRetrievalEvaluator
+
+            evaluator = ExcludingInformationRetrievalEvaluator(
+                queries={"q1": "a cat sits"},
+                corpus={"q1-copy": "a cat sits", "d1": "a kitten is sitting", "d2": "stocks fell"},
+                relevant_docs={"q1": {"d1"}},
+                excluded={"q1": {"q1-copy"}},
+                name="paraphrase_ir",
+            )
     """
 
     def __init__(self, *args: Any, excluded: Mapping[str, set[str]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.excluded = {qid: set(cids) for qid, cids in (excluded or {}).items() if cids}
+
+    @property
+    def description(self) -> str:
+        return "Information Retrieval"
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """The parent's configuration plus how many (query, document) pairs are excluded, for the model card."""
+        config = super().get_config_dict()
+        if self.excluded:
+            config["excluded_pairs"] = sum(len(cids) for cids in self.excluded.values())
+        return config
 
     def compute_all_metrics(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         padding = max((len(cids) for cids in self.excluded.values()), default=0)
@@ -218,7 +289,7 @@ def build_ir_evaluator(
     if missing:
         raise ValueError(f"IR set {name!r}: relevant documents missing from the corpus: {sorted(missing)[:5]}")
     excluded = _identical_text_exclusions(queries, corpus, relevant) if ignore_identical_text else {}
-    return _ExcludingInformationRetrievalEvaluator(
+    return ExcludingInformationRetrievalEvaluator(
         queries=dict(queries),
         corpus=dict(corpus),
         relevant_docs={qid: set(cids) for qid, cids in relevant.items()},
@@ -251,6 +322,8 @@ def evaluate_ir(
     corpus_prompt_name: str | None = None,
     ignore_identical_text: bool = True,
     batch_size: int = 32,
+    epoch: float = -1,
+    steps: int = -1,
 ) -> dict[str, float]:
     """Retrieval quality of ``model`` on one IR set (binary relevance, the model's similarity function).
 
@@ -264,6 +337,7 @@ def evaluate_ir(
         ignore_identical_text: do not rank a corpus document whose text equals the query's (unless it is
             relevant), as BEIR ignores identical query/document ids; needed for STS-derived tasks, whose corpus
             holds the query sentences themselves.
+        epoch / steps: when the evaluation happens, for the model card data (see :func:`evaluate_sts`).
 
     Returns:
         ``{"ndcg@10", "mrr@10", "recall@100", "recall@10", "accuracy@1", "num_queries", "num_corpus"}``.
@@ -280,7 +354,7 @@ def evaluate_ir(
         ignore_identical_text=ignore_identical_text,
         batch_size=batch_size,
     )
-    metrics = evaluator(model)
+    metrics = evaluator(model, epoch=epoch, steps=steps)
     function = model.similarity_fn_name
     prefix = f"{name}_{function}_" if name else f"{function}_"
     return {
@@ -456,8 +530,13 @@ def evaluate_model(
     geometry_pairs: Sequence[tuple[str, str]] | None = None,
     sts_prompt: str | None = None,
     batch_size: int = 32,
+    epoch: float = -1,
+    steps: int = -1,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on every STS and IR set and measure its embedding geometry.
+
+    Every STS and IR evaluator stores its metrics in ``model.model_card_data`` (sentence-transformers'
+    ``store_metrics_in_model_card_data``), so a model saved afterwards has them in its card's Evaluation section.
 
     Args:
         sts_sets: ``{name: STS dataset or (s1, s2, score) triples}``, or ``{name: {"data": ..., "prompt": ...}}``
@@ -470,6 +549,7 @@ def evaluate_model(
             score range (only when ``geometry_texts`` is not given either).
         sts_prompt: a prompt used for STS sentences without a prompt of their own and for the geometry texts
             (e.g. ``"query: "`` for e5).
+        epoch / steps: when the evaluation happens, for the card's training logs (``0``/``0``: before training).
 
     Returns:
         ``{"sts": {name: metrics}, "ir": {name: metrics}, "geometry": metrics}``.
@@ -479,10 +559,14 @@ def evaluate_model(
     results: dict[str, Any] = {"sts": {}, "ir": {}, "geometry": {}}
     for name, spec in sts_sets.items():
         data, prompt = _sts_set_arguments(spec, sts_prompt)
-        results["sts"][name] = evaluate_sts(model, data, name, batch_size=batch_size, prompt=prompt)
+        results["sts"][name] = evaluate_sts(
+            model, data, name, batch_size=batch_size, prompt=prompt, epoch=epoch, steps=steps
+        )
         logger.info("STS %s: Spearman %.4f", name, results["sts"][name]["spearman_cosine"])
     for name, spec in ir_sets.items():
-        results["ir"][name] = evaluate_ir(model, name=name, batch_size=batch_size, **_ir_set_arguments(name, spec))
+        results["ir"][name] = evaluate_ir(
+            model, name=name, batch_size=batch_size, epoch=epoch, steps=steps, **_ir_set_arguments(name, spec)
+        )
         logger.info("IR %s: nDCG@10 %.4f", name, results["ir"][name][f"ndcg@{IR_NDCG_AT_K}"])
     if geometry_texts is None and sts_sets:
         geometry_texts, default_pairs = _default_geometry_inputs(sts_sets)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from sentence_transformers import SentenceTransformer
@@ -293,9 +296,30 @@ def load_model(args: ModelArguments, device: str | None = None) -> SentenceTrans
         set_pooling(model, args.pooling)
     if args.pooling_include_prompt is not None:
         set_pooling_include_prompt(model, args.pooling_include_prompt)
+    describe_base_model(model, args.model_name_or_path, path)
     if args.lora_r > 0:
         add_lora(model, args)
     return model
+
+
+def describe_base_model(model: SentenceTransformer, spec: str, path: str | Path) -> None:
+    """Name the model ``spec`` loaded (from folder ``path``) in its card: Hub id, public name, fusion lineage."""
+    from hf_codiemb.model_card import (
+        BASE_MODEL_NOTES,
+        fusion_lineage,
+        infer_base_model_id,
+        public_model_name,
+        use_codiemb_card_data,
+    )
+
+    card_data = use_codiemb_card_data(model)
+    model_id = infer_base_model_id(spec)
+    card_data.set_base_model_id(model_id)
+    card_data.codiemb.update(
+        base_model=public_model_name(spec),
+        base_model_note=BASE_MODEL_NOTES.get(spec),
+        fusion=fusion_lineage(path) if Path(path).is_dir() else None,
+    )
 
 
 def set_pooling(model: SentenceTransformer, pooling: str) -> None:
@@ -322,50 +346,255 @@ def set_pooling_include_prompt(model: SentenceTransformer, include_prompt: bool)
         module.include_prompt = include_prompt
 
 
-def add_lora(model: SentenceTransformer, args: ModelArguments) -> None:
-    """Add peft LoRA adapters; only they are trained and saved."""
+DEFAULT_LORA_TARGETS = ("query", "key", "value", "dense")
+
+
+def lora_config(args: ModelArguments):
+    """The peft ``LoraConfig`` that ``args`` describe (targets default to BERT's query/key/value/dense)."""
     from peft import LoraConfig, TaskType
 
-    targets = args.lora_target_modules or ["query", "key", "value", "dense"]
-    config = LoraConfig(
+    return LoraConfig(
         task_type=TaskType.FEATURE_EXTRACTION,
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
-        target_modules=targets,
+        target_modules=list(args.lora_target_modules or DEFAULT_LORA_TARGETS),
     )
+
+
+def add_lora(model: SentenceTransformer, args: ModelArguments) -> None:
+    """Add peft LoRA adapters; only they are trained and saved.
+
+    The saved ``adapter_config.json`` names the base by its Hub id (or, for a folder without one, by the folder's
+    name), never by a local path; :func:`load_lora_model` finds packaged/prepared bases offline.
+    """
+    from hf_codiemb.model_card import infer_base_model_id, public_model_name, use_codiemb_card_data
+
+    config = lora_config(args)
     model.add_adapter(config)
+    base_name = infer_base_model_id(args.model_name_or_path) or public_model_name(args.model_name_or_path)
+    for adapter_config in model.transformers_model.peft_config.values():
+        adapter_config.base_model_name_or_path = base_name
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    targets = sorted(config.target_modules)
     logger.info("LoRA r=%d on %s: %d of %d parameters trainable", args.lora_r, targets, trainable, total)
+    card_data = use_codiemb_card_data(model)
+    card_data.add_tags("lora")
+    card_data.codiemb["lora"] = {
+        "r": config.r,
+        "alpha": config.lora_alpha,
+        "dropout": config.lora_dropout,
+        "target_modules": targets,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "base": base_name,
+    }
 
 
-def merge_lora_folder(adapter_dir: str | Path, output_dir: str | Path) -> Path:
+def lora_plan(args: ModelArguments, model_path: str | Path) -> dict[str, Any]:
+    """The adapter set-up of a LoRA recipe, for a dry run: r, alpha, dropout, targets and the parameter counts.
+
+    The counts come from the model's architecture on the meta device (its config only, no weights read); when
+    ``model_path`` is not a local folder (a Hub id) only the configuration is reported.
+
+    Raises:
+        RecipeError: a target module matches no module of the model.
+    """
+    config = lora_config(args)
+    plan: dict[str, Any] = {
+        "r": config.r,
+        "alpha": config.lora_alpha,
+        "dropout": config.lora_dropout,
+        "target_modules": sorted(config.target_modules),
+    }
+    backbone_dir = _transformers_folder(Path(model_path)) if Path(model_path).is_dir() else None
+    if backbone_dir is None:
+        return plan
+    from accelerate import init_empty_weights
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModel
+
+    model_config = AutoConfig.from_pretrained(str(backbone_dir), trust_remote_code=args.trust_remote_code)
+    with init_empty_weights():
+        backbone = AutoModel.from_config(model_config, trust_remote_code=args.trust_remote_code)
+        try:
+            peft_model = get_peft_model(backbone, config)
+        except ValueError as error:
+            raise RecipeError(f"{error}".splitlines()[0], field="lora_target_modules") from None
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    plan.update(trainable_parameters=int(trainable), total_parameters=int(total))
+    return plan
+
+
+def _transformers_folder(folder: Path) -> Path | None:
+    """The folder of a sentence-transformers model that holds its transformers model (config.json), if any."""
+    candidates = [folder]
+    modules_file = folder / "modules.json"
+    if modules_file.is_file():
+        try:
+            modules = json.loads(modules_file.read_text(encoding="utf-8"))
+            candidates = [folder / module.get("path", "") for module in modules] + candidates
+        except (ValueError, TypeError, AttributeError):
+            pass
+    return next((candidate for candidate in candidates if _is_transformers_folder(candidate)), None)
+
+
+def lora_base_folder(adapter_dir: str | Path, base: str | None = None) -> str:
+    """Where the base model of a LoRA-trained folder is, here: a local transformers folder or a Hub id.
+
+    ``base`` (a model name as :func:`resolve_model_path` takes it) wins; otherwise the ``base_model_name_or_path``
+    of ``adapter_config.json``: an existing folder, the Hub id of a packaged/prepared model available here (found
+    offline), or a Hub id.
+
+    Raises:
+        ModelLoadError: the folder holds no adapter, or its base cannot be found (pass ``base``).
+    """
+    from hf_codiemb.model_card import KNOWN_BASE_MODEL_IDS
+
+    adapter_dir = Path(adapter_dir)
+    config_file = adapter_config_file(adapter_dir)
+    if base is not None:
+        folder = resolve_model_path(base)
+        return str(_transformers_folder(Path(folder)) or folder) if Path(folder).is_dir() else folder
+    declared = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+    if declared and Path(declared).is_dir():
+        return str(_transformers_folder(Path(declared)) or declared)
+    for spec, model_id in KNOWN_BASE_MODEL_IDS.items():
+        if model_id == declared:
+            try:
+                folder = resolve_model_path(spec, check_hub=False)
+            except ModelLoadError:
+                continue
+            return str(_transformers_folder(Path(folder)) or folder)
+    if declared and not _is_path_like(declared):
+        check_hub_model(declared)
+        return declared
+    raise ModelLoadError(
+        f"The LoRA folder {os.path.abspath(adapter_dir)} was trained on base {declared!r}, which is not available "
+        "here; name the base model (--base PATH_OR_ID)"
+    )
+
+
+def adapter_config_file(folder: str | Path) -> Path:
+    """The ``adapter_config.json`` of a LoRA-trained sentence-transformers folder (at its root or in a module folder).
+
+    Raises:
+        ModelLoadError: there is none.
+    """
+    folder = Path(folder)
+    found = [folder / "adapter_config.json"] if (folder / "adapter_config.json").is_file() else []
+    found += sorted(folder.glob("*/adapter_config.json"))
+    if not found:
+        raise ModelLoadError(
+            f"{os.path.abspath(folder)} holds no adapter_config.json: it is not a LoRA-trained model folder"
+        )
+    return found[0]
+
+
+def load_lora_model(adapter_dir: str | Path, base: str | None = None, device: str | None = None) -> SentenceTransformer:
+    """Load a LoRA-trained sentence-transformers folder with its base found by :func:`lora_base_folder`.
+
+    Raises:
+        ModelLoadError: the folder holds no adapter, or its base cannot be found.
+    """
+    import tempfile
+
+    adapter_dir = Path(adapter_dir)
+    base_folder = lora_base_folder(adapter_dir, base)
+    config_file = adapter_config_file(adapter_dir)
+    adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
+    if adapter_config.get("base_model_name_or_path") == base_folder:
+        return SentenceTransformer(str(adapter_dir), device=device)
+    adapter_config["base_model_name_or_path"] = base_folder
+    # The folder as it is (linked), but with an adapter_config.json that names the base found here.
+    with tempfile.TemporaryDirectory(prefix="codiemb-lora-") as view:
+        source, target = adapter_dir, Path(view)
+        for part in config_file.relative_to(adapter_dir).parts[:-1]:
+            _link_entries(source, target, skip=part)
+            source, target = source / part, target / part
+            target.mkdir()
+        _link_entries(source, target, skip=config_file.name)
+        (target / config_file.name).write_text(json.dumps(adapter_config), encoding="utf-8")
+        return SentenceTransformer(view, device=device)
+
+
+def _link_entries(source: Path, target: Path, skip: str) -> None:
+    """Link (or, where links are not possible, copy) every entry of ``source`` but ``skip`` into ``target``."""
+    for entry in source.iterdir():
+        if entry.name == skip:
+            continue
+        try:
+            os.symlink(entry.resolve(), target / entry.name)
+        except OSError:  # no symlinks on this file system
+            copy = shutil.copytree if entry.is_dir() else shutil.copy2
+            copy(entry, target / entry.name)
+
+
+def merge_lora_folder(adapter_dir: str | Path, output_dir: str | Path, base: str | None = None) -> Path:
     """Load a LoRA-trained sentence-transformers folder, merge the adapters into the weights and save a full model.
 
-    The output is written to a temporary sibling folder first and renamed, so a failure leaves nothing behind.
+    The base is found by :func:`lora_base_folder` (``base`` overrides the one ``adapter_config.json`` names). The
+    model card is the training run's, marked as merged (:func:`mark_card_merged`). The output is written to a
+    temporary sibling folder first and renamed, so a failure leaves nothing behind.
     """
-    import shutil
     import tempfile
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
-    if not (adapter_dir / "adapter_config.json").exists() and not any(adapter_dir.glob("*/adapter_config.json")):
-        raise ModelLoadError(
-            f"{os.path.abspath(adapter_dir)} holds no adapter_config.json: it is not a LoRA-trained model folder"
-        )
+    config_file = adapter_config_file(adapter_dir)
     if output_dir.exists():
         raise OutputExistsError(f"Output folder {os.path.abspath(output_dir)} exists; choose a new one")
-    model = SentenceTransformer(str(adapter_dir), device="cpu")
+    lora_settings = json.loads(config_file.read_text(encoding="utf-8"))
+    model = load_lora_model(adapter_dir, base=base, device="cpu")
     model[0].model = _merged_copy(model[0].model)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save(str(tmp))
+        mark_card_merged(tmp / "README.md", lora_settings)
         tmp.rename(output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output_dir
+
+
+_LORA_STATUS = re.compile(r"<!-- codiemb:lora-status -->.*?<!-- /codiemb:lora-status -->", re.DOTALL)
+
+
+def mark_card_merged(card_path: Path, lora_settings: dict[str, Any]) -> None:
+    """Say in the model card at ``card_path`` that the model was trained with LoRA and its adapters merged.
+
+    The card keeps its metadata (``base_model``, datasets, evaluation) and gains the tags ``lora`` and
+    ``merged-lora``; the CoDiEmb section's adapter note (or, in a card without one, a note under the title) says
+    the weights are full.
+    """
+    from huggingface_hub import ModelCard
+
+    base = lora_settings.get("base_model_name_or_path")
+    base = base if base and not os.path.isabs(str(base)) else None
+    note = (
+        f"Trained with LoRA (r = {lora_settings.get('r')}, alpha = {lora_settings.get('lora_alpha')}, target "
+        f"modules: {', '.join(sorted(lora_settings.get('target_modules') or []))})"
+        + (f" on `{base}`" if base else "")
+        + "; the adapters were merged into the base weights with `codiemb merge-lora`, so this folder holds a "
+        "full model."
+    )
+    if card_path.is_file():
+        card = ModelCard.load(card_path)
+    else:
+        card = ModelCard("---\n---\n# Merged LoRA model\n")
+    tags = list(card.data.tags or [])
+    card.data.tags = tags + [tag for tag in ("lora", "merged-lora") if tag not in tags]
+    marked = f"<!-- codiemb:lora-status -->{note}<!-- /codiemb:lora-status -->"
+    if _LORA_STATUS.search(card.text):
+        card.text = _LORA_STATUS.sub(lambda _: marked, card.text, count=1)
+    else:
+        lines = card.text.splitlines()
+        title = next((index for index, line in enumerate(lines) if line.startswith("# ")), -1)
+        lines.insert(title + 1, f"\n{marked}\n")
+        card.text = "\n".join(lines) + "\n"
+    card.save(card_path)
 
 
 def _merged_copy(backbone: torch.nn.Module) -> torch.nn.Module:

@@ -24,6 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_codiemb.collator import CoDiEmbDataCollator
 from hf_codiemb.errors import CoDiEmbUserError
+from hf_codiemb.model_card import describe_loss, use_codiemb_card_data
 from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
 from hf_codiemb.training_args import TASKS, CoDiEmbTrainingArguments
 
@@ -397,6 +398,29 @@ class _SamplerEpochCallback(TrainerCallback):
             collator.set_epoch(epoch, first_batch, num_processes=args.world_size, process_index=args.process_index)
 
 
+def _dataset_prompts(prompts: Any, dataset_name: str) -> dict[str, str]:
+    """The prompts a dataset is trained with, by column, from the ``prompts`` training argument."""
+    if isinstance(prompts, str):
+        return {"all columns": prompts}
+    if not isinstance(prompts, Mapping):
+        return {}
+    if isinstance(prompts.get(dataset_name), Mapping):
+        return dict(prompts[dataset_name])
+    if isinstance(prompts.get(dataset_name), str):
+        return {"all columns": prompts[dataset_name]}
+    return {column: prompt for column, prompt in prompts.items() if isinstance(prompt, str)}
+
+
+class _ModelCardCallback(TrainerCallback):
+    """Fills the CoDiEmb section of the model card once the sampler exists (at train begin), before any save."""
+
+    def __init__(self, trainer: CoDiEmbTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        self.trainer.update_model_card_data()
+
+
 class _NonFiniteUpdateCallback(TrainerCallback):
     """Drops the gradients of an optimizer update that contains a skipped non-finite batch (the update is skipped)."""
 
@@ -485,11 +509,69 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         self._loss_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self.nonfinite_batches_skipped: Counter[str] = Counter()
         self._skip_this_update = False
+        if model is not None:
+            use_codiemb_card_data(model)  # the card gets a CoDiEmb section (see update_model_card_data)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, loss=loss, **kwargs)
         if isinstance(self.loss, dict):  # loss factories are built by now
             check_loss_tasks(self.loss, self.dataset_tasks)
         self.add_callback(_SamplerEpochCallback(self))
         self.add_callback(_NonFiniteUpdateCallback(self))
+        self.add_callback(_ModelCardCallback(self))
+
+    def update_model_card_data(self) -> None:
+        """Fill the CoDiEmb section of the model card (``model.model_card_data.codiemb``).
+
+        Per dataset: task, examples, per-device and per-update batch size, updates per epoch (from the
+        task-balanced sampler, once built), its loss with weights and temperatures (:func:`describe_loss`) and its
+        prompts; and the run's updates per task, length, processes and task ratio. What the model loader put there
+        (base model, LoRA, fusion lineage) is kept.
+        """
+        card_data = use_codiemb_card_data(self.model)
+        args = self.args
+        per_update = args.world_size * args.gradient_accumulation_steps
+        sampler = self.task_batch_sampler
+        updates = {spec.name: blocks for spec, blocks in zip(sampler.specs, sampler.blocks_per_epoch)} if sampler else {}
+        rows = []
+        for name, dataset in (self.train_dataset or {}).items():
+            task = self.dataset_tasks.get(name)
+            loss = self.loss.get(name) if isinstance(self.loss, dict) else self.loss
+            batch_size = args.batch_size_for_task(task) if task in TASKS else None
+            rows.append(
+                {
+                    "name": name,
+                    "task": task,
+                    "records": len(dataset),
+                    "batch_size": batch_size,
+                    "global_batch_size": batch_size * per_update if batch_size else None,
+                    "updates_per_epoch": updates.get(name, ""),
+                    "loss": describe_loss(loss, args.num_negatives if task == "ir" else None) if loss is not None else "",
+                    "prompts": _dataset_prompts(args.prompts, name),
+                }
+            )
+        card_data.codiemb.update(
+            datasets=rows,
+            updates_per_task=sampler.updates_per_task() if sampler else {},
+            max_steps=self.state.max_steps if self.state is not None and self.state.max_steps > 0 else None,
+            epochs=args.num_train_epochs if args.max_steps <= 0 else None,
+            world_size=args.world_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            task_ratio=args.task_ratio if isinstance(args.task_ratio, dict) else None,
+            sampling_temperature=args.sampling_temperature,
+        )
+
+    def write_model_card(self, output_dir: str | os.PathLike[str]) -> Path:
+        """(Re)write ``output_dir/README.md`` from the model card data, e.g. after a final evaluation was recorded.
+
+        Uses sentence-transformers' card generation (its template with the CoDiEmb section).
+        """
+        from sentence_transformers.base.model_card import generate_model_card
+
+        self.update_model_card_data()
+        card_data = use_codiemb_card_data(self.model)
+        card_data.save_dir = str(output_dir)
+        path = Path(output_dir) / "README.md"
+        path.write_text(generate_model_card(self.model), encoding="utf-8")
+        return path
 
     # ----------------------------------------------------------------------------------------------------- set-up
     @staticmethod

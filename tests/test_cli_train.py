@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
+from tiny_models import make_tiny_model
 
 from hf_codiemb.cli import main
-from tiny_models import make_tiny_model
+from hf_codiemb.models import load_lora_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "recipes" / "default" / "config.yaml"
@@ -68,16 +69,16 @@ def test_lora_run_saves_only_the_adapter_and_merge_lora_matches(tmp_path):
     run = tmp_path / "lora_run"
     assert (run / "adapter_model.safetensors").exists()
     assert not (run / "model.safetensors").exists()
-    adapter_model = SentenceTransformer(str(run), device="cpu")
+    adapter_model = load_lora_model(run, base=str(base), device="cpu")
     texts = ["how do I bake bread", "a dog runs in the park", "stock markets fell today"]
     adapted = adapter_model.encode(texts, convert_to_tensor=True)
     plain = SentenceTransformer(str(base), device="cpu").encode(texts, convert_to_tensor=True)
     assert (adapted - plain).abs().max() > 1e-4  # the adapter was trained
-    assert main(["merge-lora", str(run), str(tmp_path / "merged")]) == 0
+    assert main(["merge-lora", str(run), str(tmp_path / "merged"), "--base", str(base)]) == 0
     merged = SentenceTransformer(str(tmp_path / "merged"), device="cpu")
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     torch.testing.assert_close(merged.encode(texts, convert_to_tensor=True), adapted, atol=1e-5, rtol=0)
-    assert main(["merge-lora", str(run), str(tmp_path / "merged")]) == 2  # the output exists: a user error
+    assert main(["merge-lora", str(run), str(tmp_path / "merged"), "--base", str(base)]) == 2  # the output exists
 
 
 @pytest.mark.slow

@@ -19,13 +19,17 @@ HELP = "Train a unified IR + STS embedding model from a YAML recipe (flags overr
 def dry_run(model_args, data_args, training_args) -> int:
     """Validate a recipe without loading weights: model path, data, sampler plan; fail wherever the run would.
 
+    Prints the plan as JSON: the model and its Hub id, the datasets, the updates per task and epoch, and for a LoRA
+    recipe the adapter set-up (r, alpha, dropout, target modules, trainable parameters counted on the meta device).
+
     The model is checked by :func:`hf_codiemb.models.resolve_model_path` (the real run's own check: folder, weights
     headers, Hub id offline/unreachable), the data by the loaders and the trainer's own
     :func:`~hf_codiemb.trainer.validate_training_dataset`, the batch plan by the trainer's sampler.
     """
     from transformers import AutoConfig
 
-    from hf_codiemb.models import resolve_model_path
+    from hf_codiemb.model_card import infer_base_model_id
+    from hf_codiemb.models import lora_plan, resolve_model_path
     from hf_codiemb.pipeline import load_eval_sets, load_training_data
     from hf_codiemb.trainer import build_task_sampler, validate_training_dataset
 
@@ -40,10 +44,13 @@ def dry_run(model_args, data_args, training_args) -> int:
     load_eval_sets(data_args, model_args)
     plan = {
         "model": path,
+        "base_model_id": infer_base_model_id(model_args.model_name_or_path),
         "datasets": {n: {"task": tasks[n], "records": len(d)} for n, d in datasets.items()},
         "updates_per_epoch": sampler.updates_per_task(),
         "world_size": training_args.world_size,
     }
+    if model_args.lora_r > 0:
+        plan["lora"] = lora_plan(model_args, path)
     sys.stdout.write(json.dumps(plan, indent=2) + "\n")
     return 0
 
@@ -53,7 +60,8 @@ def run(argv: list[str]) -> int:
     from sentence_transformers import SentenceTransformer
 
     from hf_codiemb.evaluation import evaluate_model, format_before_after_table, write_results
-    from hf_codiemb.models import load_model
+    from hf_codiemb.model_card import record_final_evaluation
+    from hf_codiemb.models import load_lora_model, load_model
     from hf_codiemb.pipeline import load_eval_sets, load_training_data, training_prompts
     from hf_codiemb.recipe import parse_recipe
     from hf_codiemb.trainer import CoDiEmbTrainer, prepare_output_dir
@@ -78,7 +86,9 @@ def run(argv: list[str]) -> int:
     # Under torchrun / accelerate launch every rank runs this script: evaluate (and later save results) once.
     if (sts_sets or ir_sets) and data_args.evaluate_before and training_args.process_index == 0:
         logger.info("Evaluating before training")
-        before = evaluate_model(model, sts_sets, ir_sets, sts_prompt=sts_prompt)
+        before = evaluate_model(model, sts_sets, ir_sets, sts_prompt=sts_prompt, epoch=0, steps=0)
+        # The card's Evaluation section is for the final model; the before scores stay in its training logs (step 0).
+        model.model_card_data.eval_results_dict = {}
     trainer = CoDiEmbTrainer(model=model, args=training_args, train_dataset=datasets)
     trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(output_dir))
@@ -86,8 +96,17 @@ def run(argv: list[str]) -> int:
         return 0
     if sts_sets or ir_sets:
         logger.info("Evaluating after training")
-        after = evaluate_model(SentenceTransformer(str(output_dir)), sts_sets, ir_sets, sts_prompt=sts_prompt)
+        if model_args.lora_r > 0:
+            saved = load_lora_model(output_dir, base=model_args.model_name_or_path)
+        else:
+            saved = SentenceTransformer(str(output_dir))
+        after = evaluate_model(
+            saved, sts_sets, ir_sets, sts_prompt=sts_prompt, epoch=trainer.state.epoch, steps=trainer.state.global_step
+        )
         write_results(after, output_dir)
+        # The saved model's card shows these scores (the same as eval_results.json).
+        record_final_evaluation(trainer.model.model_card_data, saved.model_card_data)
+        trainer.write_model_card(output_dir)
         if before is not None:
             (output_dir / "eval_before.json").write_text(json.dumps(before, indent=2, default=float))
             table = format_before_after_table(before, after)
