@@ -44,39 +44,64 @@ def tiny_encoder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def mined_beir(tmp_path_factory, tiny_encoder):
-    """``recipe -> overrides``: each ``ir_train_beir`` entry of a recipe with its mined-negatives file replaced by
-    one mined here with the tiny encoder, so the recipe runs without `codiemb mine` first. To stay fast it mines
-    for the split's first 40 queries over their positives and 200 other documents of the corpus."""
+    """``(recipe, small_eval) -> overrides`` for a recipe's BEIR entries, so that it runs without `codiemb mine`
+    first and stays fast: each mined-negatives file is replaced by one mined here with the tiny encoder over a
+    small copy of the BEIR folder (the first 40 queries of each split, their judged documents and 200 others);
+    with ``small_eval`` the recipe trains and evaluates on that copy too (SciFact's whole corpus takes minutes
+    to encode on a busy CPU)."""
     from sentence_transformers import SentenceTransformer
 
-    from hf_codiemb.beir import BeirDataset, load_beir, mine_beir_hard_negatives, write_mining_output
+    from hf_codiemb.beir import load_beir, mine_beir_hard_negatives, write_mining_output
 
+    copies: dict[str, Path] = {}
     mined: dict[tuple[str, str], str] = {}
 
-    def overrides(recipe: Path) -> list[str]:
+    def small_copy(folder: str) -> Path:
+        if folder not in copies:
+            real, copy = REPO / folder, tmp_path_factory.mktemp("beir") / Path(folder).name
+            (copy / "qrels").mkdir(parents=True)
+            corpus_lines = (real / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+            keep_docs = {json.loads(line)["_id"] for line in corpus_lines[:200]}
+            keep_queries: set[str] = set()
+            for qrels in sorted((real / "qrels").glob("*.tsv")):
+                header, *rows = qrels.read_text(encoding="utf-8").splitlines()
+                first = set(list(dict.fromkeys(row.split("\t")[0] for row in rows))[:40])
+                rows = [row for row in rows if row.split("\t")[0] in first]
+                keep_queries |= first
+                keep_docs |= {row.split("\t")[1] for row in rows}
+                (copy / "qrels" / qrels.name).write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+            for name, keep in (("corpus.jsonl", keep_docs), ("queries.jsonl", keep_queries)):
+                lines = (real / name).read_text(encoding="utf-8").splitlines()
+                kept = [line for line in lines if json.loads(line)["_id"] in keep]
+                (copy / name).write_text("\n".join(kept) + "\n", encoding="utf-8")
+            copies[folder] = copy
+        return copies[folder]
+
+    def overrides(recipe: Path, small_eval: bool = False) -> list[str]:
         _, data_args, _, _ = parse_recipe(["--config", str(recipe), *CPU_OVERRIDES])
-        entries = []
+        train, evaluation = [], []
         for entry in data_args.ir_train_beir:
             spec = parse_beir_spec(entry)
-            if spec.negatives is not None and (spec.folder, spec.split) not in mined:
-                full = load_beir(REPO / spec.folder, spec.split)
-                relevant = dict(list(full.relevant().items())[:40])
-                doc_ids = list(full.corpus)[:200] + [cid for cids in relevant.values() for cid in cids]
-                dataset = BeirDataset(
-                    folder=full.folder, split=full.split, corpus={cid: full.corpus[cid] for cid in doc_ids},
-                    queries={qid: full.queries[qid] for qid in relevant}, qrels={qid: full.qrels[qid] for qid in relevant},
-                )  # fmt: skip
-                model = SentenceTransformer(str(tiny_encoder), device="cpu")
-                model.max_seq_length = 32
-                result = mine_beir_hard_negatives(
-                    model, dataset, num_negatives=4, range_min=2, range_max=20, relative_margin=None
-                )
-                output = tmp_path_factory.mktemp("mined") / f"{dataset.name}.jsonl"
-                write_mining_output(result, output)
-                mined[(spec.folder, spec.split)] = str(output)
-            negatives = mined.get((spec.folder, spec.split)) if spec.negatives is not None else None
-            entries.append(":".join([spec.folder, spec.split] + ([negatives] if negatives else [])))
-        return ["--ir_train_beir", *entries] if entries else []
+            negatives = None
+            if spec.negatives is not None:
+                if (spec.folder, spec.split) not in mined:
+                    dataset = load_beir(small_copy(spec.folder), spec.split)
+                    model = SentenceTransformer(str(tiny_encoder), device="cpu")
+                    model.max_seq_length = 32
+                    result = mine_beir_hard_negatives(
+                        model, dataset, num_negatives=4, range_min=2, range_max=20, relative_margin=None
+                    )
+                    output = tmp_path_factory.mktemp("mined") / f"{dataset.name}.jsonl"
+                    write_mining_output(result, output)
+                    mined[(spec.folder, spec.split)] = str(output)
+                negatives = mined[(spec.folder, spec.split)]  # query ids of the real split: valid for both
+            folder = str(small_copy(spec.folder)) if small_eval else spec.folder
+            train.append(":".join([folder, spec.split] + ([negatives] if negatives else [])))
+        if small_eval:
+            for entry in data_args.ir_eval_beir:
+                spec = parse_beir_spec(entry, allow_negatives=False)
+                evaluation.append(f"{small_copy(spec.folder)}:{spec.split}")
+        return (["--ir_train_beir", *train] if train else []) + (["--ir_eval_beir", *evaluation] if evaluation else [])
 
     return overrides
 
@@ -122,7 +147,7 @@ def test_recipe_trains_two_steps_on_a_tiny_encoder(recipe, tmp_path, monkeypatch
         ["train", "--config", str(recipe), "--model_name_or_path", str(tiny_encoder), "--torch_dtype", "float32",
          "--trust_remote_code", "false", "--max_seq_length", "32", "--max_steps", "2", "--max_train_records", "200",
          "--max_eval_records", "20", "--evaluate_before", "false", "--output_dir", str(out), "--report_to", "none",
-         "--save_strategy", "no", "--logging_steps", "1", *CPU_OVERRIDES, *mined_beir(recipe)]
+         "--save_strategy", "no", "--logging_steps", "1", *CPU_OVERRIDES, *mined_beir(recipe, small_eval=True)]
     )  # fmt: skip
     assert code == 0
     assert (out / "model.safetensors").is_file() and (out / "eval_results.json").is_file()
