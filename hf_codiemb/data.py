@@ -1153,8 +1153,9 @@ def _read_with_arrow(
     return dataset
 
 
-# What the Arrow reader raises on input it cannot vouch for (anything else is a bug and is raised).
-_ARROW_REFUSALS = (_ArrowReadRejected, pa.ArrowException, UnicodeError, EOFError, zlib.error, gzip.BadGzipFile)
+# What the Arrow reader raises on input it cannot vouch for, or when the cache cannot be written (OSError: a
+# read-only or full disk); anything else is a bug and is raised.
+_ARROW_REFUSALS = (_ArrowReadRejected, pa.ArrowException, UnicodeError, EOFError, zlib.error, OSError)
 
 
 def _try_arrow(read: Callable[[], Dataset], name: str) -> tuple[Dataset | None, str | None]:

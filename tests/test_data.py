@@ -656,3 +656,12 @@ def test_arrow_suspicious_counts_equal_the_python_counts(tmp_path, caplog):
     assert warning == (f"{path}: suspicious data in 7 records: 1 duplicated record(s); 1 record(s) with the query "
                        "equal to one of its positives; 1 record(s) with the query equal to one of its negatives; "
                        "2 record(s) with a text that is both a positive and a negative")  # fmt: skip
+
+
+def test_unwritable_cache_falls_back_to_the_line_by_line_reader(tmp_path, caplog):
+    cache = tmp_path / "cache_is_a_file"
+    cache.write_text("")
+    path = write_jsonl(tmp_path / "ir.jsonl", [IR_OK])
+    with caplog.at_level(logging.WARNING, logger="hf_codiemb.data"):
+        assert load_ir_dataset(path, cache_dir=cache)["query"] == ["q1"]
+    assert any("read line by line" in r.getMessage() for r in caplog.records)
