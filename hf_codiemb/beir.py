@@ -367,7 +367,8 @@ def load_mined_negatives(path: str | os.PathLike[str], dataset: BeirDataset) -> 
             raise DataFormatError(source, line, "negatives", "must be a list of non-empty strings")
         kept = [text for text in texts if text not in positives.get(query_id, set())]
         dropped += len(texts) - len(kept)
-        negatives.setdefault(query_id, []).extend(t for t in kept if t not in negatives.get(query_id, []))
+        merged = negatives.setdefault(query_id, [])
+        merged.extend(text for text in dict.fromkeys(kept) if text not in merged)
     if dropped:
         logger.warning("%s: dropped %d negatives that are relevant documents of their query", source, dropped)
     return negatives
