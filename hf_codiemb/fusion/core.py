@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_codiemb.fusion.card import load_eval_results, render_card
+from hf_codiemb.fusion.card import load_eval_results, public_names, render_card
 from hf_codiemb.fusion.errors import FusionError
 from hf_codiemb.fusion.inputs import ResolvedModel, resolve_model
 from hf_codiemb.fusion.output import (
@@ -24,6 +24,7 @@ from hf_codiemb.fusion.registry import FusionMethod, get_method
 from hf_codiemb.fusion.stats import WeightStatistics, preload_plotting
 from hf_codiemb.fusion.streaming import merge_weights
 from hf_codiemb.fusion.validate import FusionPlan, build_plan
+from hf_codiemb.model_card import public_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +199,9 @@ def _write_output(
     staging = create_staging(output_dir)
     try:
         labels = [model.spec for model in checkpoints]
-        statistics = WeightStatistics(labels)
+        # What the output folder publishes names inputs by Hub id or folder name, never by a local path.
+        public = public_names(labels)
+        statistics = WeightStatistics(public)
         preload_plotting()  # the weight plot's matplotlib import overlaps the tensor work
         # Labels aligned with a plan row: [reference (the base, else checkpoint 1), checkpoint 1, ..., checkpoint K].
         input_labels = [(base or checkpoints[0]).label, *(model.label for model in checkpoints)]
@@ -212,9 +215,9 @@ def _write_output(
         recipe = {
             "method": method.name,
             "parameters": method.parameters(),
-            "base": base.spec if base else None,
-            "checkpoints": labels,
-            "template": str(template),
+            "base": public_model_name(base.spec) if base else None,
+            "checkpoints": public,
+            "template": public_model_name(template),
         }
         (staging / "fusion_config.json").write_text(json.dumps(recipe, indent=2))
         card = render_card(
@@ -226,6 +229,8 @@ def _write_output(
             model_id=model_id,
             base_model_id=base_model_id,
             eval_results=eval_results,
+            base_folder=base.template if base else None,
+            checkpoint_folders=[model.template for model in checkpoints],
             stats_file="fusion_weights.json" if "fusion_weights.json" in files else None,
             plot_file="fusion_weights.png" if "fusion_weights.png" in files else None,
         )
