@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,16 +366,15 @@ def lora_config(args: ModelArguments):
 def add_lora(model: SentenceTransformer, args: ModelArguments) -> None:
     """Add peft LoRA adapters; only they are trained and saved.
 
-    The saved ``adapter_config.json`` names the base by its Hub id (or, for a folder without one, by the folder's
-    name), never by a local path; :func:`load_lora_model` finds packaged/prepared bases offline.
+    The card data records the base's public name (its Hub id, or for a folder without one the folder's name);
+    the trainer writes it into every saved ``adapter_config.json`` (:func:`publish_adapter_base`), never a local
+    path. :func:`load_lora_model` finds packaged/prepared bases offline.
     """
     from hf_codiemb.model_card import infer_base_model_id, public_model_name, use_codiemb_card_data
 
     config = lora_config(args)
     model.add_adapter(config)
     base_name = infer_base_model_id(args.model_name_or_path) or public_model_name(args.model_name_or_path)
-    for adapter_config in model.transformers_model.peft_config.values():
-        adapter_config.base_model_name_or_path = base_name
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     targets = sorted(config.target_modules)
@@ -416,7 +416,9 @@ def lora_plan(args: ModelArguments, model_path: str | Path) -> dict[str, Any]:
     from transformers import AutoConfig, AutoModel
 
     model_config = AutoConfig.from_pretrained(str(backbone_dir), trust_remote_code=args.trust_remote_code)
-    with init_empty_weights():
+    with init_empty_weights(), warnings.catch_warnings():
+        # peft asks transformers' deprecated is_gradient_checkpointing: not ours to fix, not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         backbone = AutoModel.from_config(model_config, trust_remote_code=args.trust_remote_code)
         try:
             peft_model = get_peft_model(backbone, config)
@@ -467,13 +469,28 @@ def lora_base_folder(adapter_dir: str | Path, base: str | None = None) -> str:
             except ModelLoadError:
                 continue
             return str(_transformers_folder(Path(folder)) or folder)
+    reason = "not a local folder"
     if declared and not _is_path_like(declared):
-        check_hub_model(declared)
-        return declared
+        try:
+            check_hub_model(declared)
+            return declared
+        except ModelLoadError as error:
+            reason = str(error)
     raise ModelLoadError(
         f"The LoRA folder {os.path.abspath(adapter_dir)} was trained on base {declared!r}, which is not available "
-        "here; name the base model (--base PATH_OR_ID)"
+        f"here ({reason}); name the base model (--base PATH_OR_ID)"
     )
+
+
+def publish_adapter_base(folder: str | Path, base_name: str) -> None:
+    """Make the ``adapter_config.json`` files of a saved LoRA folder name the base ``base_name`` (a Hub id or a
+    folder name) instead of the local path peft wrote (peft itself keeps the local path while training, so its
+    save-time checks of the base stay offline)."""
+    for config_file in [Path(folder) / "adapter_config.json", *Path(folder).glob("*/adapter_config.json")]:
+        if config_file.is_file():
+            settings = json.loads(config_file.read_text(encoding="utf-8"))
+            settings["base_model_name_or_path"] = base_name
+            config_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def adapter_config_file(folder: str | Path) -> Path:

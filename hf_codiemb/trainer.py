@@ -559,6 +559,14 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
             sampling_temperature=args.sampling_temperature,
         )
 
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        lora = use_codiemb_card_data(self.model).codiemb.get("lora")
+        if lora and lora.get("base"):  # adapter_config.json names the base by Hub id / folder name, not a path
+            from hf_codiemb.models import publish_adapter_base
+
+            publish_adapter_base(output_dir if output_dir is not None else self.args.output_dir, lora["base"])
+
     def write_model_card(self, output_dir: str | os.PathLike[str]) -> Path:
         """(Re)write ``output_dir/README.md`` from the model card data, e.g. after a final evaluation was recorded.
 

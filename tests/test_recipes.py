@@ -150,4 +150,5 @@ def test_recipe_trains_two_steps_on_a_tiny_encoder(recipe, tmp_path, monkeypatch
          "--save_strategy", "no", "--logging_steps", "1", *CPU_OVERRIDES, *mined_beir(recipe, small_eval=True)]
     )  # fmt: skip
     assert code == 0
-    assert (out / "model.safetensors").is_file() and (out / "eval_results.json").is_file()
+    weights = "adapter_model.safetensors" if "lora:" in recipe.read_text() else "model.safetensors"  # LoRA: adapters
+    assert (out / weights).is_file() and (out / "eval_results.json").is_file()
