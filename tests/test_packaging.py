@@ -27,7 +27,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contains_the_model_card_template_and_demo_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "hf_codiemb/model_cards/fusion.md.j2" in names
+    assert {"hf_codiemb/model_cards/fusion.md.j2", "hf_codiemb/model_cards/codiemb_section.md.j2"} <= names
     assert {f"hf_codiemb/demo_data/{n}.jsonl" for n in ("ir_train", "ir_dev", "sts_train", "sts_dev")} <= names
 
 
