@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset
 
 from hf_codiemb.data import DataFormatError, _iter_jsonl
+from hf_codiemb.errors import DataError, DataFileNotFoundError, RecipeError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -92,7 +93,7 @@ def _require_string(record: Mapping[str, Any], key: str, source: str, line: int,
 
 def _read_id_text_file(path: pathlib.Path, with_title: bool) -> dict[str, str]:
     if not path.is_file():
-        raise FileNotFoundError(f"BEIR file not found: {path}")
+        raise DataFileNotFoundError(f"BEIR file not found: {path}")
     source = str(path)
     texts: dict[str, str] = {}
     first_line: dict[str, int] = {}
@@ -156,7 +157,7 @@ def load_beir_qrels(
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"BEIR qrels file not found: {path}")
+        raise DataFileNotFoundError(f"BEIR qrels file not found: {path}")
     source = str(path)
     qrels: dict[str, dict[str, int]] = {}
     with path.open("r", encoding="utf-8") as handle:
@@ -254,11 +255,11 @@ def load_beir(folder: str | os.PathLike[str], split: str) -> BeirDataset:
     """
     folder = pathlib.Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"BEIR folder not found: {folder}")
+        raise DataFileNotFoundError(f"BEIR folder not found: {folder}")
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
-        raise FileNotFoundError(f"BEIR qrels file not found: {qrels_path} (available splits: {available})")
+        raise DataFileNotFoundError(f"BEIR qrels file not found: {qrels_path} (available splits: {available})")
     corpus = load_beir_corpus(folder / "corpus.jsonl")
     all_queries = load_beir_queries(folder / "queries.jsonl")
     qrels = load_beir_qrels(qrels_path, corpus=corpus, queries=all_queries)
@@ -289,7 +290,7 @@ def parse_beir_spec(entry: str, *, allow_negatives: bool = True) -> BeirSpec:
     parts = entry.split(":")
     shape = "FOLDER:SPLIT:NEGATIVES_FILE (or FOLDER:SPLIT)" if allow_negatives else "FOLDER:SPLIT"
     if len(parts) not in ((2, 3) if allow_negatives else (2,)) or not all(p.strip() for p in parts):
-        raise ValueError(f"BEIR entry {entry!r} must be {shape}, e.g. ../shared/data/scifact:dev")
+        raise RecipeError(f"BEIR entry {entry!r} must be {shape}, e.g. ../shared/data/scifact:dev")
     return BeirSpec(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 
@@ -317,7 +318,7 @@ def beir_ir_eval_set(
     relevant = dataset.relevant()
     query_ids = list(relevant)[:max_queries] if max_queries else list(relevant)
     if not query_ids:
-        raise ValueError(f"BEIR {dataset.name}: no query has a document scored > 0")
+        raise DataError(f"BEIR {dataset.name}: no query has a document scored > 0")
     return {
         "queries": {qid: dataset.queries[qid] for qid in query_ids},
         "corpus": dict(dataset.corpus),
@@ -341,7 +342,7 @@ def load_mined_negatives(path: str | os.PathLike[str], dataset: BeirDataset) -> 
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataFileNotFoundError(
             f"mined negatives file not found: {path}; mine it with "
             f"`codiemb mine --beir {dataset.folder} --split {dataset.split} --output {path} --model MODEL`"
         )
@@ -412,7 +413,7 @@ def beir_ir_train_dataset(
             "BEIR %s: %d queries have no mined negative in %s and are left out", dataset.name, without, negatives_file
         )
     if not records["query"]:
-        raise ValueError(f"BEIR {dataset.name}: no training record (no query with a positive and negatives)")
+        raise DataError(f"BEIR {dataset.name}: no training record (no query with a positive and negatives)")
     logger.info("BEIR %s: %d IR training records", dataset.name, len(records["query"]))
     return Dataset.from_dict(records)
 
@@ -522,7 +523,7 @@ def mine_beir_hard_negatives(
 
     relevant = dataset.relevant()
     if not relevant:
-        raise ValueError(f"BEIR {dataset.name}: no query has a document scored > 0")
+        raise DataError(f"BEIR {dataset.name}: no query has a document scored > 0")
     pairs = {"query": [], "positive": []}
     for query_id, doc_ids in relevant.items():
         for doc_id in sorted(doc_ids):
