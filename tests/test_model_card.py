@@ -200,3 +200,13 @@ def test_fused_card_names_inputs_by_folder_and_carries_their_cards(tmp_path, tin
     for name in ("README.md", "fusion_config.json", "fusion_weights.json"):
         assert _absolute_paths_in((out / name).read_text(), tmp_path) == [], name
     assert json.loads((out / "fusion_config.json").read_text())["checkpoints"] == ["seed1", "seed2"]
+    # A model trained from the fused one records that lineage in its CoDiEmb section.
+    recipe = tmp_path / "from_fused.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {out}\nsts_train: [demo:sts_train.jsonl]\nsts_batch_size: 16\nmax_steps: 1\n"
+        f"output_dir: {tmp_path / 'from_fused'}\nreport_to: none\nsave_strategy: 'no'\nuse_cpu: true\n"
+    )
+    assert main(["train", str(recipe)]) == 0
+    lineage = (tmp_path / "from_fused" / "README.md").read_text().split("#### Fusion lineage", 1)[1]
+    assert "fused with `delta` (p = 1.0, granularity = element" in lineage
+    assert f"on base `{TINY_ID}` from `seed1`, `seed2`." in lineage
