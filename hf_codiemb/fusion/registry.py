@@ -101,10 +101,13 @@ class FusionMethod(ABC):
         delta_norms: torch.Tensor | None = None,
         name: str = "",
     ) -> MergeOutput:
-        """:meth:`merge` as the streaming pipeline calls it: ``base`` and ``checkpoints`` are the pipeline's buffers,
-        refilled for the next chunk, so the method may overwrite them, and ``workspace`` lends reusable scratch
-        buffers. The merged tensor may be one of these buffers (it is written out before the next chunk is read).
-        The default calls :meth:`merge`."""
+        """:meth:`merge` as the streaming pipeline calls it, chunk after chunk.
+
+        ``base`` and ``checkpoints`` may be zero-copy views of the memory-mapped input files: do not write into them
+        (it would work, on private copies of the pages, but costs a page copy per 4 KiB). ``workspace`` lends
+        scratch buffers that are reused from chunk to chunk (no fresh memory per chunk). The merged tensor may be
+        an input or a workspace buffer: it is written out before the next chunk is read. The default calls
+        :meth:`merge`."""
         return self.merge(base, checkpoints, delta_norms=delta_norms, name=name)
 
     def parameters(self) -> dict[str, Any]:

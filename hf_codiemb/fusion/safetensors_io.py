@@ -1,16 +1,18 @@
 """Lazy safetensors reading and a streaming safetensors writer.
 
-Headers are read (and validated) with ``safetensors.safe_open``; tensor data is then read with plain positioned
-reads (``os.preadv``) into caller-owned buffers, so streaming a model chunk by chunk neither maps the inputs (mapped
-pages that were touched count as resident memory) nor allocates fresh memory for every chunk. Writing uses :class:`StreamingSafetensorsWriter`, which writes the header first (all shapes and dtypes are
-known from the inputs' headers) and then appends each tensor's bytes as they are produced, so at most one tensor
-chunk is held in memory. The format is the plain safetensors layout (8-byte little-endian header length, JSON
+Headers are read (and validated) with ``safetensors.safe_open``; tensor data is then viewed through private memory
+maps without a copy (and the touched pages dropped from resident memory once used), or copied with positioned
+reads (``os.preadv``) into caller-owned buffers. Writing uses :class:`StreamingSafetensorsWriter`, which writes the
+header first (all shapes and dtypes are known from the inputs' headers) and then appends each tensor's bytes as
+they are produced, so at most one tensor chunk is held in memory. The format is the plain safetensors layout (8-byte little-endian header length, JSON
 header padded to 8 bytes, raw little-endian data), loadable by ``safetensors.safe_open`` and transformers.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import mmap
 import os
 import struct
 import sys
@@ -124,17 +126,20 @@ def _skipped(relative: Path) -> bool:
 
 
 class LazyReader:
-    """Reads whole tensors or row ranges of safetensors files on demand, optionally into reusable buffers.
+    """Reads whole tensors or row ranges of safetensors files on demand, zero-copy where it can.
 
-    Files are opened once and read with positioned reads (``os.preadv``): unlike a memory map, the page cache the
-    reads go through is not counted in the process's resident memory, so streaming K+1 models keeps RSS near the
-    chunks actually held. Reading into a caller-owned buffer (``out``) avoids allocating, and page-faulting, fresh
-    memory for every chunk. Tensors whose header entry has no byte offsets fall back to ``safe_open``.
+    :meth:`view` returns a tensor over a private, copy-on-write memory map of the file: no copy and no allocation,
+    the data comes straight from the page cache into the arithmetic. Pages of a mapping that were touched count as
+    resident memory until they are dropped, so the streaming pipeline calls :meth:`release` once a chunk is done,
+    which keeps RSS at a chunk per input rather than growing towards K+1 model sizes. :meth:`read` returns a copy
+    (positioned reads, optionally into a caller's buffer). Tensors whose header entry has no byte offsets fall back
+    to ``safe_open``.
     """
 
     def __init__(self) -> None:
         self._files: dict[Path, int] = {}
-        self._lock = threading.Lock()  # reads may come from several threads; positioned reads need no more
+        self._maps: dict[Path, mmap.mmap] = {}
+        self._lock = threading.Lock()
 
     def __enter__(self) -> LazyReader:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
@@ -143,11 +148,31 @@ class LazyReader:
         self.close()
 
     def close(self) -> None:
-        """Close every file opened so far."""
+        """Unmap and close every file opened so far (a mapping still viewed by a live tensor is left to the GC)."""
         with self._lock:
+            for mapping in self._maps.values():
+                try:
+                    mapping.close()
+                except BufferError:
+                    pass
+            self._maps.clear()
             for descriptor in self._files.values():
                 os.close(descriptor)
             self._files.clear()
+
+    @staticmethod
+    def _byte_range(info: TensorInfo, rows: tuple[int, int] | None) -> tuple[tuple[int, ...], int, int]:
+        """(shape, first byte, end byte) of rows ``[start, stop)`` (or the whole tensor) in the file."""
+        assert info.data_offsets is not None
+        shape = chunk_shape(info.shape, rows)
+        begin, end = info.data_offsets
+        if rows is not None and info.shape and info.shape[0]:
+            row_bytes = (end - begin) // info.shape[0]
+            begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
+        return shape, begin, end
+
+    def _direct(self, info: TensorInfo) -> bool:
+        return info.data_offsets is not None and sys.byteorder == "little"
 
     def read(
         self,
@@ -156,7 +181,7 @@ class LazyReader:
         rows: tuple[int, int] | None = None,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The tensor ``name`` (or rows ``[start, stop)`` of its first dimension).
+        """A copy of the tensor ``name`` (or rows ``[start, stop)`` of its first dimension).
 
         Args:
             name: the tensor's name (for the ``safe_open`` fallback and error messages).
@@ -165,28 +190,66 @@ class LazyReader:
             out: a flat, contiguous buffer of the tensor's dtype with at least as many elements as are read; the
                 result is then a view of it (overwritten by the next read into the same buffer).
         """
-        shape = chunk_shape(info.shape, rows)
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        if info.data_offsets is None or sys.byteorder != "little":
+        if not self._direct(info):
             tensor = self._read_safe_open(name, info, rows)
-            return out[:numel].view(shape).copy_(tensor) if out is not None else tensor
+            return out[: tensor.numel()].view(tensor.shape).copy_(tensor) if out is not None else tensor
+        shape, begin, _ = self._byte_range(info, rows)
+        numel = math.prod(shape)
         target = torch.empty(numel, dtype=info.torch_dtype) if out is None else out[:numel]
         if numel:
-            offset = info.data_offsets[0]
-            if rows is not None and info.shape:
-                offset += rows[0] * (info.numel // info.shape[0]) * target.element_size()
-            self._read_into(info.file, target, offset, name)
+            self._read_into(info.file, target, begin, name)
         return target.view(shape)
 
-    def _read_into(self, path: Path, target: torch.Tensor, offset: int, name: str) -> None:
+    def view(self, name: str, info: TensorInfo, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The tensor ``name`` (or rows of it) as a zero-copy view of the file's copy-on-write mapping.
+
+        Writing into the view changes only this process's copy of the pages (never the file). Call :meth:`release`
+        with the same arguments once the data is no longer needed. Falls back to :meth:`read` where the file cannot
+        be mapped.
+        """
+        if not self._direct(info) or not hasattr(mmap.mmap, "madvise"):
+            return self.read(name, info, rows)
+        shape, begin, end = self._byte_range(info, rows)
+        numel = math.prod(shape)
+        if not numel:
+            return torch.empty(shape, dtype=info.torch_dtype)
+        mapping = self._mapping(info.file)
+        if end > len(mapping):
+            raise OSError(f"{info.file} is truncated: tensor {name!r} ends past the end of the file")
+        return torch.frombuffer(mapping, dtype=info.torch_dtype, count=numel, offset=begin).view(shape)
+
+    def release(self, info: TensorInfo, rows: tuple[int, int] | None = None) -> None:
+        """Drop the pages of ``view(info, rows)`` from this process's resident memory (the OS page cache keeps
+        them; a later view faults them back in)."""
+        mapping = self._maps.get(info.file)
+        if mapping is None or info.data_offsets is None:
+            return
+        _, begin, end = self._byte_range(info, rows)
+        start = begin - begin % mmap.PAGESIZE
+        if end > start:
+            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    def _descriptor(self, path: Path) -> int:
         descriptor = self._files.get(path)
         if descriptor is None:
             with self._lock:
                 descriptor = self._files.get(path)
                 if descriptor is None:
                     descriptor = self._files[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        return descriptor
+
+    def _mapping(self, path: Path) -> mmap.mmap:
+        mapping = self._maps.get(path)
+        if mapping is None:
+            descriptor = self._descriptor(path)
+            with self._lock:
+                mapping = self._maps.get(path)
+                if mapping is None:
+                    mapping = self._maps[path] = mmap.mmap(descriptor, 0, access=mmap.ACCESS_COPY)
+        return mapping
+
+    def _read_into(self, path: Path, target: torch.Tensor, offset: int, name: str) -> None:
+        descriptor = self._descriptor(path)
         view = memoryview(target.view(torch.uint8).numpy())
         done = 0
         while done < len(view):

@@ -1,15 +1,15 @@
 """The streaming merge engine: every weight tensor of the inputs, chunk by chunk, into new safetensors files.
 
-Three stages overlap: a reader thread fills the next chunk's input buffers (positioned reads), the calling thread
-merges the current chunk, and a writer thread appends the previous result to the output file. Both I/O calls and
-torch's kernels release the GIL, so the stages run concurrently; two sets of buffers alternate between chunks, which
-keeps memory at a few chunks per input whatever the model size. Inputs are checked for NaN/inf as they stream.
+Inputs are read as zero-copy views of memory-mapped files (pages dropped from resident memory after each chunk),
+temporaries live in buffers reused from chunk to chunk, and a writer thread appends each merged chunk to the output
+file while the next one is computed: the calling thread does the method's arithmetic and little else, and memory
+stays at a few chunks per input whatever the model size. Inputs are checked for NaN/inf as they stream.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +19,7 @@ from tqdm.auto import tqdm
 
 from hf_codiemb.fusion.errors import FusionError
 from hf_codiemb.fusion.registry import ChunkWorkspace, FusionMethod
-from hf_codiemb.fusion.safetensors_io import (
-    LazyReader,
-    StreamingSafetensorsWriter,
-    TensorInfo,
-    chunk_shape,
-    row_chunks,
-)
+from hf_codiemb.fusion.safetensors_io import LazyReader, StreamingSafetensorsWriter, TensorInfo, row_chunks
 from hf_codiemb.fusion.stats import WeightStatistics
 from hf_codiemb.fusion.validate import FusionPlan
 
@@ -58,17 +52,8 @@ class TensorJob:
         return pairs if self.has_base else pairs[1:]
 
 
-@dataclass
-class _Step:
-    """One unit of the pipeline, in output order."""
-
-    kind: str  # "open" (a weight file), "copy" (a non-float tensor), "merge" (a chunk), "close" (a weight file)
-    group: str
-    job: TensorJob | None = None
-    rows: Rows = None
-    index: int = 0  # chunk index within its tensor
-    name: str = ""
-    info: TensorInfo | None = None
+# Chunks whose results may wait in the writer's queue; each has its own buffers, reused once its write is done.
+_WRITE_SLOTS = 4
 
 
 def merge_weights(
@@ -82,6 +67,9 @@ def merge_weights(
     show_progress: bool,
 ) -> bool:
     """Merge every weight file of ``plan`` into ``staging``; return whether per-checkpoint weights were recorded.
+
+    A writer thread appends merged chunks to the output files while the calling thread merges the next ones
+    (writes and torch's kernels release the GIL); up to ``_WRITE_SLOTS`` chunks wait in its queue.
 
     Args:
         method: the fusion method.
@@ -97,106 +85,113 @@ def merge_weights(
         FusionError: an input (or the merged result) holds NaN/inf; the message names the inputs, the tensor and the
             number of non-finite values.
     """
-    steps = list(_steps(method, plan, labels, has_base, chunk_elements))
-    merges = [step for step in steps if step.kind == "merge"]
     recorded = False
-    writers: dict[str, StreamingSafetensorsWriter] = {}
-    slots = [ChunkWorkspace(), ChunkWorkspace()]  # alternate between consecutive chunks
-    slot_written: list[Future | None] = [None, None]  # the last write of each slot's buffers
-    norms_workspace = ChunkWorkspace()
-    weight_sums: torch.Tensor | None = None
-    delta_norms: torch.Tensor | None = None
     total = sum(len(tensors) for tensors in plan.values())
+    writers: list[StreamingSafetensorsWriter] = []
     with LazyReader() as reader, tqdm(total=total, desc="Fusing tensors", unit="tensor",
                                       disable=not show_progress) as progress, \
-            ThreadPoolExecutor(1, thread_name_prefix="fusion-read") as read_pool, \
             ThreadPoolExecutor(1, thread_name_prefix="fusion-write") as write_pool:
-        pending_reads: dict[int, Future] = {}
-        writes: list[Future] = []
-
-        def prefetch(position: int) -> None:
-            """Start reading merge step ``position`` into its slot once that slot's previous result is written."""
-            if position >= len(merges) or position in pending_reads:
-                return
-            slot = position % 2
-            after = slot_written[slot]
-
-            def task() -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-                if after is not None:
-                    after.result()
-                return _load_rows(method, reader, merges[position].job, merges[position].rows, slots[slot])
-
-            pending_reads[position] = read_pool.submit(task)
-
+        queue = _WriteQueue(write_pool)
         try:
-            prefetch(0)
-            position = 0
-            for step in steps:
-                if step.kind == "open":
-                    specs = [(name, infos[0].torch_dtype, infos[0].shape) for name, infos in plan[step.group].items()]
-                    target = staging / step.group
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    writers[step.group] = StreamingSafetensorsWriter(target, specs)
-                elif step.kind == "close":
-                    writes.append(write_pool.submit(writers[step.group].close))
-                elif step.kind == "copy":
-                    # Buffers (position ids, ...) come unchanged from the base (or the first checkpoint).
-                    writes.append(write_pool.submit(writers[step.group].write, step.name,
-                                                    reader.read(step.name, step.info)))
-                    progress.update(1)
-                else:
-                    job = step.job
-                    slot = position % 2
-                    base_chunk, checkpoint_chunks = pending_reads.pop(position).result()
-                    prefetch(position + 1)
-                    if step.index == 0:
-                        weight_sums = torch.zeros(len(job.infos) - 1, dtype=torch.float64)
-                        delta_norms = _delta_norms(method, reader, job, norms_workspace)
-                    merged, sums = _merge_chunk(method, reader, job, base_chunk, checkpoint_chunks, slots[slot],
-                                                delta_norms)
-                    del base_chunk, checkpoint_chunks
-                    written = write_pool.submit(writers[step.group].write, job.name, merged)
-                    slot_written[slot] = written
-                    writes.append(written)
-                    if sums is None or weight_sums is None:
-                        weight_sums = None
+            for group, tensors in plan.items():
+                target = staging / group
+                target.parent.mkdir(parents=True, exist_ok=True)
+                specs = [(name, infos[0].torch_dtype, infos[0].shape) for name, infos in tensors.items()]
+                writer = StreamingSafetensorsWriter(target, specs)
+                writers.append(writer)
+                for name, infos in tensors.items():
+                    reference = infos[0]
+                    if not reference.is_float:
+                        # Buffers (position ids, ...) come unchanged from the base (or the first checkpoint).
+                        queue.submit(writer.write, name, reader.read(name, reference))
                     else:
-                        weight_sums += sums.to(torch.float64)
-                    if step.index == len(job.chunks) - 1:
-                        if weight_sums is not None:
-                            statistics.add(job.group, job.name, weight_sums, job.infos[0].numel)
+                        chunks = list(row_chunks(reference.shape, chunk_elements)) if method.elementwise else [None]
+                        job = TensorJob(group, name, infos, labels, has_base, chunks)
+                        sums = _merge_tensor(method, reader, job, writer, queue)
+                        if sums is not None:
+                            statistics.add(group, name, sums, reference.numel)
                             recorded = True
-                        progress.update(1)
-                    position += 1
-                    for future in [future for future in writes if future.done()]:
-                        future.result()  # a failed write stops the fusion now
-                    writes = [future for future in writes if not future.done()]
-            for future in writes:
-                future.result()
+                    progress.update(1)
+                queue.submit(writer.close)
+            queue.drain()
         except BaseException:
-            for future in pending_reads.values():
-                future.cancel()
-            for writer in writers.values():
+            for writer in writers:
                 write_pool.submit(writer.abort)
             raise
     return recorded
 
 
-def _steps(
-    method: FusionMethod, plan: FusionPlan, labels: list[str], has_base: bool, chunk_elements: int
-) -> Iterator[_Step]:
-    for group, tensors in plan.items():
-        yield _Step("open", group)
-        for name, infos in tensors.items():
-            reference = infos[0]
-            if not reference.is_float:
-                yield _Step("copy", group, name=name, info=reference)
-                continue
-            chunks = list(row_chunks(reference.shape, chunk_elements)) if method.elementwise else [None]
-            job = TensorJob(group, name, infos, labels, has_base, chunks)
-            for index, rows in enumerate(chunks):
-                yield _Step("merge", group, job=job, rows=rows, index=index)
-        yield _Step("close", group)
+class _WriteQueue:
+    """Writes in order on one thread; hands out the buffers of a slot once that slot's last write is done."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+        self.slots = [ChunkWorkspace() for _ in range(_WRITE_SLOTS)]
+        self.norms_workspace = ChunkWorkspace()  # whole-tensor statistics, computed by the calling thread only
+        self._slot_writes: list[Future | None] = [None] * _WRITE_SLOTS
+        self._pending: list[Future] = []
+        self._next = 0
+
+    def next_slot(self) -> int:
+        """The slot for the next chunk (waits for its previous write); surfaces a failed write."""
+        slot = self._next
+        self._next = (slot + 1) % _WRITE_SLOTS
+        previous = self._slot_writes[slot]
+        if previous is not None:
+            previous.result()
+        for future in [f for f in self._pending if f.done()]:
+            future.result()
+        self._pending = [f for f in self._pending if not f.done()]
+        return slot
+
+    def submit(self, function: Callable[..., None], *args: object, slot: int | None = None) -> None:
+        future = self.pool.submit(function, *args)
+        self._pending.append(future)
+        if slot is not None:
+            self._slot_writes[slot] = future
+
+    def drain(self) -> None:
+        for future in self._pending:
+            future.result()
+        self._pending = []
+
+
+def _merge_tensor(
+    method: FusionMethod,
+    reader: LazyReader,
+    job: TensorJob,
+    writer: StreamingSafetensorsWriter,
+    queue: _WriteQueue,
+) -> torch.Tensor | None:
+    """Merge one float tensor chunk by chunk, queue its chunks for writing; return its per-checkpoint weight sums."""
+    delta_norms = _delta_norms(method, reader, job, queue.norms_workspace)
+    weight_sums: torch.Tensor | None = torch.zeros(len(job.infos) - 1, dtype=torch.float64)
+    for rows in job.chunks:
+        slot = queue.next_slot()
+        workspace = queue.slots[slot]
+        base_chunk, checkpoint_chunks = _load(method, reader, job, rows, workspace)
+        merged, sums = _merge_chunk(method, reader, job, base_chunk, checkpoint_chunks, workspace, delta_norms)
+        del base_chunk, checkpoint_chunks
+        # The writer checks and writes `merged` later: it lives in this slot's buffers (not reused before the write
+        # is done) or in the private file mapping, whose dropped pages read back from the unchanged file.
+        queue.submit(_check_and_write, reader, job, writer, merged, rows, slot=slot)
+        del merged
+        if sums is None or weight_sums is None:
+            weight_sums = None
+        else:
+            weight_sums += sums.to(torch.float64)
+    return weight_sums
+
+
+def _check_and_write(
+    reader: LazyReader, job: TensorJob, writer: StreamingSafetensorsWriter, merged: torch.Tensor, rows: Rows
+) -> None:
+    """On the writer thread: refuse a chunk holding NaN/inf (naming the inputs that caused it), else append it, then
+    drop the inputs' pages of these rows from resident memory."""
+    if not _all_finite(merged):
+        _refuse_non_finite(reader, job)
+    writer.write(job.name, merged)
+    _release(reader, job, rows)
 
 
 def _compute_dtype(info: TensorInfo) -> torch.dtype:
@@ -207,24 +202,29 @@ def _read(
     method: FusionMethod, reader: LazyReader, job: TensorJob, key: str, info: TensorInfo, rows: Rows,
     workspace: ChunkWorkspace,
 ) -> torch.Tensor:
-    """Rows of one input in the compute dtype, in ``workspace``'s buffer ``key`` (elementwise methods) or fresh."""
+    """Rows of one input in the compute dtype: a view of the mapped file when no conversion is needed (elementwise
+    methods), else converted into ``workspace``'s buffer ``key``; whole-tensor methods get a fresh copy."""
     compute_dtype = _compute_dtype(job.infos[0])
     if not method.elementwise:
         return reader.read(job.name, info, rows).to(compute_dtype)
-    numel = math.prod(chunk_shape(info.shape, rows))
-    if info.torch_dtype == compute_dtype:
-        return reader.read(job.name, info, rows, out=workspace.get(key, (numel,), compute_dtype))
-    raw = reader.read(job.name, info, rows, out=workspace.get(f"{key}.raw", (numel,), info.torch_dtype))
-    return workspace.get(key, raw.shape, compute_dtype).copy_(raw)
+    values = reader.view(job.name, info, rows)
+    if values.dtype == compute_dtype:
+        return values
+    return workspace.get(key, values.shape, compute_dtype).copy_(values)
 
 
-def _load_rows(
+def _load(
     method: FusionMethod, reader: LazyReader, job: TensorJob, rows: Rows, workspace: ChunkWorkspace
 ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     base = _read(method, reader, job, "input.base", job.infos[0], rows, workspace) if job.has_base else None
     checkpoints = [_read(method, reader, job, f"input.{index}", info, rows, workspace)
                    for index, info in enumerate(job.infos[1:])]
     return base, checkpoints
+
+
+def _release(reader: LazyReader, job: TensorJob, rows: Rows) -> None:
+    for _, info in job.read_inputs():
+        reader.release(info, rows)
 
 
 def _delta_norms(
@@ -237,9 +237,11 @@ def _delta_norms(
         raise FusionError(f"Method {method.name!r} needs a base model")
     squares = torch.zeros(len(job.infos) - 1, dtype=torch.float64)
     for rows in job.chunks:
-        base_chunk, checkpoint_chunks = _load_rows(method, reader, job, rows, workspace)
+        base_chunk, checkpoint_chunks = _load(method, reader, job, rows, workspace)
         for index, chunk in enumerate(checkpoint_chunks):
             squares[index] += (chunk - base_chunk).double().square().sum()
+        del base_chunk, checkpoint_chunks
+        _release(reader, job, rows)
     return squares.sqrt()
 
 
@@ -254,8 +256,8 @@ def _merge_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Merge one chunk; return it in the output dtype, and its per-checkpoint weight sums.
 
-    The merged values are checked for NaN/inf (and the inputs too when the method does not propagate them); a
-    non-finite value stops the fusion with the inputs and counts that caused it.
+    The inputs are checked for NaN/inf here when the method does not propagate them (the merged values always are,
+    on the writer thread); a non-finite value stops the fusion with the inputs and counts that caused it.
     """
     if not method.propagates_non_finite:
         inputs = ([base_chunk] if base_chunk is not None else []) + checkpoint_chunks
@@ -263,12 +265,10 @@ def _merge_chunk(
             _refuse_non_finite(reader, job)
     output = method.merge_chunk(base_chunk, checkpoint_chunks, workspace, delta_norms=delta_norms, name=job.name)
     merged = output.merged
-    if not _all_finite(merged):
-        _refuse_non_finite(reader, job)
     out_dtype = job.infos[0].torch_dtype
     if merged.dtype != out_dtype:
-        target = workspace.get("output", merged.shape, out_dtype) if method.elementwise else None
-        merged = merged.to(out_dtype) if target is None else target.copy_(merged)
+        merged = (workspace.get("output", merged.shape, out_dtype).copy_(merged) if method.elementwise
+                  else merged.to(out_dtype))
     return merged, output.weight_sums
 
 

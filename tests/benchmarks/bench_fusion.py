@@ -206,16 +206,16 @@ def _run_worker(method: str, setup: dict[str, object], output: Path) -> dict[str
 def _table(rows: list[dict[str, object]]) -> str:
     gib = 1024**3
     lines = [
-        ("| model | params | model size | method | wall median (s) | wall min (s) | peak RSS (GiB) | "
+        ("| model | params | model size | method | wall median (s) | wall min (s) | CPU median (s) | peak RSS (GiB) | "
          "RSS above imports (GiB) | above-imports / model size | time vs ST.merge (median [min, max] of rounds) | "
          "time vs read floor | peak RSS vs ST.merge |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ratios = row["time_ratios"]
         lines.append(
             f"| {row['model']} | {row['params'] / 1e6:.0f}M | {row['size'] / gib:.2f} GiB | {row['label']} | "
-            f"{row['seconds']:.2f} | {row['min_seconds']:.2f} | {row['peak_rss'] / gib:.2f} | "
+            f"{row['seconds']:.2f} | {row['min_seconds']:.2f} | {row['cpu_seconds']:.2f} | {row['peak_rss'] / gib:.2f} | "
             f"{row['above'] / gib:.2f} | {row['above'] / row['size']:.2f}x | "
             f"{_median(ratios):.2f}x [{min(ratios):.2f}, {max(ratios):.2f}] | {row['floor_ratio']:.2f}x | "
             f"{row['rss_ratio']:.2f}x |"
@@ -279,6 +279,7 @@ def main() -> None:
                 row = {
                     "model": name, "params": setup["params"], "size": setup["size"], "label": label,
                     "seconds": _median(seconds), "min_seconds": min(seconds), "peak_rss": peak,
+                    "cpu_seconds": _median([run["cpu_seconds"] for run in runs]),
                     "above": peak - _median([run["imports_rss"] for run in runs]),
                     "time_ratios": [run["seconds"] / ref["seconds"] for run, ref in zip(runs, results[reference])],
                     "floor_ratio": _median(seconds) / _median([run["seconds"] for run in results["read_floor"]]),
@@ -302,7 +303,7 @@ def main() -> None:
         f"each method in a fresh subprocess, {args.repeat} rounds run side by side (every method once per round, "
         f"the order rotating); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, torch {torch.__version__}." + (f" {args.note}" if args.note else ""),
-        ("Wall and peak RSS are medians over the rounds; 'time vs ST.merge' is the ratio within each round (median "
+        ("Wall, CPU (user + system, all threads) and peak RSS are medians over the rounds; 'time vs ST.merge' is the ratio within each round (median "
          "[min, max]). The read floor maps the K+1 input files with `safetensors.safe_open` and sums every tensor "
          "(safetensors copies nothing until the data is used, so the sum makes every byte pass through the CPU "
          "once): no fusion can be faster than reading its inputs. The copy floor reads the K checkpoints the same "

@@ -130,22 +130,25 @@ class DeltaGuidedFusion(FusionMethod):
         delta_norms: torch.Tensor | None,
         workspace: ChunkWorkspace | None,
     ) -> MergeOutput:
-        """The merge; with a ``workspace`` the inputs are overwritten and temporaries come from the workspace."""
+        """The merge; with a ``workspace`` the temporaries (and the result) live in its reused buffers."""
         if base is None:
             raise ValueError("Delta-guided fusion needs the base model")
         k = len(checkpoints)
-        in_place = workspace is not None
         if self.granularity == "tensor":
             if delta_norms is None:
                 raise ValueError("Tensor granularity needs whole-tensor delta norms")
             weights = delta_guided_weights(delta_norms.to(base.dtype), self.p, self.eps)
-            deltas = [checkpoint.sub_(base) if in_place else checkpoint - base for checkpoint in checkpoints]
-            merged = base if in_place else base.clone()
-            for weight, delta in zip(weights.tolist(), deltas):
+            if workspace is None:
+                merged = base.clone()
+            else:
+                merged = workspace.get("delta.merged", base.shape, base.dtype).copy_(base)
+            for index, (weight, checkpoint) in enumerate(zip(weights.tolist(), checkpoints)):
+                delta = checkpoint - base if workspace is None else torch.sub(
+                    checkpoint, base, out=workspace.get("delta.delta", base.shape, base.dtype))
                 merged.add_(delta, alpha=weight)
             return MergeOutput(merged, weights * base.numel())
-        if k == 1:  # w = 1 wherever the checkpoint moved: the checkpoint itself, exactly
-            merged = checkpoints[0] if in_place else checkpoints[0].clone()
+        if k == 1:  # w = 1 wherever the checkpoint moved: the checkpoint itself, exactly (the pipeline writes it)
+            merged = checkpoints[0] if workspace is not None else checkpoints[0].clone()
             return MergeOutput(merged, torch.full((1,), float(base.numel()), dtype=torch.float64))
         merged, weight_sums = _element_merge(base, checkpoints, self.p, self.eps, workspace)
         return MergeOutput(merged, weight_sums)
@@ -168,21 +171,20 @@ def _element_merge(
     dot products. Where ``sum_k m_k <= eps`` the moves are negligible (all zero in practice) and the merged value is
     the base; those positions count as uniform ``1/K`` in the weight sums, as in :func:`delta_guided_weights`.
 
-    With a ``workspace`` (the streaming pipeline) the checkpoints are turned into their deltas in place, the
-    numerator accumulates in the first delta and the magnitudes live in reused buffers: no fresh memory per chunk.
-    Without one the inputs are left untouched. Both run the same operations in the same order (same bits).
+    With a ``workspace`` (the streaming pipeline) the deltas, magnitudes and sums live in its reused buffers (no
+    fresh memory per chunk) and the numerator accumulates in the first delta. The inputs are never written (in the
+    pipeline they are views of the mapped input files). Both paths run the same operations in the same order (same
+    bits).
     """
     k = len(checkpoints)
 
     def scratch(key: str) -> torch.Tensor:
         return workspace.get(key, base.shape, base.dtype) if workspace is not None else torch.empty_like(base)
 
-    if workspace is not None:
-        deltas = [checkpoint.sub_(base) for checkpoint in checkpoints]
-    else:
-        deltas = [checkpoint - base for checkpoint in checkpoints]
+    deltas = [torch.sub(checkpoint, base, out=scratch(f"delta.delta.{index}")) for index, checkpoint in
+              enumerate(checkpoints)]
     if p == 0:
-        merged = deltas[0] if workspace is not None else deltas[0].clone()
+        merged = deltas[0]
         for delta in deltas[1:]:
             merged.add_(delta)
         merged.div_(k).add_(base)
@@ -200,8 +202,8 @@ def _element_merge(
         for magnitude in magnitudes:
             magnitude.pow_(p)
     total = torch.add(magnitudes[0], magnitudes[1], out=scratch("delta.total"))
-    # The numerator overwrites the first delta (IEEE products commute, so m_0 * d_0 has the same bits either way).
-    numerator = deltas[0].mul_(magnitudes[0]) if workspace is not None else magnitudes[0] * deltas[0]
+    # The numerator overwrites the first delta (IEEE products commute: m_0 * d_0 and d_0 * m_0 have the same bits).
+    numerator = deltas[0].mul_(magnitudes[0])
     numerator.addcmul_(magnitudes[1], deltas[1])
     for magnitude, delta in zip(magnitudes[2:], deltas[2:]):
         total.add_(magnitude)

@@ -39,8 +39,9 @@ class UniformSoup(FusionMethod):
         delta_norms: torch.Tensor | None = None,
         name: str = "",
     ) -> MergeOutput:
-        """:meth:`merge` accumulated in the first checkpoint's buffer (same bits)."""
-        return _average(checkpoints, checkpoints[0])
+        """:meth:`merge` accumulated in a reused buffer (same bits)."""
+        first = checkpoints[0]
+        return _average(checkpoints, workspace.get("uniform.merged", first.shape, first.dtype).copy_(first))
 
 
 def _average(checkpoints: Sequence[torch.Tensor], merged: torch.Tensor) -> MergeOutput:
