@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from huggingface_hub import ModelCard
 from tiny_models import make_tiny_model, packaged_minilm_path
@@ -117,6 +118,17 @@ def test_lora_run_card_adapter_config_and_merged_card(tmp_path, tiny_with_id):
     assert "adapters only" not in merged.text
     for path in (tmp_path / "merged").rglob("*.json"):
         assert _absolute_paths_in(path.read_text(), tmp_path) == [], path
+    # Fusion takes the LoRA folder as an input too, finding its base by the id (no --base): a soup of it and its
+    # merged copy is the merged model.
+    from safetensors.torch import load_file
+
+    from hf_codiemb.fusion import fuse
+
+    fused = fuse([run, tmp_path / "merged"], tmp_path / "soup", method="uniform", show_progress=False).output_dir
+    merged_state, fused_state = load_file(tmp_path / "merged" / "model.safetensors"), load_file(fused / "model.safetensors")
+    assert merged_state.keys() == fused_state.keys()
+    for key, tensor in merged_state.items():
+        torch.testing.assert_close(fused_state[key], tensor, atol=1e-6, rtol=0)
 
 
 def test_lora_base_that_is_not_here_is_named(tmp_path):

@@ -103,8 +103,15 @@ def _merge_lora(spec: str, adapter_dir: Path, role: str, lora_base: ResolvedMode
         base_dir = lora_base.path
         if declared and declared != lora_base.spec:
             logger.info("LoRA %s declares base %r; merging it into the fusion base %s", spec, declared, base_dir)
-    else:
-        raise FusionError(f"The {role} {spec!r} is a LoRA adapter but its base {declared!r} is not available")
+    else:  # the Hub id or folder name hf_codiemb writes: packaged/prepared bases are found offline
+        from hf_codiemb.errors import ModelLoadError
+        from hf_codiemb.models import lora_base_folder
+
+        try:
+            found = lora_base_folder(adapter_dir)
+        except ModelLoadError as error:
+            raise FusionError(f"The {role} {spec!r} is a LoRA adapter: {error}") from None
+        base_dir = Path(found) if Path(found).is_dir() else found
     logger.info("Merging LoRA adapter %s into %s", adapter_dir, base_dir)
     model = AutoModel.from_pretrained(str(base_dir), use_safetensors=True)
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
