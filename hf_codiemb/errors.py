@@ -18,6 +18,7 @@ __all__ = [
     "DataFileNotFoundError",
     "ModelLoadError",
     "OutputExistsError",
+    "OutputWriteError",
     "RecipeError",
     "UsageError",
     "unknown_arguments_message",
@@ -77,6 +78,10 @@ class ModelLoadError(CoDiEmbUserError, OSError):
 
 class OutputExistsError(CoDiEmbUserError, FileExistsError):
     """An output folder that already exists and would be overwritten."""
+
+
+class OutputWriteError(CoDiEmbUserError, OSError):
+    """An output folder that cannot be created or written (a file in the way, no write permission)."""
 
 
 class UsageError(CoDiEmbUserError, ValueError):

@@ -552,10 +552,10 @@ def merge_lora_folder(adapter_dir: str | Path, output_dir: str | Path, base: str
     """Load a LoRA-trained sentence-transformers folder, merge the adapters into the weights and save a full model.
 
     The base is found by :func:`lora_base_folder` (``base`` overrides the one ``adapter_config.json`` names). The
-    model card is the training run's, marked as merged (:func:`mark_card_merged`). The output is written to a
-    temporary sibling folder first and renamed, so a failure leaves nothing behind.
+    model card is the training run's, marked as merged (:func:`mark_card_merged`). The output is written atomically
+    (:func:`hf_codiemb.atomic.atomic_folder`), so a failure leaves nothing behind.
     """
-    import tempfile
+    from hf_codiemb.atomic import atomic_folder
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     config_file = adapter_config_file(adapter_dir)
@@ -564,15 +564,9 @@ def merge_lora_folder(adapter_dir: str | Path, output_dir: str | Path, base: str
     lora_settings = json.loads(config_file.read_text(encoding="utf-8"))
     model = load_lora_model(adapter_dir, base=base, device="cpu")
     model[0].model = _merged_copy(model[0].model)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        model.save(str(tmp))
-        mark_card_merged(tmp / "README.md", lora_settings)
-        tmp.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_folder(output_dir) as staging:
+        model.save(str(staging))
+        mark_card_merged(staging / "README.md", lora_settings)
     return output_dir
 
 

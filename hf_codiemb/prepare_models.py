@@ -55,6 +55,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hf_codiemb.atomic import atomic_folder
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -1001,22 +1003,11 @@ def prepare_model(
     if (final / MARKER_FILE).is_file() and not force:
         logger.info("%s is already prepared at %s", name, final)
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
-    try:
+    with atomic_folder(final, overwrite=True) as build_dir:
         with tempfile.TemporaryDirectory(prefix="codiemb-downloads-") as tmp_downloads:
             downloads = Path(download_dir).expanduser() if download_dir is not None else Path(tmp_downloads)
-            build_dir = staging / name
-            build_dir.mkdir()
             info = spec.build(build_dir, downloads, verify)
         info = {"name": name, "description": spec.description, "requirements": list(spec.requirements), **info}
         _write_marker(build_dir, info)
-        if final.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))
-            final.rename(trash / name)
-            shutil.rmtree(trash, ignore_errors=True)
-        build_dir.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("Prepared %s at %s", name, final)
     return final

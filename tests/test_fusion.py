@@ -585,7 +585,7 @@ def test_kill_9_mid_write_then_the_next_run_cleans_up_and_succeeds(tmp_path, cap
     expected_size = (base / "model.safetensors").stat().st_size
     assert 0 < size < expected_size  # killed mid-write
 
-    caplog.set_level("WARNING", logger="hf_codiemb.fusion.output")
+    caplog.set_level("WARNING", logger="hf_codiemb.atomic")
     delta_fuse(base, checkpoints, output, show_progress=False)
     assert not list(tmp_path.glob(".fused.*"))
     assert str(leftovers[0]) in caplog.text
@@ -606,8 +606,8 @@ def test_staging_folder_of_a_running_fusion_is_left_alone(tmp_path, caplog):
     busy.mkdir()
     import socket
 
-    (busy / ".codiemb-fusion-owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    caplog.set_level("WARNING", logger="hf_codiemb.fusion.output")
+    (busy / ".codiemb-write-owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    caplog.set_level("WARNING", logger="hf_codiemb.atomic")
     delta_fuse(base, [checkpoint], tmp_path / "fused", show_progress=False)
     assert busy.is_dir() and (tmp_path / "fused/model.safetensors").is_file()
     assert str(busy) in caplog.text and "left alone" in caplog.text

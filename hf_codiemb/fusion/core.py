@@ -10,16 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_codiemb.atomic import atomic_folder
 from hf_codiemb.fusion.card import load_eval_results, public_names, render_card
 from hf_codiemb.fusion.errors import FusionError
 from hf_codiemb.fusion.inputs import ResolvedModel, resolve_model
-from hf_codiemb.fusion.output import (
-    check_not_an_input,
-    check_output,
-    clean_leftovers,
-    create_staging,
-    move_into_place,
-)
+from hf_codiemb.fusion.output import check_not_an_input, check_output
 from hf_codiemb.fusion.registry import FusionMethod, get_method
 from hf_codiemb.fusion.stats import WeightStatistics, preload_plotting
 from hf_codiemb.fusion.streaming import merge_weights
@@ -153,7 +148,6 @@ def fuse(
     ]
     check_not_an_input(output_dir, specs)
     check_output(output_dir, overwrite)
-    clean_leftovers(output_dir)
 
     resolved: list[ResolvedModel] = []
     try:
@@ -196,8 +190,7 @@ def _write_output(
     chunk_elements: int,
     show_progress: bool,
 ) -> FusionResult:
-    staging = create_staging(output_dir)
-    try:
+    with atomic_folder(output_dir, overwrite=overwrite) as staging:
         labels = [model.spec for model in checkpoints]
         # What the output folder publishes names inputs by Hub id or folder name, never by a local path.
         public = public_names(labels)
@@ -235,10 +228,6 @@ def _write_output(
             plot_file="fusion_weights.png" if "fusion_weights.png" in files else None,
         )
         (staging / "README.md").write_text(card)
-        move_into_place(staging, output_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("Fused model written to %s", output_dir)
     return FusionResult(
         output_dir=output_dir,

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hf_codiemb.atomic import write_text_atomically
 from hf_codiemb.study.methods import FUSION_ROWS, METHODS, MethodSetup
 
 logger = logging.getLogger(__name__)
@@ -39,10 +40,7 @@ def run_file(results_dir: Path, encoder: str, key: str, seed: int | None) -> Pat
 
 def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
     """Write ``payload`` as JSON through a temporary sibling, so a killed run leaves no half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    tmp.replace(path)
+    write_text_atomically(path, json.dumps(payload, indent=2, default=float) + "\n")
 
 
 def planned_updates(setup: MethodSetup, args) -> dict[str, int]:
