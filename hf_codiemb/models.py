@@ -563,7 +563,7 @@ def merge_lora_folder(adapter_dir: str | Path, output_dir: str | Path, base: str
         raise OutputExistsError(f"Output folder {os.path.abspath(output_dir)} exists; choose a new one")
     lora_settings = json.loads(config_file.read_text(encoding="utf-8"))
     model = load_lora_model(adapter_dir, base=base, device="cpu")
-    model[0].model = _merged_copy(model[0].model)
+    model[0].model = merge_lora_weights(model[0].model)
     with atomic_folder(output_dir) as staging:
         model.save(str(staging))
         mark_card_merged(staging / "README.md", lora_settings)
@@ -608,8 +608,24 @@ def mark_card_merged(card_path: Path, lora_settings: dict[str, Any]) -> None:
     card.save(card_path)
 
 
-def _merged_copy(backbone: torch.nn.Module) -> torch.nn.Module:
-    """A plain transformers model whose weights are ``backbone``'s with every LoRA adapter merged in."""
+def merge_adapter_into_base(base_dir: str | Path, adapter_dir: str | Path) -> torch.nn.Module:
+    """Load the transformers model in ``base_dir``, apply the peft LoRA adapter saved in ``adapter_dir`` (a raw peft
+    folder: ``adapter_config.json`` + adapter weights) and return the plain model with the adapter merged in
+    (:func:`merge_lora_weights`)."""
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(str(base_dir), use_safetensors=True)
+    return merge_lora_weights(PeftModel.from_pretrained(base, str(adapter_dir)))
+
+
+def merge_lora_weights(backbone: torch.nn.Module) -> torch.nn.Module:
+    """A plain transformers model whose weights are ``backbone``'s with every LoRA adapter merged in.
+
+    ``backbone`` is a peft ``PeftModel`` or a transformers model with adapters added through its peft integration
+    (``add_adapter``, as :func:`add_lora` does). Both ``codiemb merge-lora`` and the fusion of LoRA checkpoints merge
+    through this function.
+    """
     from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers import AutoModel
 

