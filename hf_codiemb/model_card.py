@@ -17,7 +17,6 @@ import functools
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field, fields
@@ -57,14 +56,13 @@ BASE_MODEL_NOTES: dict[str, str] = {
 UNUSED_HYPERPARAMETERS = frozenset({"per_device_train_batch_size", "batch_sampler", "multi_dataset_batch_sampler"})
 SECTION_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "codiemb_section.md.j2"
 _SECTION_ANCHOR = "## Training Details\n"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _is_hub_id(text: str) -> bool:
     """Whether ``text`` is shaped like a Hub repo id (``owner/name``) and is not an existing local path."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if not _HUB_ID.match(text) or Path(text).expanduser().exists():
+    if "/" not in text or Path(text).expanduser().exists():  # owner/name; the validator checks the rest
         return False
     try:
         validate_repo_id(text)
