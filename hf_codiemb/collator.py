@@ -11,7 +11,8 @@ from typing import Any
 import torch.utils.data
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
-IR_LIST_COLUMNS = ("positives", "negatives")
+from hf_codiemb.columns import IR_LIST_COLUMNS
+
 DROPPED_COLUMNS = ("positive_scores", "negative_scores")
 
 

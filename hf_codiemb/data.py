@@ -62,6 +62,7 @@ from datasets import Dataset
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from tqdm.auto import tqdm
 
+from hf_codiemb.columns import IR_COLUMNS, STS_COLUMNS, TASKS, task_columns  # the first three re-exported
 from hf_codiemb.errors import DataError, DataFileNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -82,9 +83,6 @@ __all__ = [
     "warn_suspicious_records",
 ]
 
-IR_COLUMNS = ("query", "positives", "negatives")
-STS_COLUMNS = ("sentence1", "sentence2", "score")
-TASKS = ("ir", "sts")
 
 # Files larger than this get a tqdm progress bar while they are read.
 _PROGRESS_BAR_MIN_BYTES = 32 * 1024 * 1024
@@ -1250,10 +1248,8 @@ def suspicious_record_counts(rows: Dataset | Iterable[Mapping[str, Any]], task: 
           number of different gold scores (``1`` with two or more pairs means every score is equal: the
           correlation and ranking losses get no signal and Spearman is undefined).
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    columns = task_columns(task)
     if isinstance(rows, Dataset):
-        columns = IR_COLUMNS if task == "ir" else STS_COLUMNS
         present = [column for column in columns if column in rows.column_names]
         rows = [dict(zip(present, values)) for values in zip(*(rows[column] for column in present))]
     seen: set[tuple] = set()

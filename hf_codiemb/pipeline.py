@@ -10,6 +10,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from hf_codiemb.columns import STS_COLUMNS, task_columns
 from hf_codiemb.recipe import DataArguments, resolve_data_path
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def load_training_data(
     instructions: dict[str, str | None] = {}
     for name, dataset in datasets.items():
         for part, (part_dataset, instruction) in split_by_instruction(name, dataset).items():
-            keep = ["query", "positives", "negatives"] if tasks[name] == "ir" else ["sentence1", "sentence2", "score"]
+            keep = list(task_columns(tasks[name]))
             split[part] = part_dataset.select_columns([c for c in keep if c in part_dataset.column_names])
             split_tasks[part] = tasks[name]
             instructions[part] = instruction
@@ -135,7 +136,7 @@ def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, Any]
             keep_instruction=True,
         )
         set_prompts = task_prompts(dataset_instruction(sts), model_args)
-        sts = sts.select_columns(["sentence1", "sentence2", "score"])
+        sts = sts.select_columns(list(STS_COLUMNS))
         sts_sets[name] = {"data": sts, "prompt": set_prompts.sts}
         if data_args.ir_eval_from_sts:
             queries, corpus, relevant = ir_task_from_sts_pairs(sts)

@@ -23,15 +23,13 @@ from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_N
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_codiemb.collator import CoDiEmbDataCollator
+from hf_codiemb.columns import IR_REQUIRED_COLUMNS, STS_COLUMNS, TASKS
 from hf_codiemb.errors import CoDiEmbUserError
 from hf_codiemb.model_card import describe_loss, use_codiemb_card_data
 from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
-from hf_codiemb.training_args import TASKS, CoDiEmbTrainingArguments
+from hf_codiemb.training_args import CoDiEmbTrainingArguments
 
 logger = logging.getLogger(__name__)
-
-IR_COLUMNS = ("query", "positives")
-STS_COLUMNS = ("sentence1", "sentence2", "score")
 
 
 class TrainingDataError(CoDiEmbUserError, ValueError):
@@ -201,7 +199,7 @@ def infer_task(name: str, dataset: Dataset) -> str:
         return "sts"
     raise TrainingDataError(
         f"Training dataset {name!r}: cannot tell its task from its columns {sorted(columns)}. IR data needs "
-        f"columns {list(IR_COLUMNS)} (+ 'negatives'), STS data needs {list(STS_COLUMNS)}; or set "
+        f"columns {list(IR_REQUIRED_COLUMNS)} (+ 'negatives'), STS data needs {list(STS_COLUMNS)}; or set "
         f"dataset_tasks={{{name!r}: 'ir'|'sts'}}."
     )
 
@@ -209,7 +207,7 @@ def infer_task(name: str, dataset: Dataset) -> str:
 def validate_training_dataset(name: str, task: str, dataset: Dataset, num_negatives: int) -> None:
     """Check that ``dataset`` has what ``task`` needs; the error names the dataset, the row and the field."""
     columns = set(dataset.column_names)
-    required = IR_COLUMNS if task == "ir" else STS_COLUMNS
+    required = IR_REQUIRED_COLUMNS if task == "ir" else STS_COLUMNS
     missing = [column for column in required if column not in columns]
     if missing:
         hint = " (STS data needs a gold similarity score per pair)" if "score" in missing else ""

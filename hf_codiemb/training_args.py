@@ -8,9 +8,8 @@ from typing import Any, Union
 
 from sentence_transformers import SentenceTransformerTrainingArguments
 
+from hf_codiemb.columns import TASKS
 from hf_codiemb.errors import RecipeError
-
-TASKS = ("ir", "sts")
 
 
 def parse_task_ratio(value: str | dict[str, float] | None) -> dict[str, float] | None:

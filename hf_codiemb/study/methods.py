@@ -29,7 +29,8 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-from hf_codiemb.data import STS_COLUMNS, ir_train_from_sts_pairs, labelled_pairs_from_ir_records
+from hf_codiemb.columns import IR_COLUMNS, STS_COLUMNS
+from hf_codiemb.data import ir_train_from_sts_pairs, labelled_pairs_from_ir_records
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _mixed_infonce(datasets, tasks, args, score_range) -> MethodSetup:
         ir_train_from_sts_pairs(sts, num_negatives=max(args.num_negatives, 1), seed=args.seed)
         for sts in _of_task(datasets, tasks, "sts").values()
     ]
-    pool = concatenate_datasets([d.select_columns(["query", "positives", "negatives"]) for d in ir + sts_as_ir])
+    pool = concatenate_datasets([d.select_columns(list(IR_COLUMNS)) for d in ir + sts_as_ir])
     return MethodSetup({"mixed": pool}, {"mixed": "ir"})
 
 
