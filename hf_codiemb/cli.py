@@ -30,6 +30,20 @@ class CommandArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
+    def accept_both_spellings(self) -> None:
+        """Give every long option both spellings, ``--flag-name`` and ``--flag_name`` (as ``codiemb train`` takes).
+
+        Done once the command's options exist, so it also covers options added through argument groups.
+        """
+        for action in self._actions:
+            for option in list(action.option_strings):
+                if not option.startswith("--"):
+                    continue
+                for other in ("--" + option[2:].replace("-", "_"), "--" + option[2:].replace("_", "-")):
+                    if other not in self._option_string_actions:
+                        action.option_strings.append(other)
+                        self._option_string_actions[other] = action
+
 # Sub-commands: name -> (module exposing register(subparsers) / run(args), one-line help). Only the module of the
 # command being run is imported, so `codiemb --help` and each command's start do not load the others' dependencies.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,6 +83,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         except ImportError as error:  # an optional command whose dependencies are missing
             raise UsageError(f"`codiemb {name}` is unavailable: {error}") from None
         module.register(subparsers)
+        subparsers.choices[name].accept_both_spellings()
     return parser
 
 

@@ -66,7 +66,7 @@ def test_shipped_recipes_trigger_no_deprecation_warning(monkeypatch):
     monkeypatch.chdir(REPO)
     cpu = ["--bf16", "false", "--use_cpu", "true", "--deepspeed", ""]
     for recipe in sorted(REPO.glob("recipes/**/*.yaml")):
-        if "accelerate" in recipe.parts:
+        if "accelerate" in recipe.parts or recipe.name == "fuse.yaml":  # fusion recipes: tests/test_fuse_command.py
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -90,3 +90,17 @@ def test_transformers_is_quiet_at_the_default_log_level():
         else:
             os.environ["TRANSFORMERS_VERBOSITY"] = saved
         setup_logging("info")
+
+
+def test_every_command_takes_both_flag_spellings():
+    from hf_codiemb.cli import COMMANDS, build_parser
+
+    for command in COMMANDS:
+        if command == "train":  # transformers' HfArgumentParser: tested above
+            continue
+        parser = build_parser(command)
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[command]
+        options = {option for action in sub._actions for option in action.option_strings}
+        for option in options:
+            if option.startswith("--") and "-" in option[2:]:
+                assert "--" + option[2:].replace("-", "_") in options, (command, option)

@@ -379,9 +379,9 @@ def test_fuse_command_with_yaml_config(tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps({"sts_spearman": 0.5, "ndcg@10": 0.25}))
     (tmp_path / "fuse.yaml").write_text(
         f"base: {base}\ncheckpoints: [{checkpoints[0]}, {checkpoints[1]}]\noutput_dir: {tmp_path / 'yaml-out'}\n"
-        f"p: 0.0\neval_results: {tmp_path / 'eval.json'}\n"
+        f"parameters: {{p: 0.0}}\neval_results: {tmp_path / 'eval.json'}\n"
     )
-    args = _parser().parse_args(["fuse", "--config", str(tmp_path / "fuse.yaml"), "--granularity", "tensor"])
+    args = _parser().parse_args(["fuse", str(tmp_path / "fuse.yaml"), "--param", "granularity=tensor"])
     assert args.func(args) == 0
     recipe = json.loads((tmp_path / "yaml-out/fusion_config.json").read_text())
     assert recipe["parameters"]["p"] == 0.0 and recipe["parameters"]["granularity"] == "tensor"

@@ -2,8 +2,10 @@
 
 Examples::
 
-    codiemb fuse --base base-model --checkpoints run-a run-b --output-dir fused --p 1.0
-    codiemb fuse --config fuse.yaml --push-to-hub user/codiemb-fused
+    codiemb fuse --base base-model --checkpoints run-a run-b --output-dir fused --param p=1.0
+    codiemb fuse recipes/default/fuse.yaml --push-to-hub user/codiemb-fused   # a fusion recipe (YAML)
+    codiemb fuse --base B --checkpoints "outputs/run/checkpoint-*" --output-dir fused   # every checkpoint of a run
+    codiemb fuse --list-methods
 """
 
 from __future__ import annotations
@@ -24,9 +26,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("recipe", nargs="?", default=None, help="A fusion recipe (YAML); the same as --config.")
     parser.add_argument("--config", help="YAML file with the options below (flags override it).")
     add_dataclass_arguments(parser, FuseConfig)
     parser.set_defaults(func=run)
+
+
+def expand_checkpoints(patterns: list[str]) -> list[str]:
+    """Checkpoint paths, with glob patterns (``run/checkpoint-*``) expanded in step order (``checkpoint-2`` before
+    ``checkpoint-10``); a pattern that matches nothing is kept as given, so the fusion names it as missing."""
+    import glob
+    import re
+
+    def step_order(path: str) -> tuple:
+        return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path))
+
+    expanded: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern), key=step_order) if glob.has_magic(pattern) else []
+        expanded.extend(matches or [pattern])
+    return expanded
+
+
+def describe_methods() -> str:
+    """Every fusion method with its declared parameters (``codiemb fuse --list-methods``)."""
+    from hf_codiemb.fusion.registry import method_class, registered_methods
+
+    lines = []
+    for name in registered_methods():
+        cls = method_class(name)
+        lines.append(f"{name}: {cls.description}")
+        for spec in cls.parameter_specs:
+            choices = f", one of {list(spec.choices)}" if spec.choices else ""
+            lines.append(f"    {spec.name} ({spec.type.__name__}, default {spec.default!r}{choices}): {spec.help}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,11 +67,23 @@ def run(args: argparse.Namespace) -> int:
     from hf_codiemb.fusion import FusionError, FusionWriteError, fuse
     from hf_codiemb.hub import HubPushError, PushRefusedError, check_repo_id, push_model_folder
 
+    if getattr(args, "recipe", None):
+        if getattr(args, "config", None):
+            logger.error("Give the fusion recipe once: as a path or with --config")
+            return 2
+        args.config = args.recipe
     try:
         config = build_config(FuseConfig, args)
+        method_params = config.method_params()
     except (ValueError, TypeError, OSError) as exc:
         logger.error("Invalid fuse configuration: %s", exc)
         return 2
+    if config.list_methods:
+        import sys
+
+        sys.stdout.write(describe_methods() + "\n")
+        return 0
+    config.checkpoints = expand_checkpoints(config.checkpoints)
     if not config.checkpoints or not config.output_dir:
         logger.error("fuse needs --checkpoints and --output-dir (or a --config file that sets them)")
         return 2
@@ -54,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             config.output_dir,
             base=config.base,
             method=config.method,
-            method_params=config.method_params(),
+            method_params=method_params,
             overwrite=config.overwrite,
             eval_results=config.eval_results,
             model_id=config.push_to_hub,

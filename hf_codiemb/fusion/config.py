@@ -36,12 +36,17 @@ class FuseConfig:
         default="delta",
         metadata={"help": "Fusion method: delta (CoDiEmb), uniform, task_arithmetic, ties, dare_ties, dare_linear."},
     )
-    p: float = field(default=1.0, metadata={"help": "delta: exponent of |theta_k - theta_0| (0 = uniform soup)."})
-    granularity: str = field(default="element", metadata={"help": "delta: 'element' or 'tensor' weights."})
-    eps: float = field(default=1e-12, metadata={"help": "delta: denominator guard."})
-    scaling: float = field(default=1.0, metadata={"help": "task_arithmetic: lambda applied to the summed task vectors."})
-    density: float = field(default=0.5, metadata={"help": "ties/dare: fraction of each task vector kept."})
-    seed: int = field(default=0, metadata={"help": "dare: seed of the random drop."})
+    parameters: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "The method's parameters as a YAML mapping, e.g. {p: 1.0, granularity: element}. Each method "
+                          "declares its own (`codiemb fuse --list-methods`); unknown ones are refused."},
+    )
+    param: list[str] = field(
+        default_factory=list,
+        metadata={"help": "A method parameter NAME=VALUE (repeatable), e.g. --param p=2 --param granularity=tensor; "
+                          "overrides `parameters`."},
+    )
+    list_methods: bool = field(default=False, metadata={"help": "List the fusion methods and their parameters."})
     overwrite: bool = field(
         default=False, metadata={"help": "Replace a non-empty output folder (never one that is, or holds, an input)."}
     )
@@ -59,14 +64,25 @@ class FuseConfig:
     create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing."})
 
     def method_params(self) -> dict[str, Any]:
-        """The keyword arguments of the selected method."""
-        if self.method == "delta":
-            return {"p": self.p, "granularity": self.granularity, "eps": self.eps}
-        if self.method == "task_arithmetic":
-            return {"scaling": self.scaling}
-        if self.method in ("ties", "dare_ties", "dare_linear"):
-            return {"density": self.density, "seed": self.seed}
-        return {}
+        """The method's keyword arguments: ``parameters``, then each ``--param NAME=VALUE`` (values read as YAML).
+
+        They are validated against the method's declared parameters when the method is built
+        (:func:`hf_codiemb.fusion.registry.validate_method_params`).
+
+        Raises:
+            ValueError: a ``--param`` that is not ``NAME=VALUE``, or ``parameters`` that is not a mapping.
+        """
+        import yaml
+
+        if self.parameters is not None and not isinstance(self.parameters, dict):
+            raise ValueError(f"parameters must be a mapping of name: value, got {self.parameters!r}")
+        params = dict(self.parameters or {})
+        for item in self.param:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"--param {item!r}: expected NAME=VALUE, e.g. --param p=2")
+            params[name.strip()] = yaml.safe_load(value)
+        return params
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
@@ -86,19 +102,23 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, position
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
         kind, is_list = _unwrap(hints[item.name])
+        if kind is dict or typing.get_origin(kind) is dict:  # mappings come from the YAML file only
+            continue
         help_text = item.metadata.get("help", "")
         if item.name in positional:
             parser.add_argument(item.name, nargs="*" if is_list else "?", default=argparse.SUPPRESS, help=help_text)
             continue
-        flag = "--" + item.name.replace("_", "-")
+        flags = ["--" + item.name.replace("_", "-")]
+        if "_" in item.name:  # both spellings, as `codiemb train` (transformers' HfArgumentParser) accepts
+            flags.append("--" + item.name)
         if kind is bool:
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=help_text)
         elif is_list:
             parser.add_argument(  # repeatable: --include a --include b gives [a, b]
-                flag, nargs="+", action="extend", type=kind, default=argparse.SUPPRESS, help=help_text
+                *flags, nargs="+", action="extend", type=kind, default=argparse.SUPPRESS, help=help_text
             )
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(*flags, type=kind, default=argparse.SUPPRESS, help=help_text)
 
 
 def build_config(cls: type[T], args: argparse.Namespace) -> T:

@@ -53,6 +53,46 @@ class ChunkWorkspace:
         self._buffers.clear()
 
 
+@dataclass(frozen=True)
+class MethodParameter:
+    """A hyper-parameter a fusion method declares (as mergekit's merge methods declare theirs).
+
+    The command line, YAML fusion recipes and :func:`get_method` validate values against these declarations, so no
+    code outside the method lists its arguments.
+
+    Attributes:
+        name: keyword of the method's constructor (and the ``--name`` flag of ``codiemb fuse``).
+        type: ``float``, ``int`` or ``str``; values are converted to it.
+        default: the value when not given.
+        help: one line for ``--help`` and the docs.
+        choices: the allowed values, for ``str`` parameters with a fixed set.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+
+    def convert(self, value: Any, method: str) -> Any:
+        """``value`` as ``self.type``, or a ``ValueError`` naming the method and the parameter."""
+        if self.type in (int, float) and isinstance(value, bool):
+            raise ValueError(f"fusion method {method!r}: parameter {self.name!r} must be a number, got {value!r}")
+        try:
+            converted = self.type(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"fusion method {method!r}: parameter {self.name!r} must be {self.type.__name__}, got {value!r}"
+            ) from None
+        if self.type is int and isinstance(value, float) and value != converted:
+            raise ValueError(f"fusion method {method!r}: parameter {self.name!r} must be an integer, got {value!r}")
+        if self.choices is not None and converted not in self.choices:
+            raise ValueError(
+                f"fusion method {method!r}: parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}"
+            )
+        return converted
+
+
 class FusionMethod(ABC):
     """Base class of a fusion method.
 
@@ -70,6 +110,8 @@ class FusionMethod(ABC):
     """
 
     name: ClassVar[str]
+    # The constructor's keyword arguments, declared (see MethodParameter); the registry validates against them.
+    parameter_specs: ClassVar[tuple[MethodParameter, ...]] = ()
     description: ClassVar[str] = ""
     reference: ClassVar[str | None] = None
     requires_base: ClassVar[bool] = True
@@ -126,15 +168,49 @@ def register(cls: type[FusionMethod]) -> type[FusionMethod]:
     return cls
 
 
-def get_method(name: str, **params: Any) -> FusionMethod:
-    """Instantiate the method registered under ``name`` with ``params``."""
+def method_class(name: str) -> type[FusionMethod]:
+    """The method class registered under ``name``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the available ones).
+    """
     from hf_codiemb.fusion import methods  # noqa: F401  (registers the built-in methods)
 
     try:
-        cls = _METHODS[name]
+        return _METHODS[name]
     except KeyError:
         raise ValueError(f"Unknown fusion method {name!r}; available: {', '.join(sorted(_METHODS))}") from None
-    return cls(**params)
+
+
+def validate_method_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` checked against the declared parameters of method ``name`` and converted to their types.
+
+    Raises:
+        ValueError: an unknown method, a parameter the method does not declare (the message lists those it does),
+            or a value of the wrong type or outside its choices.
+    """
+    specs = {spec.name: spec for spec in method_class(name).parameter_specs}
+    unknown = sorted(set(params) - set(specs))
+    if unknown:
+        declared = ", ".join(specs) or "none"
+        raise ValueError(f"fusion method {name!r} has no parameter(s) {unknown}; its parameters: {declared}")
+    return {key: specs[key].convert(value, name) for key, value in params.items()}
+
+
+def all_method_parameters() -> dict[str, MethodParameter]:
+    """Every parameter declared by a registered method, by name (for the command line's flags)."""
+    from hf_codiemb.fusion import methods  # noqa: F401
+
+    merged: dict[str, MethodParameter] = {}
+    for cls in _METHODS.values():
+        for spec in cls.parameter_specs:
+            merged.setdefault(spec.name, spec)
+    return merged
+
+
+def get_method(name: str, **params: Any) -> FusionMethod:
+    """Instantiate the method registered under ``name`` with ``params`` (validated against its declarations)."""
+    return method_class(name)(**validate_method_params(name, params))
 
 
 def registered_methods() -> tuple[str, ...]:

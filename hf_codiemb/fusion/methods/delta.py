@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from hf_codiemb.fusion.registry import ChunkWorkspace, FusionMethod, MergeOutput, register
+from hf_codiemb.fusion.registry import ChunkWorkspace, FusionMethod, MergeOutput, MethodParameter, register
 
 Granularity = Literal["element", "tensor"]
 
@@ -82,6 +82,11 @@ class DeltaGuidedFusion(FusionMethod):
     """
 
     name = "delta"
+    parameter_specs = (
+        MethodParameter("p", float, 1.0, "exponent of |theta_k - theta_0| (0 = the uniform soup)"),
+        MethodParameter("granularity", str, "element", "a weight per element or per tensor", ("element", "tensor")),
+        MethodParameter("eps", float, 1e-12, "guard of the weights' denominator"),
+    )
     description = "CoDiEmb delta-guided fusion (per-parameter weights from |theta_k - theta_0|^p)"
     reference = "https://arxiv.org/abs/2508.11442"
     requires_base = True

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, register
+from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, MethodParameter, register
 
 
 def mergekit_available() -> bool:
@@ -29,6 +29,11 @@ class _MergekitMethod(FusionMethod):
     """Shared implementation: whole tensors go through a mergekit method with the base as input 0."""
 
     mergekit_name: str = ""
+    parameter_specs = (
+        MethodParameter("density", float, 0.5, "fraction of each task vector kept"),
+        MethodParameter("weight", float, 1.0, "weight of each task vector"),
+        MethodParameter("seed", int, 0, "seed of the random drop (dare)"),
+    )
     requires_base = True
     elementwise = False  # sparsification ranks the whole tensor
 

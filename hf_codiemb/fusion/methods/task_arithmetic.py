@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, register
+from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, MethodParameter, register
 
 
 @register
@@ -19,6 +19,7 @@ class TaskArithmetic(FusionMethod):
     """
 
     name = "task_arithmetic"
+    parameter_specs = (MethodParameter("scaling", float, 1.0, "lambda applied to the summed task vectors"),)
     description = "Task arithmetic: theta_0 + lambda * sum_k (theta_k - theta_0)"
     reference = "https://arxiv.org/abs/2212.04089"
     requires_base = True
