@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import Dataset
+from tiny_models import make_tiny_model
 
+from codiemb_study import FUSION_ROWS, METHODS, Study
+from codiemb_study.report import encoder_table, mean_and_spread, write_report
+from codiemb_study.runner import planned_updates
 from hf_codiemb.pipeline import load_training_data
 from hf_codiemb.recipe import parse_recipe
-from hf_codiemb.study import FUSION_ROWS, METHODS, Study
-from hf_codiemb.study.report import encoder_table, mean_and_spread, write_report
-from hf_codiemb.study.runner import planned_updates
 from hf_codiemb.trainer import CoDiEmbTrainer
-from tiny_models import make_tiny_model
 
 IR = Dataset.from_dict(
     {

@@ -1,4 +1,4 @@
-"""The CoDiEmb study: every method of hf_codiemb.study.methods on one recipe, same step budget, several seeds.
+"""The CoDiEmb study: every method of codiemb_study.methods on one recipe, same step budget, several seeds.
 
     # train + evaluate (resumable: runs already stored under --results-dir are skipped)
     python recipes/study/run_study.py run --recipe recipes/small/minilm-l6/config.yaml --seeds 42 43 44 \\
@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         import torch
 
-        from hf_codiemb.study import METHODS, Study
+        from codiemb_study import METHODS, Study
 
         if args.threads:
             torch.set_num_threads(args.threads)
         study = Study(args.recipe, overrides, args.max_steps, args.results_dir, args.work_dir)
         study.run(args.methods or list(METHODS), args.seeds)
         return 0
-    from hf_codiemb.study.report import write_report
+    from codiemb_study.report import write_report
 
     write_report(args.results_dir)
     return 0

@@ -1,4 +1,4 @@
-"""Tables and the IR-vs-STS trade-off plot of the study, from the per-run JSON files of :mod:`hf_codiemb.study.runner`.
+"""Tables and the IR-vs-STS trade-off plot of the study, from the per-run JSON files of :mod:`codiemb_study.runner`.
 
 For every encoder folder ``<results_dir>/<encoder>/runs``: ``<results_dir>/<encoder>/study.md`` (one row per method:
 mean and sample standard deviation over seeds of the dev metrics, the geometry and the training time). For all
@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hf_codiemb.study.methods import FUSION_ROWS, METHODS, RATIO_SWEEP
-from hf_codiemb.study.runner import BASE_ROW
+from codiemb_study.methods import FUSION_ROWS, METHODS, RATIO_SWEEP
+from codiemb_study.runner import BASE_ROW
 
 logger = logging.getLogger(__name__)
 

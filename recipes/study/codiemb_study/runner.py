@@ -1,4 +1,4 @@
-"""Run the study: every method of :mod:`hf_codiemb.study.methods` from one recipe, same step budget, several seeds.
+"""Run the study: every method of :mod:`codiemb_study.methods` from one recipe, same step budget, several seeds.
 
 Each finished run writes one JSON file ``<results_dir>/<encoder>/runs/<method>-seed<seed>.json`` (metrics on the
 recipe's dev sets, training time, optimizer updates per task, the command); a run whose file exists is skipped, so
@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from codiemb_study.methods import FUSION_ROWS, METHODS, MethodSetup
 from hf_codiemb.atomic import write_text_atomically
-from hf_codiemb.study.methods import FUSION_ROWS, METHODS, MethodSetup
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +156,8 @@ class Study:
 
     def run_method(self, key: str, seed: int) -> dict[str, Any]:
         """Train one method for ``max_steps`` updates with ``seed`` and evaluate it (skipped if already stored)."""
-        from hf_codiemb.pipeline import training_prompts
         from hf_codiemb.models import load_model
+        from hf_codiemb.pipeline import training_prompts
         from hf_codiemb.trainer import CoDiEmbTrainer
 
         path = run_file(self.results_dir, self.encoder, key, seed)
