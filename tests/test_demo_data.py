@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+import make_demo_data as generator  # tools/demo_data (pytest's pythonpath, pyproject.toml)
 from hf_codiemb.data import demo_data_path, load_ir_dataset
 
 DEMO_DIR = Path(demo_data_path("ir_dev.jsonl")).parent
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_demo_data", DEMO_DIR / "make_demo_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_shipped_files_are_what_the_generator_writes(tmp_path, monkeypatch):
-    generator = _generator()
+    # The generator writes into the package's source folder.
+    assert generator.OUT_DIR == Path(__file__).resolve().parents[1] / "hf_codiemb" / "demo_data"
     monkeypatch.setattr(generator, "OUT_DIR", tmp_path)
     generator.main()
     for name in ("ir_train.jsonl", "ir_dev.jsonl", "sts_train.jsonl", "sts_dev.jsonl"):
-        assert (tmp_path / name).read_bytes() == (DEMO_DIR / name).read_bytes(), f"{name}: run make_demo_data.py"
+        assert (tmp_path / name).read_bytes() == (DEMO_DIR / name).read_bytes(), f"{name}: run tools/demo_data/make_demo_data.py"
 
 
 def test_every_question_has_its_echo_among_the_negatives_train_and_dev_templates_differ():
-    generator = _generator()
     train_templates, dev_templates = generator.ECHO_TEMPLATES_TRAIN, generator.ECHO_TEMPLATES_DEV
     assert not set(train_templates) & set(dev_templates)
     for name, templates in (("ir_train.jsonl", train_templates), ("ir_dev.jsonl", dev_templates)):

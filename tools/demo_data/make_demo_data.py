@@ -1,6 +1,8 @@
 """Regenerate the demo data files of ``hf_codiemb/demo_data`` from the hand-written templates.
 
-Usage: ``python hf_codiemb/demo_data/make_demo_data.py`` (deterministic: same files every run).
+Usage: ``python tools/demo_data/make_demo_data.py`` (deterministic: same files every run). This generator is
+tooling, not part of the installed package: the package ships only the jsonl files it writes
+(``tests/test_demo_data.py`` checks that they are what it writes).
 
 - ``_ir_topics.py``: 40 everyday topics with 5 question/passage facts each. An IR record is one question,
   its passage (plus a second, differently worded passage for some facts) as positives, and 3-5 negatives: the
@@ -20,14 +22,12 @@ from __future__ import annotations
 import json
 import pathlib
 import random
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
+# The template modules sit next to this script (its folder is on the path when it runs).
 from _ir_topics import ECHO_TEMPLATES_DEV, ECHO_TEMPLATES_TRAIN, IR_TOPICS
 from _sts_scenes import STS_SCENES
 
-OUT_DIR = pathlib.Path(__file__).resolve().parent
+OUT_DIR = pathlib.Path(__file__).resolve().parents[2] / "hf_codiemb" / "demo_data"
 SEED = 2508
 IR_INSTRUCTION = "Given a question, retrieve a passage that answers it"
 # (low, high) score band of each pair kind, in the order of a scene's sentences after the base.
