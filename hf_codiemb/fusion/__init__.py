@@ -1,4 +1,5 @@
-"""Delta-guided fusion (CoDiEmb, METHOD.md section 6) and baselines, streaming over safetensors.
+"""Delta-guided fusion (CoDiEmb: each checkpoint's change from the base, weighted per element by its magnitude
+``|delta_k|^p / sum_j |delta_j|^p``) and baselines, streaming over safetensors.
 
 Public API:
     - :func:`delta_fuse`: CoDiEmb delta-guided fusion of fine-tuned checkpoints around their base.
