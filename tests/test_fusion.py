@@ -643,6 +643,6 @@ def test_truncated_checkpoint_is_named(tmp_path):
     checkpoint = perturbed_copy(base, tmp_path / "ck", seed=1)
     weights = checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(FusionError, match=r"checkpoint 1 \(.*ck\): .*ck/model.safetensors is not a valid safetensors"):
+    with pytest.raises(FusionError, match=r"checkpoint 1.*ck/model\.safetensors.*(truncated|not a valid)"):
         delta_fuse(base, [checkpoint], tmp_path / "out", show_progress=False)
     _assert_nothing_written(tmp_path / "out")
