@@ -8,16 +8,12 @@ module-level ``HfApi`` singleton. A dummy ``HF_TOKEN`` and a temporary ``HF_HOME
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hub_server import HubServer  # noqa: E402
+from hub_server import HubServer
 
 DUMMY_TOKEN = "hf_loopbackTestTokenNotReal0123456789"
 

@@ -4,51 +4,26 @@ gradients, with the middle-layer InfoNCE on."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script, run_torchrun
+from tiny_models import make_tiny_model
 
 from hf_codiemb.losses import CoDiEmbSTSLoss
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "sts_gather.py"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.distributed
 def test_gathered_sts_loss_equals_single_process(tmp_path):
-    pythonpath = f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(SCRIPT), str(tmp_path),
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(
-            command, check=False, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180
-        )
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"distributed run timed out (hang?): {error}")
+    proc = run_torchrun([str(SCRIPT), str(tmp_path)], timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = torch.load(tmp_path / "result.pt")
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from sts_gather import GOLD, SENTENCES_A, SENTENCES_B
-        from tiny_models import make_tiny_model
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    script = load_script(SCRIPT)
+    GOLD, SENTENCES_A, SENTENCES_B = script.GOLD, script.SENTENCES_A, script.SENTENCES_B
     model = make_tiny_model(tmp_path / "single", layers=4, seed=7).double()
     features = [model.preprocess(SENTENCES_A), model.preprocess(SENTENCES_B)]
     single = CoDiEmbSTSLoss(model)(features, torch.tensor(GOLD, dtype=torch.float64))

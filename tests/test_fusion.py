@@ -10,12 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hub_fixtures import minilm_path, perturbed_copy, tiny_hf_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hub_fixtures import minilm_path, perturbed_copy, tiny_hf_model
 
 from hf_codiemb.fusion import (
     DeltaGuidedFusion,

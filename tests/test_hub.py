@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
 import pytest
+from hub_fixtures import DUMMY_TOKEN, minilm_path, perturbed_copy
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hub_fixtures import DUMMY_TOKEN, hub, hub_lfs, hub_regular, minilm_path, perturbed_copy  # noqa: E402,F401
-
-from hf_codiemb.hub import HubPushError, push_model_folder  # noqa: E402
+from hf_codiemb.hub import HubPushError, push_model_folder
 
 SENTENCES = ["A man is playing a guitar.", "The weather is lovely today.", "Fusion of fine-tuned encoders."]
 
@@ -123,10 +119,10 @@ def test_push_to_branch_and_pull_request(hub, upload_folder):
 
 
 def test_fuse_hub_ids_as_inputs(hub_lfs, tmp_path):
+    from hub_fixtures import tiny_hf_model
     from safetensors.torch import load_file
 
     from hf_codiemb.fusion import delta_fuse
-    from hub_fixtures import tiny_hf_model
 
     base = tiny_hf_model(tmp_path / "base")
     checkpoints = [perturbed_copy(base, tmp_path / f"ck{s}", seed=s) for s in (1, 2)]
@@ -159,8 +155,9 @@ def test_push_failure_mid_upload_keeps_folder_and_says_what_to_rerun(hub_lfs, fu
 def test_fuse_command_pushes(hub_regular, tmp_path):
     import argparse
 
-    from hf_codiemb.commands import fuse as fuse_command
     from hub_fixtures import tiny_hf_model
+
+    from hf_codiemb.commands import fuse as fuse_command
 
     base = tiny_hf_model(tmp_path / "base")
     checkpoints = [perturbed_copy(base, tmp_path / f"ck{s}", seed=s) for s in (1, 2)]

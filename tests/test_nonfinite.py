@@ -155,20 +155,12 @@ def test_skip_nonfinite_batches_skips_the_update_and_counts_it(tiny_model_dir, t
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_nonfinite_loss_on_one_rank_stops_or_skips_on_every_rank(tmp_path, mode):
     import json
-    import os
-    import socket
-    import subprocess
-    import sys
     from pathlib import Path
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from conftest import run_torchrun
+
     script = Path(__file__).parent / "dist_scripts" / "nonfinite_two_ranks.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(script), str(tmp_path), mode]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = run_torchrun([str(script), str(tmp_path), mode], timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     step = rank1["poisoned_step"]

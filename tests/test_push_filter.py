@@ -12,23 +12,16 @@ import logging
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
+import hub_fixtures
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import hub_fixtures
 from tiny_models import make_tiny_model, packaged_minilm_path
 
 import hf_codiemb.hub as hub_module
 from hf_codiemb.cli import main
 from hf_codiemb.hub import find_credentials, plan_push, push_model_folder
-
-hub = hub_fixtures.hub  # the loopback Hub fixtures (tests/hub_fixtures.py)
-hub_regular = hub_fixtures.hub_regular
 
 TOKEN = "hf_" + "PlantedTokenForPushTests0123456789"  # split so this file itself is not a "credential"
 SENTENCES = ["A man is playing a guitar.", "The weather is lovely today.", "Fusion of fine-tuned encoders."]

@@ -8,20 +8,13 @@ import logging
 import pickle
 import secrets
 import string
-import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import hub_fixtures
 from tiny_models import make_tiny_model
 
 from hf_codiemb.cli import main
 from hf_codiemb.training_args import CoDiEmbTrainingArguments
-
-hub_regular = hub_fixtures.hub_regular  # the loopback Hub fixture (tests/hub_fixtures.py)
 
 
 def random_token() -> str:

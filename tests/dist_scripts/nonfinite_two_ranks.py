@@ -14,8 +14,6 @@ import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from datasets import Dataset
 from tiny_models import make_tiny_model

@@ -14,9 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for tiny_models
-
 from tiny_models import make_tiny_model
 
 from hf_codiemb.losses import CoDiEmbSTSLoss

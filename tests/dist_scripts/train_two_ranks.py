@@ -12,15 +12,13 @@ import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from datasets import Dataset
+from tiny_models import make_tiny_model
 
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
+from hf_codiemb import CoDiEmbTrainer, CoDiEmbTrainingArguments
 
-from hf_codiemb import CoDiEmbTrainer, CoDiEmbTrainingArguments  # noqa: E402
-from tiny_models import make_tiny_model  # noqa: E402
-
-WORDS = "apple river engine garden violin planet market winter doctor camera ocean bridge".split()
+WORDS = ["apple", "river", "engine", "garden", "violin", "planet", "market", "winter", "doctor", "camera", "ocean", "bridge"]
 
 
 def sentence(rng: random.Random, n: int = 6) -> str:
