@@ -40,9 +40,8 @@ class CommandArgumentParser(argparse.ArgumentParser):
                 if not option.startswith("--"):
                     continue
                 for other in ("--" + option[2:].replace("-", "_"), "--" + option[2:].replace("_", "-")):
-                    if other not in self._option_string_actions:
-                        action.option_strings.append(other)
-                        self._option_string_actions[other] = action
+                    # Parsed, but not listed: help, usage and error messages keep the documented spelling.
+                    self._option_string_actions.setdefault(other, action)
 
 # Sub-commands: name -> (module exposing register(subparsers) / run(args), one-line help). Only the module of the
 # command being run is imported, so `codiemb --help` and each command's start do not load the others' dependencies.

@@ -100,7 +100,8 @@ def test_every_command_takes_both_flag_spellings():
             continue
         parser = build_parser(command)
         sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[command]
-        options = {option for action in sub._actions for option in action.option_strings}
-        for option in options:
+        documented = {option for action in sub._actions for option in action.option_strings}
+        for option in documented:
             if option.startswith("--") and "-" in option[2:]:
-                assert "--" + option[2:].replace("-", "_") in options, (command, option)
+                alias = "--" + option[2:].replace("-", "_")
+                assert sub._option_string_actions[alias] is sub._option_string_actions[option], (command, option)

@@ -414,6 +414,7 @@ def test_base_only_buffer_is_copied_from_the_base(tmp_path):
         folder = tmp_path / name
         folder.mkdir()
         save_file(state, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text('{"model_type": "bert"}')  # a model folder, as fusion inputs must be
         folders.append(folder)
     delta_fuse(folders[0], folders[1:], tmp_path / "out", p=1.0)
     fused = load_file(str(tmp_path / "out" / "model.safetensors"))

@@ -1,4 +1,4 @@
-"""CoDiEmb delta-guided fusion (METHOD.md section 6).
+"""CoDiEmb delta-guided fusion: per-parameter weights from each checkpoint's deviation from the base.
 
 With ``theta_0`` the base weights and ``delta_k = theta_k - theta_0`` the move of checkpoint ``k``:
 
@@ -31,7 +31,7 @@ def delta_guided_weights(magnitudes: torch.Tensor, p: float = 1.0, eps: float = 
             Not modified.
         p: the exponent; ``0`` gives uniform weights.
         eps: guards the denominator: where ``sum_j m_j^p <= eps`` (all moves zero, or negligible) the weights are
-            uniform ``1/K``. This is METHOD.md's ``m^p / (sum + eps)`` up to ``eps`` itself, but exact in the limit
+            uniform ``1/K``. This is ``m^p / (sum + eps)`` up to ``eps`` itself, but exact in the limit
             cases: weights sum to 1, a single checkpoint gets weight exactly 1.
 
     Returns:
@@ -78,7 +78,7 @@ class DeltaGuidedFusion(FusionMethod):
 
     References:
         CoDiEmb, arXiv 2508.11442 (the paper states per-parameter weights from each checkpoint's deviation
-        from its initialisation); the exact formula is the project's, see ``docs``/METHOD.md section 6.
+        from its initialisation); the exact formula, ``w_k = |delta_k|^p / sum_j |delta_j|^p``, is the project's (docs/design.md).
     """
 
     name = "delta"
