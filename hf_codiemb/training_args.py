@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -33,7 +33,7 @@ def parse_task_ratio(value: str | dict[str, float] | None) -> dict[str, float] |
     elif isinstance(value, dict):
         ratio = {str(k): float(v) for k, v in value.items()}
     else:
-        raise ValueError(f"task_ratio must be a string like 'ir:1,sts:1' or a mapping, got {type(value).__name__}")
+        raise TypeError(f"task_ratio must be a string like 'ir:1,sts:1' or a mapping, got {type(value).__name__}")
     for task, weight in ratio.items():
         if task not in TASKS:
             raise ValueError(f"task_ratio: unknown task {task!r}; known tasks are {', '.join(TASKS)}")
@@ -57,7 +57,7 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     and in every checkpoint) hold ``None`` instead, see :meth:`__getstate__`.
     """
 
-    _VALID_DICT_FIELDS = [*SentenceTransformerTrainingArguments._VALID_DICT_FIELDS, "dataset_tasks"]
+    _VALID_DICT_FIELDS: ClassVar[list[str]] = [*SentenceTransformerTrainingArguments._VALID_DICT_FIELDS, "dataset_tasks"]
 
     dataset_tasks: Union[str, None, dict[str, str]] = field(  # noqa: UP007
         default=None,
@@ -174,7 +174,7 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
         super().__post_init__()
         try:
             self.task_ratio = parse_task_ratio(self.task_ratio)
-        except ValueError as error:
+        except (ValueError, TypeError) as error:
             raise RecipeError(str(error).removeprefix("task_ratio: "), "task_ratio") from None
         if isinstance(self.dataset_tasks, str):
             self.dataset_tasks = parse_dataset_tasks(self.dataset_tasks)

@@ -55,6 +55,11 @@ def _configure_client(monkeypatch: pytest.MonkeyPatch, url: str, home: Path, cac
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", disable_xet)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setattr(hf_api.api, "endpoint", url)
+    # transformers keeps one HfApi of its own, made with the endpoint of the first Hub it met: a stale one would send
+    # requests to an earlier test's (stopped) server and retry with back-off for ~45 s.
+    import transformers.utils.hub as transformers_hub
+
+    monkeypatch.setattr(transformers_hub, "_hf_api", None)
 
 
 def _hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, upload_mode: str,

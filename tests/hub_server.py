@@ -127,8 +127,7 @@ class HubState:
     @staticmethod
     def resolve(repo: Repo, revision: str) -> Commit | None:
         revision = unquote(revision)
-        if revision.startswith("refs/heads/"):
-            revision = revision[len("refs/heads/") :]
+        revision = revision.removeprefix("refs/heads/")
         if revision in repo.refs:
             return repo.commits[repo.refs[revision]]
         if re.fullmatch(r"[0-9a-f]{7,40}", revision):
@@ -145,7 +144,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     server: HubHTTPServer
 
     # ----------------------------------------------------------------- plumbing
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler API
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     @property
@@ -207,19 +206,19 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         return repo
 
     # ----------------------------------------------------------------- dispatch
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch("HEAD")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
@@ -229,7 +228,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             self.state.requests.append((method, urlsplit(self.path).path))
         try:
             self._route(method, segments, query, body)
-        except Exception as exc:  # a bug in the test server: answer 500 with the reason
+        except Exception as exc:  # noqa: BLE001 - a bug in the test server: answer 500 with the reason
             self._error(500, f"test hub server error: {exc!r}")
 
     def _route(self, method: str, seg: list[str], query: dict[str, list[str]], body: bytes) -> None:
@@ -609,7 +608,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             else:
                 start = int(first)
                 stop = min(size, int(last) + 1) if last else size
-            if start >= size and size > 0:
+            if start >= size > 0:
                 return self._send(416, b"", {**headers, "Content-Range": f"bytes */{size}"})
             status = 206
             headers["Content-Range"] = f"bytes {start}-{max(start, stop - 1)}/{size}"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tiny_models import make_tiny_model
 
-from hf_codiemb.pipeline import load_training_data, training_prompts
 from hf_codiemb.losses import CoDiEmbSTSLoss, MultiPositiveInfoNCELoss
+from hf_codiemb.pipeline import load_training_data, training_prompts
 from hf_codiemb.recipe import parse_recipe
 from hf_codiemb.trainer import CoDiEmbTrainer
 

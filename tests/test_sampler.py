@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import pytest
-import torch
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import ConcatDataset
 
@@ -56,7 +56,7 @@ def test_epochs_are_reproducible_and_differ():
 
 def test_tasks_are_interleaved_not_sequential():
     schedule = make_sampler().schedule()
-    switches = sum(1 for x, y in zip(schedule, schedule[1:]) if x != y)
+    switches = sum(1 for x, y in itertools.pairwise(schedule) if x != y)
     assert switches > 3
 
 

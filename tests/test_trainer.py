@@ -7,11 +7,11 @@ import random
 import pytest
 from datasets import Dataset
 from sentence_transformers.sentence_transformer.losses import CoSENTLoss
-
-from hf_codiemb import CoDiEmbTrainer, CoDiEmbTrainingArguments, TrainingDataError
 from tiny_models import make_tiny_model
 
-WORDS = "apple river engine garden violin planet market winter doctor camera ocean bridge".split()
+from hf_codiemb import CoDiEmbTrainer, CoDiEmbTrainingArguments, TrainingDataError
+
+WORDS = ["apple", "river", "engine", "garden", "violin", "planet", "market", "winter", "doctor", "camera", "ocean", "bridge"]
 
 
 def sentence(rng: random.Random, n: int = 6) -> str:
@@ -44,7 +44,7 @@ def sts_dataset(n: int = 32, seed: int = 1) -> Dataset:
 
 
 def make_args(tmp_path, **overrides) -> CoDiEmbTrainingArguments:
-    defaults = dict(
+    defaults = dict(  # noqa: C408 (training-argument keywords read best as keywords)
         output_dir=str(tmp_path / "run"), ir_batch_size=4, sts_batch_size=8, num_positives=1, num_negatives=2,
         num_train_epochs=1, learning_rate=2e-3, logging_steps=1, save_strategy="no", report_to=[], seed=0,
         use_cpu=True, disable_tqdm=True, warmup_steps=0,

@@ -30,10 +30,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from sentence_transformers import SentenceTransformer
 
-    from hf_codiemb.pipeline import load_eval_sets
     from hf_codiemb.errors import UsageError
     from hf_codiemb.evaluation import evaluate_model, format_results_table, write_results
     from hf_codiemb.models import ModelArguments, resolve_model_path
+    from hf_codiemb.pipeline import load_eval_sets
     from hf_codiemb.recipe import DataArguments
 
     if not args.sts_eval and not args.ir_eval:

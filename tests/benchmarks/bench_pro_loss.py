@@ -64,11 +64,15 @@ def main() -> None:
     loss = PROLoss(None, temperature=0.05)
     generator = torch.Generator().manual_seed(args.seed)
     lines = [
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{platform.processor() or platform.machine()}, float32, forward+backward, median of {args.repeats} repeats",
+        (
+            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+            f"{platform.processor() or platform.machine()}, float32, forward+backward, median of {args.repeats} repeats"
+        ),
         "",
-        "| batch | loop reference (ms) | vectorised (ms) | speed-up | loss value "
-        "| rel. diff float32 | abs. diff float64 |",
+        (
+            "| batch | loop reference (ms) | vectorised (ms) | speed-up | loss value "
+            "| rel. diff float32 | abs. diff float64 |"
+        ),
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in args.batch_sizes:
