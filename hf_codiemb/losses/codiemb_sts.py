@@ -15,7 +15,7 @@ from . import functional as F
 from ._common import CODIEMB_CITATION, check_same_sizes_across_ranks, function_name
 from .functional import check_scores
 from .middle_layer import embed_with_layer, middle_layer_info_nce
-from .rank_kl import ALL_EQUAL_GOLD
+from .rank_kl import check_rank_kl_options
 
 
 class CoDiEmbSTSLoss(nn.Module):
@@ -137,12 +137,7 @@ class CoDiEmbSTSLoss(nn.Module):
         for name, weight in weights.items():
             if not weight >= 0:
                 raise ValueError(f"{name}_weight must be non-negative, got {weight}.")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}.")
-        if rank_kl_reduction not in ("batchmean", "sum"):
-            raise ValueError(f"rank_kl_reduction must be 'batchmean' or 'sum', got {rank_kl_reduction!r}.")
-        if rank_kl_all_equal_gold not in ALL_EQUAL_GOLD:
-            raise ValueError(f"rank_kl_all_equal_gold must be one of {ALL_EQUAL_GOLD}, got {rank_kl_all_equal_gold!r}.")
+        check_rank_kl_options(temperature, rank_kl_reduction, rank_kl_all_equal_gold, prefix="rank_kl_")
         if not soft_spearman_regularization > 0:
             raise ValueError(f"soft_spearman_regularization must be positive, got {soft_spearman_regularization}.")
         if not multi_layer_weight >= 0:

@@ -13,6 +13,16 @@ from .functional import rank_kl_loss
 ALL_EQUAL_GOLD: tuple[str, ...] = ("uniform_target", "zero")
 
 
+def check_rank_kl_options(temperature: float, reduction: str, all_equal_gold: str, prefix: str = "") -> None:
+    """Raise a ``ValueError`` naming the option (``prefix`` + its name) when a rank-KL option is out of range."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    if reduction not in ("batchmean", "sum"):
+        raise ValueError(f"{prefix}reduction must be 'batchmean' or 'sum', got {reduction!r}.")
+    if all_equal_gold not in ALL_EQUAL_GOLD:
+        raise ValueError(f"{prefix}all_equal_gold must be one of {ALL_EQUAL_GOLD}, got {all_equal_gold!r}.")
+
+
 class RankKLLoss(PairScoreLoss):
     def __init__(
         self,
@@ -82,12 +92,7 @@ class RankKLLoss(PairScoreLoss):
                 value.backward()
         """
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}.")
-        if reduction not in ("batchmean", "sum"):
-            raise ValueError(f"reduction must be 'batchmean' or 'sum', got {reduction!r}.")
-        if all_equal_gold not in ALL_EQUAL_GOLD:
-            raise ValueError(f"all_equal_gold must be one of {ALL_EQUAL_GOLD}, got {all_equal_gold!r}.")
+        check_rank_kl_options(temperature, reduction, all_equal_gold)
         self.model = model
         self.temperature = temperature
         self.reduction = reduction
