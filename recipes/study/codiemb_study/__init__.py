@@ -1,6 +1,6 @@
 """The CoDiEmb study: CoDiEmb against simpler set-ups on the same recipe and step budget.
 
-- :mod:`codiemb_study.methods`: the methods compared ((a)-(g)).
+- :mod:`codiemb_study.methods`: the methods compared ((a)-(g)) and the fusion rows (f), (h).
 - :mod:`codiemb_study.runner`: trains and evaluates every method x seed, one JSON file per run (resumable).
 - :mod:`codiemb_study.report`: Markdown tables (mean and spread over seeds) and the IR-vs-STS trade-off plot.
 
@@ -9,7 +9,14 @@ the study's code, not part of the installed library: the scripts next to it impo
 folder on the path), and the tests through pytest's ``pythonpath`` setting (pyproject.toml).
 """
 
-from codiemb_study.methods import FUSION_ROWS, METHODS, MethodSetup, StudyMethod
+from codiemb_study.methods import (
+    FUSION_ROWS,
+    METHODS,
+    RATIO_FUSION_INPUTS,
+    RATIO_FUSION_ROWS,
+    MethodSetup,
+    StudyMethod,
+)
 from codiemb_study.runner import Study
 
-__all__ = ["FUSION_ROWS", "METHODS", "MethodSetup", "Study", "StudyMethod"]
+__all__ = ["FUSION_ROWS", "METHODS", "RATIO_FUSION_INPUTS", "RATIO_FUSION_ROWS", "MethodSetup", "Study", "StudyMethod"]

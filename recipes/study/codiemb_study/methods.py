@@ -9,6 +9,8 @@ which data it trains on, how batches are formed and which loss each batch gets.
 | ``sts_only`` | the STS pairs | STS | :class:`~hf_codiemb.losses.CoDiEmbSTSLoss` |
 | ``mixed_infonce`` | IR records + STS pairs as IR records | mixed (one shuffled pool) | InfoNCE for all |
 | ``cosent`` | STS pairs (scores to [0, 1]) + IR records as 1/0 pairs | mixed (one shuffled pool) | CoSENT for all |
+| ``sts_cosine`` | the STS pairs (scores to [0, 1]) | STS | sentence-transformers ``CosineSimilarityLoss`` |
+| ``sts_cosent`` | the STS pairs (scores to [0, 1]) | STS | sentence-transformers ``CoSENTLoss`` |
 | ``codiemb`` | both | one task per batch (task-balanced) | the task's loss |
 | ``ratio_ir3_sts1`` etc. | both | one task per batch, IR:STS share of updates fixed | the task's loss |
 
@@ -19,6 +21,13 @@ fed STS data. On STS-B English, whose IR task is itself built that way, those re
 How IR records become pairs for ``cosent``: :func:`hf_codiemb.data.labelled_pairs_from_ir_records` (query-positive
 scored 1, query-negative scored 0); STS scores are rescaled from ``sts_score_range`` to [0, 1] so that the two kinds
 of pairs share one scale inside a mixed batch.
+
+``sts_cosine`` and ``sts_cosent`` are the plain sentence-transformers STS losses a user would pick first, on the STS
+data alone with the same budget: gold scores rescaled from ``sts_score_range`` to [0, 1] (``CosineSimilarityLoss``
+regresses the cosine onto that value; ``CoSENTLoss`` only uses the order of the scores, which the rescaling keeps).
+
+(h) is not a training method: :data:`RATIO_FUSION_ROWS` fuse the final models of the IR-heavy and STS-heavy runs of
+the ratio sweep (:data:`RATIO_FUSION_INPUTS`, same seed) by delta fusion and by a uniform soup (base = the encoder).
 """
 
 from __future__ import annotations
@@ -84,16 +93,33 @@ def _mixed_infonce(datasets, tasks, args, score_range) -> MethodSetup:
     return MethodSetup({"mixed": pool}, {"mixed": "ir"})
 
 
-def _cosent(datasets, tasks, args, score_range) -> MethodSetup:
-    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
-
+def _unit_scores(datasets: Mapping[str, Dataset], tasks: Mapping[str, str], score_range) -> dict[str, Dataset]:
+    """The recipe's STS pairs with their gold scores rescaled from ``score_range`` to [0, 1]."""
     low, high = score_range
     if not high > low:
         raise ValueError(f"sts_score_range must have high > low to rescale STS scores, got {score_range}")
-    sts = [
-        d.select_columns(list(STS_COLUMNS)).map(lambda row: {"score": (row["score"] - low) / (high - low)})
-        for d in _of_task(datasets, tasks, "sts").values()
-    ]
+    return {
+        name: d.select_columns(list(STS_COLUMNS)).map(lambda row: {"score": (row["score"] - low) / (high - low)})
+        for name, d in _of_task(datasets, tasks, "sts").items()
+    }
+
+
+def _sts_only_with(loss_name: str):
+    """A method training a plain sentence-transformers STS loss on the STS pairs alone (scores in [0, 1])."""
+
+    def build(datasets, tasks, args, score_range) -> MethodSetup:
+        from sentence_transformers.sentence_transformer import losses
+
+        sts = _unit_scores(datasets, tasks, score_range)
+        return MethodSetup(sts, {name: "sts" for name in sts}, loss=getattr(losses, loss_name))
+
+    return build
+
+
+def _cosent(datasets, tasks, args, score_range) -> MethodSetup:
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+
+    sts = list(_unit_scores(datasets, tasks, score_range).values())
     ir_pairs = [
         labelled_pairs_from_ir_records(d, num_negatives=args.num_negatives)
         for d in _of_task(datasets, tasks, "ir").values()
@@ -110,6 +136,8 @@ METHODS: dict[str, StudyMethod] = {
     for method in [
         StudyMethod("ir_only", "(a) IR only: InfoNCE", _single_task("ir"), ir_share=1.0),
         StudyMethod("sts_only", "(b) STS only: CoDiEmb STS loss", _single_task("sts"), ir_share=0.0),
+        StudyMethod("sts_cosine", "(b2) CosineSimilarityLoss, STS only", _sts_only_with("CosineSimilarityLoss")),
+        StudyMethod("sts_cosent", "(b3) CoSENTLoss, STS only", _sts_only_with("CoSENTLoss")),
         StudyMethod("mixed_infonce", "(c) mixed-task batches, one InfoNCE loss", _mixed_infonce, pooled=True),
         StudyMethod("cosent", "(d) CoSENT only (mixed batches)", _cosent, pooled=True),
         StudyMethod("codiemb", "(e) CoDiEmb (task-balanced, task losses)", _both_tasks),
@@ -124,4 +152,12 @@ METHODS: dict[str, StudyMethod] = {
 FUSION_ROWS = {
     "codiemb_delta_fusion": "(f) CoDiEmb + delta fusion (p=1, element)",
     "codiemb_uniform_soup": "(f') CoDiEmb + uniform soup (control)",
+}
+
+#: The ratio-sweep runs whose final models (h) fuses: the IR-heavy (3:1) and the STS-heavy (1:3) run of one seed.
+RATIO_FUSION_INPUTS = ("ratio_ir3_sts1", "ratio_ir1_sts3")
+#: Rows computed from the final models of :data:`RATIO_FUSION_INPUTS` (no extra training): (h) and its control.
+RATIO_FUSION_ROWS = {
+    "ratio_delta_fusion": "(h) delta fusion (p=1, element) of the IR:STS 3:1 + 1:3 runs",
+    "ratio_uniform_soup": "(h') uniform soup of the IR:STS 3:1 + 1:3 runs (control)",
 }

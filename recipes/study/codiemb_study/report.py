@@ -17,13 +17,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from codiemb_study.methods import FUSION_ROWS, METHODS, RATIO_SWEEP
+from codiemb_study.methods import FUSION_ROWS, METHODS, RATIO_FUSION_ROWS, RATIO_SWEEP
 from codiemb_study.runner import BASE_ROW
 
 logger = logging.getLogger(__name__)
 
-# (f) rows follow (e), whose checkpoints they fuse; the ratio sweep (g) comes last.
-ROW_ORDER = [BASE_ROW, *[key for key in METHODS if key not in RATIO_SWEEP], *FUSION_ROWS, *RATIO_SWEEP]
+# (f) rows follow (e), whose checkpoints they fuse; the ratio sweep (g) comes next, then (h), which fuses two of its runs.
+ROW_ORDER = [
+    BASE_ROW, *[key for key in METHODS if key not in RATIO_SWEEP], *FUSION_ROWS, *RATIO_SWEEP, *RATIO_FUSION_ROWS
+]
+#: One distinct filled marker per row of ROW_ORDER (the same in every panel).
+MARKERS = "osDv^<>PXh*pd8H"
+
 #: (metric, column, decimals) of the geometry columns.
 GEOMETRY = [
     ("geometry/anisotropy", "anisotropy", 4),
@@ -40,10 +45,16 @@ def load_runs(encoder_dir: Path) -> list[dict[str, Any]]:
 
 
 def metric_keys(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
-    """The STS Spearman and IR nDCG@10 metric names present in the runs (sorted)."""
+    """The STS Spearman and IR nDCG@10 metric names present in the runs (sorted).
+
+    The IR sets read from BEIR folders (real retrieval, the runs' ``beir_ir_sets``) come first, so the first IR
+    column of the table and the IR axis of the plot are the BEIR nDCG@10 whenever the recipe evaluates on one.
+    """
     keys = {key for run in runs for key in run["metrics"]}
+    beir = {name for run in runs for name in run.get("beir_ir_sets") or []}
     sts = sorted(k for k in keys if k.startswith("sts/") and k.endswith("/spearman_cosine"))
-    ir = sorted(k for k in keys if k.startswith("ir/") and k.endswith("/ndcg@10"))
+    ir_keys = (k for k in keys if k.startswith("ir/") and k.endswith("/ndcg@10"))
+    ir = sorted(ir_keys, key=lambda k: (k.split("/")[1] not in beir, k))
     return sts, ir
 
 
@@ -111,6 +122,9 @@ def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> s
         else:
             cells.append("-")
         lines.append("| " + " | ".join(cells) + " |")
+    fused = sorted({run_name for run in runs if run["method"] in RATIO_FUSION_ROWS for run_name in run["fused_runs"]})
+    if fused:
+        lines += ["", f"(h) fuses the final models of the runs {', '.join(fused)} (base = the encoder), per seed."]
     return "\n".join(lines)
 
 
@@ -135,8 +149,7 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(encoders), figsize=(max(6.2 * len(encoders), 10.0), 5.6), squeeze=False)
-    markers = "osDv^<>PXh*p"
-    colours = plt.get_cmap("tab10")
+    colours = plt.get_cmap("tab20")
     for ax, (encoder, runs) in zip(axes[0], encoders.items()):
         sts_keys, ir_keys = metric_keys(runs)
         if not sts_keys or not ir_keys:
@@ -150,8 +163,9 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
             ys = [r["metrics"][ir_key] for r in group]
             (x, sx), (y, sy) = mean_and_spread(xs), mean_and_spread(ys)
             points[key] = (x, y, sx or 0.0, sy or 0.0)
-            ax.errorbar(x, y, xerr=sx or 0.0, yerr=sy or 0.0, fmt=markers[index % len(markers)], capsize=3,
-                        label=group[0]["label"], color="black" if key == BASE_ROW else colours(index % 10))  # fmt: skip
+            ax.errorbar(x, y, xerr=sx or 0.0, yerr=sy or 0.0, fmt=MARKERS[index % len(MARKERS)], capsize=3,
+                        markersize=10 if key in RATIO_FUSION_ROWS else 6, label=group[0]["label"],
+                        color="black" if key == BASE_ROW else colours(index % 20))  # fmt: skip
         sweep = sorted(
             (METHODS[key].ir_share, key) for key in points if key in METHODS and METHODS[key].ir_share is not None
         )

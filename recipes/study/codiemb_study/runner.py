@@ -3,7 +3,7 @@
 Each finished run writes one JSON file ``<results_dir>/<encoder>/runs/<method>-seed<seed>.json`` (metrics on the
 recipe's dev sets, training time, optimizer updates per task, the command); a run whose file exists is skipped, so
 an interrupted study resumes where it stopped. Training folders go to ``work_dir`` and are deleted after evaluation
-(the study keeps numbers, not models).
+(the study keeps numbers, not models), except the final models of the (h) inputs, kept until (h) is stored.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from codiemb_study.methods import FUSION_ROWS, METHODS, MethodSetup
+from codiemb_study.methods import FUSION_ROWS, METHODS, RATIO_FUSION_INPUTS, RATIO_FUSION_ROWS, MethodSetup
 from hf_codiemb.atomic import write_text_atomically
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,10 @@ class Study:
         if not (self.sts_sets or self.ir_sets):
             raise ValueError(f"Recipe {recipe} has no evaluation data (sts_eval / ir_eval): the study needs dev sets")
         self.sts_prompt = self.model_args.effective_sts_prompt
+        #: The IR evaluation sets read from BEIR folders (``ir_eval_beir``): the study's IR metric when present.
+        #: (``load_eval_sets`` adds them last, one per ``ir_eval_beir`` entry, in order.)
+        num_beir = len(self.data_args.ir_eval_beir or [])
+        self.beir_ir_sets = list(self.ir_sets)[len(self.ir_sets) - num_beir :] if num_beir else []
         self.command = " ".join(["python", "recipes/study/run_study.py", *sys.argv[1:]]) if sys.argv else ""
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -137,6 +141,7 @@ class Study:
             "recipe": self.recipe,
             "overrides": self.overrides,
             "command": self.command,
+            "beir_ir_sets": self.beir_ir_sets,
             **fields,
         }
 
@@ -161,7 +166,7 @@ class Study:
         from hf_codiemb.trainer import CoDiEmbTrainer
 
         path = run_file(self.results_dir, self.encoder, key, seed)
-        if path.exists() and (key != "codiemb" or self._fusion_done(seed)):
+        if path.exists() and (key != "codiemb" or self._fusion_done(seed)) and self._ratio_input_ready(key, seed):
             stored = json.loads(path.read_text())
             if stored.get("max_steps") != self.max_steps:
                 raise ValueError(
@@ -196,8 +201,23 @@ class Study:
         write_json_atomically(path, result)
         if key == "codiemb":
             self.run_fusion(seed, Path(args.output_dir))
+        if key in RATIO_FUSION_INPUTS:  # (h) fuses the final models of these runs: kept until it is stored
+            trainer.model.save(str(self.final_model_dir(key, seed)))
         shutil.rmtree(args.output_dir, ignore_errors=True)
         return result
+
+    def final_model_dir(self, key: str, seed: int) -> Path:
+        """Where the final model of an (h) input run waits for the fusion."""
+        return self.work_dir / f"{key}-seed{seed}-final"
+
+    def _ratio_fusion_done(self, seed: int) -> bool:
+        return all(run_file(self.results_dir, self.encoder, key, seed).exists() for key in RATIO_FUSION_ROWS)
+
+    def _ratio_input_ready(self, key: str, seed: int) -> bool:
+        """Whether a stored run needs no retraining for (h): not an (h) input, (h) stored, or its model kept."""
+        if key not in RATIO_FUSION_INPUTS or self._ratio_fusion_done(seed):
+            return True
+        return (self.final_model_dir(key, seed) / "config_sentence_transformers.json").is_file()
 
     @property
     def score_range(self) -> tuple[float, float]:
@@ -235,6 +255,43 @@ class Study:
             write_json_atomically(run_file(self.results_dir, self.encoder, key, seed), result)
             shutil.rmtree(out, ignore_errors=True)
 
+    def run_ratio_fusion(self, seed: int) -> list[dict[str, Any]]:
+        """(h): fuse the final models of the IR-heavy and STS-heavy ratio runs of ``seed`` (base = the encoder) by
+        delta-guided fusion and by a uniform soup; each is evaluated like a trained run (skipped if stored)."""
+        from sentence_transformers import SentenceTransformer
+
+        from hf_codiemb.fusion import delta_fuse, fuse
+        from hf_codiemb.models import resolve_model_path
+
+        if self._ratio_fusion_done(seed):
+            return [json.loads(run_file(self.results_dir, self.encoder, k, seed).read_text()) for k in RATIO_FUSION_ROWS]
+        inputs = [self.final_model_dir(key, seed) for key in RATIO_FUSION_INPUTS]
+        missing = [str(path) for path in inputs if not path.is_dir()]
+        if missing:
+            raise RuntimeError(f"(h) seed {seed} needs the final models {missing}: run {list(RATIO_FUSION_INPUTS)} first")
+        base = resolve_model_path(self.model_args.model_name_or_path)
+        results = []
+        for key, label in RATIO_FUSION_ROWS.items():
+            out = self.work_dir / f"{key}-seed{seed}"
+            started = time.perf_counter()
+            if key == "ratio_delta_fusion":
+                delta_fuse(base, [str(p) for p in inputs], out, p=1.0, granularity="element", overwrite=True,
+                           show_progress=False)  # fmt: skip
+            else:
+                fuse([str(p) for p in inputs], out, base=base, method="uniform", overwrite=True, show_progress=False)
+            fuse_seconds = time.perf_counter() - started
+            metrics = self.evaluate(SentenceTransformer(str(out), device="cpu"))
+            result = self.record(
+                key, label, seed, fused_runs=[f"{k}-seed{seed}" for k in RATIO_FUSION_INPUTS],
+                fusion_runtime_s=round(fuse_seconds, 2), metrics=metrics,
+            )  # fmt: skip
+            write_json_atomically(run_file(self.results_dir, self.encoder, key, seed), result)
+            shutil.rmtree(out, ignore_errors=True)
+            results.append(result)
+        for path in inputs:
+            shutil.rmtree(path, ignore_errors=True)
+        return results
+
     def run(self, methods: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
         """Every method x seed (seed-major, so a partial study has whole seeds), after the base evaluation."""
         unknown = [m for m in methods if m not in METHODS]
@@ -244,4 +301,6 @@ class Study:
         for seed in seeds:
             for key in methods:
                 results.append(self.run_method(key, seed))
+            if all(key in methods for key in RATIO_FUSION_INPUTS):  # (h) once both of its inputs are trained
+                results.extend(self.run_ratio_fusion(seed))
         return results
