@@ -1,5 +1,6 @@
 """The study (issue 5): method set-ups, the planned update counts against a real training run, and the whole
-pipeline (every method, fusion rows, resume, report) on a tiny model and the packaged demo data."""
+pipeline (every method, fusion rows, resume, report) on a tiny model and the packaged demo data; issue 13: the plain
+sentence-transformers STS losses, (h) fusion of two ratio runs, and a recipe on BEIR folders."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from beir_fixtures import CORPUS, write_beir_folder
 from datasets import Dataset
+from sentence_transformers import SentenceTransformer
 from tiny_models import make_tiny_model
 
-from codiemb_study import FUSION_ROWS, METHODS, Study
-from codiemb_study.report import encoder_table, mean_and_spread, write_report
+from codiemb_study import FUSION_ROWS, METHODS, RATIO_FUSION_INPUTS, RATIO_FUSION_ROWS, Study
+from codiemb_study.report import encoder_table, mean_and_spread, metric_keys, write_report
 from codiemb_study.runner import planned_updates
 from hf_codiemb.pipeline import load_training_data
 from hf_codiemb.recipe import parse_recipe
@@ -104,6 +108,34 @@ def test_cosent_rescales_sts_scores_and_labels_ir_pairs(tmp_path):
     assert list(ir_part.filter(lambda r: r["score"] == 0.0)["sentence2"])[:2] == ["neg 0", "neg 0b"]
 
 
+@pytest.mark.parametrize(("key", "loss_name"), [("sts_cosine", "CosineSimilarityLoss"), ("sts_cosent", "CoSENTLoss")])
+def test_plain_sts_losses_train_the_sts_pairs_alone_with_unit_scores(tmp_path, key, loss_name):
+    args = args_for(tmp_path)
+    setup = METHODS[key].build(DATASETS, TASKS, args, (1.0, 5.0))
+    assert setup.loss.__name__ == loss_name and setup.tasks == {"sts": "sts"}  # the STS data alone, no IR pairs
+    sts = setup.datasets["sts"]
+    assert sts.column_names == ["sentence1", "sentence2", "score"] and len(sts) == len(STS)
+    # by hand: the gold scores i % 6 rescaled from [1, 5] to [0, 1]
+    assert list(sts["score"]) == pytest.approx([((i % 6) - 1.0) / 4.0 for i in range(20)])
+    assert list(sts["sentence1"]) == list(STS["sentence1"])
+    with pytest.raises(ValueError, match="no STS training data"):
+        METHODS[key].build({"ir": IR}, {"ir": "ir"}, args, (0.0, 5.0))
+    with pytest.raises(ValueError, match="high > low"):
+        METHODS[key].build(DATASETS, TASKS, args, (5.0, 5.0))
+
+
+def test_plain_sts_loss_trains_only_sts_batches(tmp_path):
+    model = make_tiny_model(tmp_path / "tiny")
+    args = args_for(tmp_path, "--max_steps", "3", "--save_strategy", "no", "--disable_tqdm", "true")
+    setup = METHODS["sts_cosine"].build(DATASETS, TASKS, args, (0.0, 5.0))
+    args.dataset_tasks = setup.tasks
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=setup.datasets, loss=setup.loss)
+    trainer.seen = []
+    trainer.train()
+    assert trainer.seen == ["sts"] * 3 and planned_updates(setup, args) == {"sts": 3}
+    assert type(trainer.loss["sts"]).__name__ == "CosineSimilarityLoss"
+
+
 def test_ratio_methods_set_the_task_ratio_and_sweep_shares():
     assert METHODS["ratio_ir3_sts1"].task_ratio == "ir:3,sts:1" and METHODS["ratio_ir3_sts1"].ir_share == 0.75
     assert METHODS["ir_only"].ir_share == 1.0 and METHODS["sts_only"].ir_share == 0.0
@@ -144,7 +176,7 @@ def test_study_runs_every_method_fuses_resumes_and_reports(tiny_recipe, tmp_path
     study.run(list(METHODS), seeds=[1])
     runs_dir = results / "tiny-encoder" / "runs"
     stored = sorted(p.stem for p in runs_dir.glob("*.json"))
-    assert stored == sorted(["base", *[f"{k}-seed1" for k in [*METHODS, *FUSION_ROWS]]])
+    assert stored == sorted(["base", *[f"{k}-seed1" for k in [*METHODS, *FUSION_ROWS, *RATIO_FUSION_ROWS]]])
     codiemb = json.loads((runs_dir / "codiemb-seed1.json").read_text())
     assert sum(codiemb["updates"].values()) == 3 and codiemb["train_runtime_s"] > 0
     assert {"sts/sts_dev/spearman_cosine", "ir/ir_dev/ndcg@10", "geometry/anisotropy"} <= set(codiemb["metrics"])
@@ -152,6 +184,11 @@ def test_study_runs_every_method_fuses_resumes_and_reports(tiny_recipe, tmp_path
     assert fused["fused_checkpoints"] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
     assert json.loads((runs_dir / "ir_only-seed1.json").read_text())["updates"] == {"ir": 3}
     assert not any(work.rglob("checkpoint-*")), "training folders are removed after evaluation"
+    for key in RATIO_FUSION_ROWS:  # (h): the two ratio runs of the same seed, their models removed once fused
+        assert json.loads((runs_dir / f"{key}-seed1.json").read_text())["fused_runs"] == [
+            "ratio_ir3_sts1-seed1", "ratio_ir1_sts3-seed1"
+        ]  # fmt: skip
+    assert not any(work.rglob("*-final")), "the (h) inputs are removed once (h) is stored"
 
     # Resume: stored runs are not trained again.
     mtimes = {p.name: p.stat().st_mtime_ns for p in runs_dir.glob("*.json")}
@@ -166,9 +203,15 @@ def test_study_runs_every_method_fuses_resumes_and_reports(tiny_recipe, tmp_path
     for key in METHODS:
         assert METHODS[key].label in table
     assert FUSION_ROWS["codiemb_delta_fusion"] in table and "base encoder" in table
+    for label in RATIO_FUSION_ROWS.values():
+        assert label in table
+    assert "(h) fuses the final models of the runs ratio_ir1_sts3-seed1, ratio_ir3_sts1-seed1" in table
     assert "| 3 mixed |" in table  # pooled methods have no per-task update count
     assert (results / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(written) == 3
+    # (h) rows come after the sweep (g) they fuse, with their own markers on the plot
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| (")]
+    assert rows[-2:] == [f"| {label}" for label in RATIO_FUSION_ROWS.values()]
     summary = (results / "summary.md").read_text()
     assert "## tiny-encoder (3 updates per method)" in summary and "anisotropy" not in summary
 
@@ -199,3 +242,65 @@ def test_load_training_data_feeds_the_methods(tiny_recipe):
     for key in METHODS:
         setup = METHODS[key].build(datasets, tasks, args, (0.0, 5.0))
         assert setup.datasets and set(setup.tasks) == set(setup.datasets)
+
+
+def test_ratio_fusion_is_the_average_of_the_two_final_models(tiny_recipe, tmp_path):
+    """(h') uniform soup scores what the hand-averaged weights of the 3:1 and 1:3 runs score."""
+    study = Study(str(tiny_recipe), ["--max_seq_length", "32"], max_steps=3, results_dir=tmp_path / "r",
+                  work_dir=tmp_path / "w")  # fmt: skip
+    for key in RATIO_FUSION_INPUTS:
+        study.run_method(key, seed=5)
+    finals = [SentenceTransformer(str(study.final_model_dir(key, 5)), device="cpu") for key in RATIO_FUSION_INPUTS]
+    averaged = SentenceTransformer(str(study.final_model_dir(RATIO_FUSION_INPUTS[0], 5)), device="cpu")
+    states = [m.state_dict() for m in finals]
+    with torch.no_grad():
+        averaged.load_state_dict({name: (states[0][name] + states[1][name]) / 2 for name in states[0]})
+    expected = study.evaluate(averaged)
+    soup = {r["method"]: r for r in study.run_ratio_fusion(5)}["ratio_uniform_soup"]
+    for name, value in expected.items():
+        assert soup["metrics"][name] == pytest.approx(value, abs=1e-5), name
+    delta = json.loads((tmp_path / "r" / "tiny-encoder" / "runs" / "ratio_delta_fusion-seed5.json").read_text())
+    assert delta["fused_runs"] == ["ratio_ir3_sts1-seed5", "ratio_ir1_sts3-seed5"]
+    # Resume: a stored (h) needs neither the kept models nor a new fusion.
+    assert not study.final_model_dir(RATIO_FUSION_INPUTS[0], 5).exists()
+    assert study.run_ratio_fusion(5)[0]["metrics"] == delta["metrics"]
+
+
+def test_study_on_beir_folders_reports_the_beir_ndcg_first(tmp_path):
+    """A recipe that trains on ``ir_train_beir`` (mined negatives) and evaluates on ``ir_eval_beir``, as the SciFact
+    recipe does: the runs carry the BEIR nDCG@10, and the report puts it first (table and plot axis)."""
+    make_tiny_model(tmp_path / "tiny")
+    beir = write_beir_folder(tmp_path / "fixture")
+    mined = tmp_path / "mined.jsonl"
+    others = ["c-train", "c-bike", "c-moon", "c-rain"]
+    mined.write_text("".join(
+        json.dumps({"query_id": q, "negatives": [CORPUS[c][1] for c in others]}) + "\n"
+        for q in ("q-temp", "q-store", "q-bread")
+    ))  # fmt: skip
+    recipe_dir = tmp_path / "beir-encoder"
+    recipe_dir.mkdir()
+    recipe = {
+        "model_name_or_path": str(tmp_path / "tiny" / "model"),
+        "ir_train_beir": [f"{beir}:train:{mined}"],
+        "sts_train": ["demo:sts_train.jsonl"],
+        "ir_eval_beir": [f"{beir}:dev"],
+        "sts_eval": ["demo:sts_dev.jsonl"],
+        "ir_eval_from_sts": True,  # a second IR set, paraphrase retrieval, which must not become the IR axis
+        "max_train_records": 16, "max_eval_records": 20, "ir_batch_size": 2, "sts_batch_size": 4,
+        "num_positives": 1, "num_negatives": 2, "learning_rate": 1e-3, "sts_score_range": [0, 5],
+    }  # fmt: skip
+    (recipe_dir / "config.yaml").write_text(yaml.safe_dump(recipe))
+    results = tmp_path / "results"
+    study = Study(str(recipe_dir / "config.yaml"), ["--max_seq_length", "32"], 3, results, tmp_path / "work")
+    assert study.beir_ir_sets == ["fixture_dev"] and study.datasets["fixture_train"].num_rows == 3
+    runs = study.run(["ir_only", "sts_cosine"], seeds=[1])
+    ir_only = runs[1]
+    assert ir_only["updates"] == {"ir": 3} and ir_only["beir_ir_sets"] == ["fixture_dev"]
+    assert {"ir/fixture_dev/ndcg@10", "ir/sts_dev-paraphrase-ir/ndcg@10"} <= set(ir_only["metrics"])
+    _, ir_keys = metric_keys(runs)
+    assert ir_keys[0] == "ir/fixture_dev/ndcg@10"  # "fixture" < "sts" anyway: also check against a later name
+    renamed = [{**r, "beir_ir_sets": ["sts_dev-paraphrase-ir"]} for r in runs]
+    assert metric_keys(renamed)[1][0] == "ir/sts_dev-paraphrase-ir/ndcg@10"
+    write_report(results)
+    header = (results / "beir-encoder" / "study.md").read_text().split("| method |")[1].splitlines()[0]
+    assert header.index("IR fixture_dev nDCG@10") < header.index("IR sts_dev-paraphrase-ir nDCG@10")
