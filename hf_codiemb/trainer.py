@@ -241,13 +241,13 @@ def validate_training_dataset(name: str, task: str, dataset: Dataset, num_negati
                 )
 
 
-def prepare_output_dir(args: CoDiEmbTrainingArguments) -> str | None:
+def prepare_output_dir(args: CoDiEmbTrainingArguments, dry_run: bool = False) -> str | None:
     """Where a run starts: the checkpoint it resumes from, or ``None`` for a new run into a safe ``output_dir``.
 
     Resolves ``args.resume_from_checkpoint`` (see :func:`resolve_resume_checkpoint`). A new run into an
     ``output_dir`` that already holds ``checkpoint-N`` folders or a saved model is refused unless
     ``args.overwrite_output_dir``, in which case the old checkpoints are deleted (by the process that saves) so they
-    cannot be mistaken for this run's.
+    cannot be mistaken for this run's. With ``dry_run`` the same checks run and nothing is deleted.
 
     Raises:
         OutputExistsError: a new run into a used ``output_dir`` without ``overwrite_output_dir``.
@@ -272,7 +272,7 @@ def prepare_output_dir(args: CoDiEmbTrainingArguments) -> str | None:
             "--overwrite_output_dir to start over (its checkpoints are then deleted)."
         )
     logger.warning("overwrite_output_dir: starting a new run in %s, which holds %s", output_dir, " and ".join(held))
-    if args.should_save:
+    if args.should_save and not dry_run:
         import shutil
 
         for old in checkpoints:

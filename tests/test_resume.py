@@ -327,3 +327,20 @@ def test_kill_9_during_a_checkpoint_save_then_resume_last_finishes_like_an_unint
     weights, clean_weights = load_file(out / "model.safetensors"), load_file(clean / "model.safetensors")
     for name, tensor in clean_weights.items():
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_dry_run_checks_the_output_dir_and_the_resume_value_without_deleting(tmp_path, capsys):
+    from hf_codiemb.cli import main
+
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path, out)
+    (out / "checkpoint-2").mkdir(parents=True)
+    # A new run into a used output_dir: the dry run refuses it as the real run would.
+    assert main(["train", str(recipe), "--dry_run", "true"]) == 2
+    assert "already holds 1 checkpoint(s)" in capsys.readouterr().err
+    # With --overwrite_output_dir it passes, and (a dry run) deletes nothing.
+    assert main(["train", str(recipe), "--dry_run", "true", "--overwrite_output_dir", "true"]) == 0
+    assert (out / "checkpoint-2").is_dir()
+    # An incomplete checkpoint to resume from is named before any work.
+    assert main(["train", str(recipe), "--dry_run", "true", "--resume_from_checkpoint", str(out / "checkpoint-2")]) == 2
+    assert "checkpoint-2: cannot resume from it" in capsys.readouterr().err

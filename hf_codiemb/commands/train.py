@@ -31,8 +31,10 @@ def dry_run(model_args, data_args, training_args) -> int:
     from hf_codiemb.model_card import infer_base_model_id
     from hf_codiemb.models import lora_plan, resolve_model_path
     from hf_codiemb.pipeline import load_eval_sets, load_training_data
-    from hf_codiemb.trainer import build_task_sampler, validate_training_dataset
+    from hf_codiemb.trainer import build_task_sampler, prepare_output_dir, validate_training_dataset
 
+    # The output folder and the resume value, as the real run checks them (nothing is deleted here).
+    resume_from = prepare_output_dir(training_args, dry_run=True)
     path = resolve_model_path(model_args.model_name_or_path)
     if Path(path).is_dir():
         config = AutoConfig.from_pretrained(path)
@@ -48,6 +50,7 @@ def dry_run(model_args, data_args, training_args) -> int:
         "datasets": {n: {"task": tasks[n], "records": len(d)} for n, d in datasets.items()},
         "updates_per_epoch": sampler.updates_per_task(),
         "world_size": training_args.world_size,
+        "resume_from_checkpoint": resume_from,
     }
     if model_args.lora_r > 0:
         plan["lora"] = lora_plan(model_args, path)
