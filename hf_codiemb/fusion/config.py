@@ -108,9 +108,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, position
         if item.name in positional:
             parser.add_argument(item.name, nargs="*" if is_list else "?", default=argparse.SUPPRESS, help=help_text)
             continue
-        flags = ["--" + item.name.replace("_", "-")]
-        if "_" in item.name:  # both spellings, as `codiemb train` (transformers' HfArgumentParser) accepts
-            flags.append("--" + item.name)
+        flags = ["--" + item.name.replace("_", "-")]  # `codiemb` adds the `--flag_name` spelling to every command
         if kind is bool:
             parser.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=help_text)
         elif is_list:
