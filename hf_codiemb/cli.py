@@ -9,7 +9,7 @@ import os
 import sys
 from typing import NoReturn
 
-from hf_codiemb.errors import CoDiEmbUserError, UsageError, unknown_arguments_message
+from hf_codiemb.errors import CoDiEmbUserError, UsageError
 
 logger = logging.getLogger("hf_codiemb")
 
@@ -20,8 +20,9 @@ USER_ERROR_EXIT_CODE = 2
 
 
 class CommandArgumentParser(argparse.ArgumentParser):
-    """The parser of ``codiemb`` and its sub-commands: flags are never abbreviated, and a bad command line raises
-    :class:`~hf_codiemb.errors.UsageError` (one line, exit status 2) instead of printing the whole usage."""
+    """The parser of ``codiemb`` itself (global options and the list of commands): flags are never abbreviated, and a
+    bad command line raises :class:`~hf_codiemb.errors.UsageError` (one line, exit status 2). Each command parses its
+    own arguments with :class:`hf_codiemb.command_parser.CommandParser`."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -30,21 +31,10 @@ class CommandArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
-    def accept_both_spellings(self) -> None:
-        """Give every long option both spellings, ``--flag-name`` and ``--flag_name`` (as ``codiemb train`` takes).
 
-        Done once the command's options exist, so it also covers options added through argument groups.
-        """
-        for action in self._actions:
-            for option in list(action.option_strings):
-                if not option.startswith("--"):
-                    continue
-                for other in ("--" + option[2:].replace("-", "_"), "--" + option[2:].replace("_", "-")):
-                    # Parsed, but not listed: help, usage and error messages keep the documented spelling.
-                    self._option_string_actions.setdefault(other, action)
-
-# Sub-commands: name -> (module exposing register(subparsers) / run(args), one-line help). Only the module of the
-# command being run is imported, so `codiemb --help` and each command's start do not load the others' dependencies.
+# Sub-commands: name -> (module exposing build_parser() -> CommandParser and run(argv) -> exit status, one-line help).
+# Only the module of the command being run is imported, so `codiemb --help` and each command's start do not load the
+# others' dependencies.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_codiemb.commands.train", "Train a unified IR + STS embedding model from a YAML recipe."),
     "evaluate": ("hf_codiemb.commands.evaluate", "Evaluate a model: STS Spearman, IR nDCG@10/MRR@10/Recall@100."),
@@ -56,8 +46,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The ``codiemb`` parser; only ``command``'s own options are built (its module imported), the others are listed."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``codiemb`` parser: global options and the commands (listed, not imported)."""
     parser = CommandArgumentParser(
         prog="codiemb",
         description="CoDiEmb: train unified IR + STS embedding models with sentence-transformers, fuse checkpoints "
@@ -73,17 +63,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         f"{DEBUG_ENV_VAR}=1. Such errors exit with status {USER_ERROR_EXIT_CODE}.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandArgumentParser)
-    for name, (module_name, help_text) in COMMANDS.items():
-        if name != command or name == "train":  # `train` parses its own dataclasses (HfArgumentParser)
-            subparsers.add_parser(name, help=help_text, add_help=name != "train")
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:  # an optional command whose dependencies are missing
-            raise UsageError(f"`codiemb {name}` is unavailable: {error}") from None
-        module.register(subparsers)
-        subparsers.choices[name].accept_both_spellings()
+    for name, (_, help_text) in COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def command_module(name: str):
+    """The module of command ``name`` (imported now)."""
+    try:
+        return importlib.import_module(COMMANDS[name][0])
+    except ImportError as error:  # an optional command whose dependencies are missing
+        raise UsageError(f"`codiemb {name}` is unavailable: {error}") from None
 
 
 def setup_logging(level: str) -> None:
@@ -125,26 +115,12 @@ def _global_options(argv: list[str]) -> tuple[str, bool, list[str]]:
 
 
 def _run(argv: list[str]) -> int:
-    if argv and argv[0] == "train":
-        # `train` parses its recipe dataclasses with transformers' HfArgumentParser (its own --help).
-        from hf_codiemb.commands import train
-
-        return train.run(argv[1:])
-    command = next((arg for arg in argv if not arg.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
-    args, extras = parser.parse_known_args(argv)
-    if extras:
-        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        command_parser = subparsers.choices.get(args.command, parser)
-        options = [option for action in command_parser._actions for option in action.option_strings]
-        raise UsageError(
-            f"unrecognized arguments: {' '.join(extras)}{unknown_arguments_message(extras, options)} "
-            f"(see `{command_parser.prog} --help`)"
-        )
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 1
-    return int(args.func(args) or 0)
+    if argv and argv[0] in COMMANDS:
+        return int(command_module(argv[0]).run(argv[1:]) or 0)
+    parser = build_parser()
+    parser.parse_args(argv)  # --help, or an error naming the unknown command
+    parser.print_help()
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,12 +69,10 @@ def test_fusion_recipe_positional_param_flags_and_both_spellings(tmp_path, capsy
 
 @pytest.mark.parametrize("recipe", sorted(REPO.glob("recipes/**/fuse.yaml")), ids=lambda p: str(p.parent.name))
 def test_every_fusion_recipe_is_valid_and_sits_next_to_a_training_recipe(recipe):
-    import argparse
-
-    from hf_codiemb.fusion.config import FuseConfig, build_config
+    from hf_codiemb.commands.fuse import build_parser
 
     assert (recipe.parent / "config.yaml").is_file()
-    config = build_config(FuseConfig, argparse.Namespace(config=str(recipe)))
+    (config,) = build_parser().parse([str(recipe)])
     validate_method_params(config.method, config.method_params())
     assert config.base and config.checkpoints and config.output_dir
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -359,15 +358,11 @@ def test_interrupted_fusion_leaves_no_half_model(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- command
-def _parser() -> argparse.ArgumentParser:
-    from hf_codiemb.commands import fuse as fuse_command
-    from hf_codiemb.commands import push as push_command
+def _fuse(argv: list[str]) -> int:
+    """``codiemb fuse ARGV`` through the console script's entry point (its exit status)."""
+    from hf_codiemb.cli import main
 
-    parser = argparse.ArgumentParser(prog="codiemb")
-    subparsers = parser.add_subparsers(dest="command")
-    fuse_command.register(subparsers)
-    push_command.register(subparsers)
-    return parser
+    return main(["fuse", *argv])
 
 
 def test_fuse_command_with_yaml_config(tmp_path):
@@ -378,8 +373,7 @@ def test_fuse_command_with_yaml_config(tmp_path):
         f"base: {base}\ncheckpoints: [{checkpoints[0]}, {checkpoints[1]}]\noutput_dir: {tmp_path / 'yaml-out'}\n"
         f"parameters: {{p: 0.0}}\neval_results: {tmp_path / 'eval.json'}\n"
     )
-    args = _parser().parse_args(["fuse", str(tmp_path / "fuse.yaml"), "--param", "granularity=tensor"])
-    assert args.func(args) == 0
+    assert _fuse([str(tmp_path / "fuse.yaml"), "--param", "granularity=tensor"]) == 0
     recipe = json.loads((tmp_path / "yaml-out/fusion_config.json").read_text())
     assert recipe["parameters"]["p"] == 0.0 and recipe["parameters"]["granularity"] == "tensor"
     assert "| fused | 0.5000 | 0.2500 |" in (tmp_path / "yaml-out/README.md").read_text()
@@ -387,9 +381,8 @@ def test_fuse_command_with_yaml_config(tmp_path):
     inputs = [load_file(c / "model.safetensors") for c in checkpoints]
     torch.testing.assert_close(fused["pooler.dense.weight"], (inputs[0]["pooler.dense.weight"] +
                                                               inputs[1]["pooler.dense.weight"]) / 2)
-    bad = _parser().parse_args(["fuse", "--checkpoints", str(tmp_path / "missing"), "--base", str(base),
-                                "--output-dir", str(tmp_path / "o")])
-    assert bad.func(bad) == 2  # refused input: the user's error (exit status 2, as for every codiemb user error)
+    # A refused input is the user's error: exit status 2, as for every codiemb user error.
+    assert _fuse(["--checkpoints", str(tmp_path / "missing"), "--base", str(base), "--output-dir", str(tmp_path / "o")]) == 2
 
 
 def test_fused_file_is_plain_safetensors(minilm_checkpoints, tmp_path):
@@ -517,9 +510,7 @@ def test_non_finite_input_fails_the_command(tmp_path, caplog):
     base = tiny_hf_model(tmp_path / "base")
     checkpoints = [perturbed_copy(base, tmp_path / f"ck{seed}", seed=seed) for seed in (1, 2)]
     _plant(checkpoints[1], NAN_TENSOR, {7: float("nan")})
-    args = _parser().parse_args(["fuse", "--base", str(base), "--checkpoints", *map(str, checkpoints),
-                                 "--output-dir", str(tmp_path / "out")])
-    assert args.func(args) != 0
+    assert _fuse(["--base", str(base), "--checkpoints", *map(str, checkpoints), "--output-dir", str(tmp_path / "out")]) != 0
     assert f"'{NAN_TENSOR}'" in caplog.text and "checkpoint 2" in caplog.text and "1 non-finite" in caplog.text
     _assert_nothing_written(tmp_path / "out")
 
@@ -549,9 +540,8 @@ def test_output_dir_that_is_an_input_is_refused(tmp_path, monkeypatch):
     for output, message in cases:
         with pytest.raises(FusionError, match=message):
             delta_fuse(base, [checkpoint], output, overwrite=True, show_progress=False)
-    args = _parser().parse_args(["fuse", "--base", "base", "--checkpoints", "run/checkpoint-10",
-                                 "--output-dir", "run/checkpoint-10", "--overwrite"])
-    assert args.func(args) != 0
+    assert _fuse(["--base", "base", "--checkpoints", "run/checkpoint-10", "--output-dir", "run/checkpoint-10",
+                  "--overwrite"]) != 0
     assert {folder: _digest(folder) for folder in (base, checkpoint)} == before
     assert not list(tmp_path.rglob(".*.partial-*")) and not list(tmp_path.rglob(".*.old-*"))
 

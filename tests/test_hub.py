@@ -153,20 +153,15 @@ def test_push_failure_mid_upload_keeps_folder_and_says_what_to_rerun(hub_lfs, fu
 
 
 def test_fuse_command_pushes(hub_regular, tmp_path):
-    import argparse
-
     from hub_fixtures import tiny_hf_model
 
-    from hf_codiemb.commands import fuse as fuse_command
+    from hf_codiemb.cli import main
 
     base = tiny_hf_model(tmp_path / "base")
     checkpoints = [perturbed_copy(base, tmp_path / f"ck{s}", seed=s) for s in (1, 2)]
-    parser = argparse.ArgumentParser()
-    fuse_command.register(parser.add_subparsers())
-    args = parser.parse_args(["fuse", "--base", str(base), "--checkpoints", *map(str, checkpoints),
-                              "--output-dir", str(tmp_path / "out"), "--push-to-hub", "user/tiny-fused",
-                              "--base-model-id", "org/tiny-base"])
-    assert args.func(args) == 0
+    assert main(["fuse", "--base", str(base), "--checkpoints", *map(str, checkpoints),
+                 "--output-dir", str(tmp_path / "out"), "--push-to-hub", "user/tiny-fused",
+                 "--base-model-id", "org/tiny-base"]) == 0
     card = hub_regular.server.file_bytes("user/tiny-fused", "README.md").decode()
     assert "base_model: org/tiny-base" in card
     assert hub_regular.server.file_bytes("user/tiny-fused", "model.safetensors") == \

@@ -8,7 +8,6 @@ tested without any download.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -106,16 +105,17 @@ def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert list(tmp_path.iterdir()) == []
 
 
-def test_command_registers_and_lists(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    parser = argparse.ArgumentParser(prog="codiemb")
-    command.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["prepare-models", "--list", "--cache-dir", str(tmp_path)])
-    assert args.func is command.run and args.verify is None
+def test_command_parses_and_lists(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (args,) = command.build_parser().parse(["--list", "--cache-dir", str(tmp_path)])
+    assert args.list_models is True and args.verify is None and args.names == []
     with caplog.at_level("INFO"):
-        assert command.run(args) == 0
+        assert command.run(["--list", "--cache-dir", str(tmp_path)]) == 0
     assert "missing" in caplog.text and "multilingual-e5-small-q4" in caplog.text
     assert command.main(["no-such-model", "--cache-dir", str(tmp_path)]) == 2
-    assert parser.parse_args(["prepare-models", "--no-verify"]).verify is False
+    assert command.build_parser().parse(["--no-verify"])[0].verify is False
+    assert command.build_parser().parse(["a", "b", "--verify"])[0] == command.PrepareModelsArguments(
+        names=["a", "b"], verify=True
+    )
 
 
 def test_all_minilm_is_copied(cache: Path) -> None:

@@ -162,21 +162,13 @@ def test_dry_run_and_invalid_repo_id_send_nothing(hub_regular, training_folder, 
 
 
 def test_fuse_push_goes_through_the_same_filter(hub_regular, tmp_path, caplog):
-    import argparse
-
-    from hf_codiemb.commands import fuse as fuse_command
-
     base = hub_fixtures.tiny_hf_model(tmp_path / "base")
     checkpoints = [hub_fixtures.perturbed_copy(base, tmp_path / f"ck{s}", seed=s) for s in (1, 2)]
     (checkpoints[0] / "hf_token.txt").write_text(TOKEN)  # support files of the first checkpoint are copied
     (checkpoints[0] / "notes.txt").write_text("local notes")
-    parser = argparse.ArgumentParser()
-    fuse_command.register(parser.add_subparsers())
-
     def fuse(out: str, repo: str) -> int:
-        args = parser.parse_args(["fuse", "--base", str(base), "--checkpoints", *map(str, checkpoints),
-                                  "--output-dir", str(tmp_path / out), "--push-to-hub", repo])
-        return args.func(args)
+        return main(["fuse", "--base", str(base), "--checkpoints", *map(str, checkpoints),
+                     "--output-dir", str(tmp_path / out), "--push-to-hub", repo])
 
     assert fuse("out", "user/fused") == 0
     out = tmp_path / "out"

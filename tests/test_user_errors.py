@@ -173,11 +173,11 @@ def test_misspelled_or_abbreviated_flag_is_refused_with_a_suggestion(tmp_path, c
 def test_argparse_commands_refuse_abbreviations_and_suggest(tmp_path, capsys):
     # `--output` is a prefix of `--output-dir`: never taken for it (argparse's allow_abbrev is off).
     code, err = run_cli(["evaluate", "--model", "m", "--sts-eval", "a", "--output", str(tmp_path)], capsys)
-    assert (code, err) == (
-        2, "codiemb evaluate: error: the following arguments are required: --output-dir (see `codiemb evaluate --help`)\n"
-    )
+    expected = ("codiemb evaluate: error: command line: the following arguments are required: --output_dir "
+                "(see `codiemb evaluate --help`)\n")
+    assert (code, err) == (2, expected)
     code, err = run_cli(["evaluate", "--model", "m", "--output-dir", str(tmp_path), "--sts-evl", "a"], capsys)
-    assert code == 2 and "unrecognized arguments: --sts-evl a; did you mean --sts-eval?" in err
+    assert code == 2 and "unrecognized arguments: --sts-evl a; did you mean --sts_eval?" in err
     code, err = run_cli(["evaluate", "--output-dir", str(tmp_path)], capsys)
     assert code == 2 and "the following arguments are required: --model" in err
 

@@ -1,33 +1,56 @@
-"""`codiemb evaluate`: STS Spearman, IR nDCG@10/MRR@10/Recall@100 and embedding geometry of a model."""
+"""``codiemb evaluate``: STS Spearman, IR nDCG@10/MRR@10/Recall@100 and embedding geometry of a model.
+
+Example::
+
+    codiemb evaluate --model outputs/default --sts_eval demo:sts_dev.jsonl --output_dir outputs/default-eval
+    codiemb evaluate --model packaged:all-minilm-l6-v2 --ir_eval_beir ../shared/data/scifact:dev --output_dir eval
+"""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from typing import Any
+from dataclasses import dataclass, field
+
+from hf_codiemb.command_parser import CommandParser
 
 logger = logging.getLogger(__name__)
 
-HELP = "Evaluate a model folder or Hub id on STS and IR sets; write eval_results.json and .md."
+
+@dataclass
+class EvaluateArguments:
+    """Configuration of ``codiemb evaluate``."""
+
+    model: str = field(metadata={"help": "Model folder, Hub id, packaged:NAME or prepared:NAME."})
+    output_dir: str = field(metadata={"help": "Where eval_results.json and eval_results.md go."})
+    sts_eval: list[str] = field(
+        default_factory=list, metadata={"help": "STS files (jsonl or tsv; demo:NAME for demo data)."}
+    )
+    ir_eval: list[str] = field(default_factory=list, metadata={"help": "IR files in the unified JSON Lines format."})
+    ir_eval_beir: list[str] = field(
+        default_factory=list, metadata={"help": "BEIR folders evaluated as IR, 'FOLDER:SPLIT' (e.g. data/scifact:dev)."}
+    )
+    ir_eval_from_sts: bool = field(
+        default=True, metadata={"help": "Also evaluate paraphrase retrieval built from each STS set (pairs >= 4)."}
+    )
+    query_prompt: str | None = field(
+        default=None, metadata={"help": "Prefix of IR queries (and STS sentences), e.g. 'query: '."}
+    )
+    passage_prompt: str | None = field(default=None, metadata={"help": "Prefix of IR passages, e.g. 'passage: '."})
+    sts_score_range: list[float] = field(
+        default_factory=lambda: [0.0, 5.0], metadata={"help": "Range of STS gold scores."}
+    )
+    max_eval_records: int | None = field(default=None, metadata={"help": "Cap on records per evaluation file."})
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("evaluate", help=HELP, description=HELP)
-    parser.add_argument("--model", required=True, help="Model folder, Hub id, packaged:NAME or prepared:NAME.")
-    parser.add_argument("--sts-eval", nargs="*", default=[], help="STS files (jsonl or tsv; demo:NAME for demo data).")
-    parser.add_argument("--ir-eval", nargs="*", default=[], help="IR files in the unified JSON Lines format.")
-    parser.add_argument("--no-ir-from-sts", action="store_true", help="Skip paraphrase retrieval built from STS sets.")
-    parser.add_argument("--query-prompt", default=None, help="Prefix of IR queries (and STS sentences), e.g. 'query: '.")
-    parser.add_argument("--passage-prompt", default=None, help="Prefix of IR passages, e.g. 'passage: '.")
-    parser.add_argument("--sts-score-range", nargs=2, type=float, default=[0.0, 5.0], help="Range of STS gold scores.")
-    parser.add_argument("--max-eval-records", type=int, default=None, help="Cap on records per evaluation file.")
-    parser.add_argument("--output-dir", required=True, help="Where eval_results.json and eval_results.md go.")
-    parser.set_defaults(func=run)
-    return parser
+def build_parser() -> CommandParser:
+    """The parser of ``codiemb evaluate``."""
+    return CommandParser([EvaluateArguments], prog="codiemb evaluate", description=__doc__)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(argv: list[str]) -> int:
+    """Run ``codiemb evaluate ARGV``; return the process exit code."""
+    (args,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
     from sentence_transformers import SentenceTransformer
 
     from hf_codiemb.errors import UsageError
@@ -36,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
     from hf_codiemb.pipeline import load_eval_sets
     from hf_codiemb.recipe import DataArguments
 
-    if not args.sts_eval and not args.ir_eval:
-        raise UsageError("Nothing to evaluate: give --sts-eval and/or --ir-eval")
+    if not (args.sts_eval or args.ir_eval or args.ir_eval_beir):
+        raise UsageError("Nothing to evaluate: give --sts_eval, --ir_eval and/or --ir_eval_beir")
     data_args = DataArguments(
-        sts_eval=args.sts_eval, ir_eval=args.ir_eval, ir_eval_from_sts=not args.no_ir_from_sts,
-        sts_score_range=list(args.sts_score_range), max_eval_records=args.max_eval_records,
-    )
+        sts_eval=args.sts_eval, ir_eval=args.ir_eval, ir_eval_beir=args.ir_eval_beir,
+        ir_eval_from_sts=args.ir_eval_from_sts, sts_score_range=list(args.sts_score_range),
+        max_eval_records=args.max_eval_records,
+    )  # fmt: skip
     model_args = ModelArguments(
         model_name_or_path=args.model, query_prompt=args.query_prompt, passage_prompt=args.passage_prompt
     )

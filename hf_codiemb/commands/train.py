@@ -16,6 +16,13 @@ logger = logging.getLogger(__name__)
 HELP = "Train a unified IR + STS embedding model from a YAML recipe (flags override the recipe)."
 
 
+def build_parser():
+    """The parser of ``codiemb train`` (:func:`hf_codiemb.recipe.build_recipe_parser`)."""
+    from hf_codiemb.recipe import build_recipe_parser
+
+    return build_recipe_parser()
+
+
 def dry_run(model_args, data_args, training_args) -> int:
     """Validate a recipe without loading weights: model path, data, sampler plan; fail wherever the run would.
 
