@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
+from scipy.stats import pearsonr, spearmanr
 
 from hf_codiemb.data import demo_data_path, ir_task_from_sts_pairs, load_sts_dataset
 from hf_codiemb.evaluation import (
@@ -54,10 +54,10 @@ def test_evaluate_sts_matches_scipy(model, sts_small):
     result = evaluate_sts(model, sts_small, "demo")
     first = model.encode(sts_small["sentence1"], convert_to_numpy=True)
     second = model.encode(sts_small["sentence2"], convert_to_numpy=True)
-    expected = spearmanr(numpy_cosines(first, second), sts_small["score"]).statistic
-    assert result["spearman_cosine"] == pytest.approx(expected, abs=1e-6)
+    cosines = numpy_cosines(first, second)
+    assert result["spearman_cosine"] == pytest.approx(spearmanr(cosines, sts_small["score"]).statistic, abs=1e-6)
+    assert result["pearson_cosine"] == pytest.approx(pearsonr(cosines, sts_small["score"]).statistic, abs=1e-6)
     assert result["num_pairs"] == 30
-    assert -1 <= result["pearson_cosine"] <= 1
 
 
 def test_evaluate_sts_triples_and_prompt(model, sts_small):
@@ -217,14 +217,24 @@ def test_evaluate_model_and_write_results(model, sts_small, tmp_path):
     ir_set = {"queries": IR_QUERIES, "corpus": IR_CORPUS, "relevant": IR_RELEVANT}
     results = evaluate_model(model, {"demo": sts_small}, {"tiny": ir_set})
     assert set(results) == {"sts", "ir", "geometry"}
-    assert results["sts"]["demo"]["spearman_cosine"] == pytest.approx(
-        evaluate_sts(model, sts_small, "demo")["spearman_cosine"]
+    first = model.encode(sts_small["sentence1"], convert_to_numpy=True)
+    second = model.encode(sts_small["sentence2"], convert_to_numpy=True)
+    expected_spearman = spearmanr(numpy_cosines(first, second), sts_small["score"]).statistic
+    assert results["sts"]["demo"]["spearman_cosine"] == pytest.approx(expected_spearman, abs=1e-6)
+    assert results["ir"]["tiny"]["ndcg@10"] == pytest.approx(
+        hand_ir_metrics(model, IR_QUERIES, IR_CORPUS, IR_RELEVANT)["ndcg@10"], abs=1e-6
     )
     geometry = results["geometry"]
     texts = list(dict.fromkeys(list(sts_small["sentence1"]) + list(sts_small["sentence2"])))
     assert geometry["num_texts"] == len(texts)
     assert geometry["anisotropy"] == pytest.approx(anisotropy(model.encode(texts)), abs=1e-5)
-    assert geometry["num_positive_pairs"] > 0 and geometry["alignment"] > 0
+    # Alignment over the positive pairs: those scored in the top 20% of the set's score range.
+    scores = sts_small["score"]
+    top = [i for i, y in enumerate(scores) if y >= max(scores) - 0.2 * (max(scores) - min(scores))]
+    unit_first = first[top] / np.linalg.norm(first[top], axis=1, keepdims=True)
+    unit_second = second[top] / np.linalg.norm(second[top], axis=1, keepdims=True)
+    assert 0 < geometry["num_positive_pairs"] == len(top) < len(scores)
+    assert geometry["alignment"] == pytest.approx(((unit_first - unit_second) ** 2).sum(axis=1).mean(), abs=1e-5)
     json_path, markdown_path = write_results(results, tmp_path / "out")
     loaded = json.loads(json_path.read_text())
     assert loaded["ir"]["tiny"]["ndcg@10"] == pytest.approx(results["ir"]["tiny"]["ndcg@10"])

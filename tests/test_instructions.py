@@ -10,6 +10,7 @@ import pytest
 import torch
 from tiny_models import make_tiny_model
 
+from hf_codiemb.errors import RecipeError
 from hf_codiemb.evaluation import evaluate_model, evaluate_sts
 from hf_codiemb.instructions import format_instruction, split_by_instruction
 from hf_codiemb.models import ModelArguments, load_model
@@ -133,5 +134,5 @@ def test_pooling_include_prompt_false_leaves_the_instruction_out(tmp_path):
     length = int(features["prompt_length"])
     expected = torch.nn.functional.normalize(tokens[length:].mean(0), dim=0)  # [CLS] + instruction tokens dropped
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    with pytest.raises(Exception, match="instruction_template"):
+    with pytest.raises(RecipeError, match=r"field 'instruction_template': must contain '\{instruction\}'"):
         ModelArguments(instruction_template="no placeholder")

@@ -89,9 +89,11 @@ def test_other_positives_are_not_negatives():
 
 def test_in_batch_negatives_toggle_changes_value():
     q, pos, neg = random_embeddings(2, 4, 2, 2)
-    on = multi_positive_info_nce(t64(q), t64(pos), t64(neg), in_batch_negatives=True)
-    off = multi_positive_info_nce(t64(q), t64(pos), t64(neg), in_batch_negatives=False)
+    on = multi_positive_info_nce(t64(q), t64(pos), t64(neg), temperature=0.1, in_batch_negatives=True)
+    off = multi_positive_info_nce(t64(q), t64(pos), t64(neg), temperature=0.1, in_batch_negatives=False)
     assert on.item() > off.item()
+    # Off, the default (per-slot) loss has only the query's own positive and hard negatives as candidates.
+    assert off.item() == pytest.approx(info_nce_reference(q, pos, neg, 0.1, in_batch=False), rel=1e-9)
 
 
 def test_query_offset_splits_like_concatenated_batch():

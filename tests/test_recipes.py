@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hf_codiemb.beir import parse_beir_spec
 from hf_codiemb.cli import main
@@ -43,7 +45,19 @@ def test_recipe_parses(recipe):
     for entry in data_args.ir_train_beir:  # mined files are run outputs: never in the repository
         negatives = parse_beir_spec(entry).negatives
         assert negatives is None or negatives.startswith("outputs/"), f"{entry}: mine into outputs/, outside git"
-    assert training_args.ir_batch_size >= 1 and training_args.sts_batch_size >= 1
+    # Every scalar the recipe sets reaches the dataclasses unchanged (a key dropped, renamed or shadowed by a default
+    # would not); the CPU overrides are left out, and a null multi_layer_temperature means the IR temperature.
+    overridden = {flag.lstrip("-") for flag in CPU_OVERRIDES[::2]}
+    for key, value in yaml.safe_load(recipe.read_text()).items():
+        if isinstance(value, (dict, list)) or key in overridden:
+            continue
+        holder = next((a for a in (model_args, data_args, training_args) if hasattr(a, key)), None)
+        assert holder is not None, f"{key} is no field of the recipe's dataclasses"
+        got = getattr(holder, key)
+        got = got.value if isinstance(got, enum.Enum) else got
+        if key == "multi_layer_temperature" and value is None:
+            value = training_args.temperature
+        assert got == value, (key, value, got)
 
 
 @pytest.fixture(scope="module")
