@@ -1,10 +1,10 @@
 """The CoDiEmb study: every method of codiemb_study.methods on one recipe, same step budget, several seeds.
 
     # train + evaluate (resumable: runs already stored under --results-dir are skipped)
-    python recipes/study/run_study.py run --recipe recipes/small/minilm-l6/config.yaml --seeds 42 43 44 \\
-        --max-steps 120 -- --max_seq_length 64
+    python recipes/study/run_study.py run --recipe recipes/small/minilm-l6/scifact_stsb.yaml --seeds 42 43 44 \\
+        --max-steps 225 --results-dir recipes/study/results-scifact --threads 2 -- --max_seq_length 128
     # tables (mean and spread over seeds) + the IR-vs-STS trade-off plot from the stored runs
-    python recipes/study/run_study.py report
+    python recipes/study/run_study.py report --results-dir recipes/study/results-scifact
 
 Flags after ``--`` are `codiemb train` overrides applied to every run.
 """
