@@ -16,7 +16,7 @@ from sentence_transformers import SentenceTransformer
 from tiny_models import make_tiny_model
 
 from codiemb_study import FUSION_ROWS, METHODS, RATIO_FUSION_INPUTS, RATIO_FUSION_ROWS, Study
-from codiemb_study.report import encoder_table, mean_and_spread, metric_keys, write_report
+from codiemb_study.report import encoder_table, headline_table, mean_and_spread, metric_keys, write_report
 from codiemb_study.runner import planned_updates
 from hf_codiemb.pipeline import load_training_data
 from hf_codiemb.recipe import parse_recipe
@@ -227,6 +227,25 @@ def test_report_cells_are_mean_and_sample_sd_over_seeds():
     assert "| 0.8200 ± 0.0200 | 0.6000 ± 0.1000 |" in row and "| 1 / 2 | 12.0 ± 2.0 |" in row
     runs[0]["updates"] = {"ir": 4, "sts": 2}  # seeds whose schedules differ: the mean, said to be one
     assert "| 2 / 2 (mean) |" in encoder_table(runs).splitlines()[2]
+
+
+def test_headline_picks_the_best_single_loss_baseline_per_dev_set():
+    def run(method: str, seed: int | None, sts: float, ir: float) -> dict:
+        return {"method": method, "label": method, "seed": seed, "beir_ir_sets": ["scifact_dev"],
+                "metrics": {"sts/dev/spearman_cosine": sts, "ir/scifact_dev/ndcg@10": ir, "ir/dev/ndcg@10": 0.99}}
+
+    runs = [run("base", None, 0.80, 0.50)]
+    runs += [run("codiemb", seed, 0.85 + d, 0.60 + d) for seed, d in ((1, 0.0), (2, 0.02))]
+    runs += [run("ir_only", 1, 0.79, 0.70), run("sts_cosine", 1, 0.88, 0.52), run("sts_cosent", 1, 0.86, 0.51)]
+    runs += [run("sts_only", 1, 0.95, 0.95)]  # CoDiEmb's own STS loss: never the baseline
+    lines = headline_table(runs).splitlines()
+    assert lines[0] == "| model | seeds | STS dev Spearman | IR scifact_dev nDCG@10 |"  # the BEIR set, not `dev`
+    assert lines[2:] == [
+        "| base | - | 0.8000 | 0.5000 |",
+        "| codiemb | 1, 2 | 0.8600 ± 0.0141 | 0.6100 ± 0.0141 |",
+        "| best single-loss baseline on STS: sts_cosine | 1 | 0.8800 | 0.5200 |",
+        "| best single-loss baseline on IR: ir_only | 1 | 0.7900 | 0.7000 |",
+    ]
 
 
 def test_unknown_method_is_named(tiny_recipe, tmp_path):
