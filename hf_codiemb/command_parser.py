@@ -112,8 +112,7 @@ class CommandParser(HfArgumentParser):
         if groups:
             self._regroup(groups)
         # The full usage would list every option (160 lines for `train`): name the shape, `--help` lists them.
-        operands = " ".join(f"[{name.upper()}{' ...' if name in positional and _is_list(hints[name]) else ''}]"
-                            for name in positional)  # fmt: skip
+        operands = " ".join(f"[{name.upper()}{' ...' if _is_list(hints[name]) else ''}]" for name in positional)
         config = "[RECIPE.yaml] " if config_positional else ""
         self.usage = f"{prog} [-h] {config}{operands + ' ' if operands else ''}[--config FILE.yaml] [--option VALUE ...]"
 
@@ -123,11 +122,8 @@ class CommandParser(HfArgumentParser):
         for action in self._actions:
             long = [option for option in action.option_strings if option.startswith("--")]
             keep = [option for option in action.option_strings if not option.startswith("--") or "-" not in option[2:]]
-            if len(long) > 1 and keep:
+            if len(long) > 1 and keep:  # HfArgumentParser registered both spellings: the dashed one still parses
                 action.option_strings = keep
-            for option in action.option_strings:
-                if option.startswith("--"):
-                    self._option_string_actions.setdefault("--" + option[2:].replace("_", "-"), action)
 
     def _regroup(self, groups: dict[str, Sequence[str]]) -> None:
         """Move the named fields' options into help sections of their own, placed before the others."""
