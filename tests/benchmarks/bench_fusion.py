@@ -135,6 +135,9 @@ def _worker(method: str, base: str, checkpoints: list[str], output: str) -> None
     start = time.perf_counter()
     if method == "delta":
         fusion.delta_fuse(base, checkpoints, output, p=1.0, granularity="element", show_progress=False)
+    elif method == "delta_1m":  # the same with the previous default chunk size (1M elements per input per step)
+        fusion.delta_fuse(base, checkpoints, output, p=1.0, granularity="element", show_progress=False,
+                          chunk_elements=1 << 20)
     elif method == "uniform":
         fusion.fuse(checkpoints, output, method="uniform", show_progress=False)
     elif method == "st_merge":
@@ -253,9 +256,12 @@ def main() -> None:
         reference, reference_label = "st_merge", "ST.merge linear (mergekit 0.1.5)"
     except ImportError:
         reference, reference_label = "naive", "naive in-memory soup (mergekit not installed)"
-    methods = [("delta", "codiemb delta_fuse (p=1, element)"), ("uniform", "codiemb fuse uniform"),
+    methods = [("delta", "codiemb delta_fuse (p=1, element)"),
+               ("delta_1m", "codiemb delta_fuse (p=1, element), 1M-element chunks"),
+               ("uniform", "codiemb fuse uniform"),
                (reference, reference_label), ("read_floor", "floor: read the K+1 files once (safetensors)"),
                ("copy_floor", "floor: read K+1 files + write 1 (safetensors)")]
+    load_start = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="bench-fusion-", dir=args.workdir))
     models = ["minilm"] if args.small else ["bert-large-random"] if args.large else ["minilm", "bert-large-random"]
     rows: list[dict[str, object]] = []
@@ -315,6 +321,9 @@ def main() -> None:
         _table(rows),
         "",
         f"Command: `{command}`",
+        "",
+        "Load averages (1, 5, 15 min) at the start: " + ", ".join(f"{v:.2f}" for v in load_start) +
+        "; at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + ".",
         "",
     ])
     print(report)
