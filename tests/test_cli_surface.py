@@ -17,7 +17,8 @@ from hf_codiemb.recipe import parse_recipe
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["fuse", "--help"], ["push", "--help"], ["evaluate", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["fuse", "--help"], ["push", "--help"], ["evaluate", "--help"],
+                                  ["prepare-models", "--help"], ["merge-lora", "--help"], ["mine", "--help"]])
 def test_help_is_fast_and_imports_no_heavy_library(argv):
     """`codiemb --help` imports nothing heavy (under 1 s); a command's help builds its parser (transformers'
     HfArgumentParser, which imports transformers' light top level) but never torch or the models' libraries."""
