@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hf_codiemb.errors import CoDiEmbUserError
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,7 +65,7 @@ class CredentialFinding:
     reason: str
 
 
-class PushRefusedError(ValueError):
+class PushRefusedError(CoDiEmbUserError, ValueError):
     """Files selected for upload look like credentials (raised before anything is sent to the Hub).
 
     Args:
@@ -222,6 +224,29 @@ def find_credentials(folder: str | Path, paths: Iterable[str]) -> list[Credentia
         if reason:
             findings.append(CredentialFinding(path, reason))
     return findings
+
+
+#: The patterns transformers' ``Trainer`` passes to ``upload_folder`` when it pushes ``output_dir`` during and at the
+#: end of training (``push_to_hub=True``).
+TRAINER_UPLOAD_IGNORE_PATTERNS = ("_*", "checkpoint-*")
+
+
+def upload_folder_credentials(folder: str | Path, ignore_patterns: Sequence[str] = ()) -> list[CredentialFinding]:
+    """The credential-looking files among those ``HfApi.upload_folder(folder, ignore_patterns=...)`` would upload.
+
+    ``upload_folder`` sends every file of the folder (hidden ones included) except ``ignore_patterns`` and
+    huggingface_hub's defaults (``.git``, ``.cache/huggingface``); this applies the same filter
+    (``huggingface_hub.utils.filter_repo_objects``) and checks each file as :func:`find_credentials` does. Used to
+    guard uploads that do not go through :func:`push_model_folder` (the Trainer's own pushes).
+    """
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    paths = sorted(path.relative_to(folder).as_posix() for path in folder.glob("**/*") if path.is_file())
+    uploaded = filter_repo_objects(paths, ignore_patterns=[*ignore_patterns, *DEFAULT_IGNORE_PATTERNS])
+    return find_credentials(folder, uploaded)
 
 
 def _module_folders(folder: Path) -> list[str]:

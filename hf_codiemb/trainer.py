@@ -25,6 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from hf_codiemb.collator import CoDiEmbDataCollator
 from hf_codiemb.columns import IR_REQUIRED_COLUMNS, STS_COLUMNS, TASKS
 from hf_codiemb.errors import CoDiEmbUserError
+from hf_codiemb.hub import TRAINER_UPLOAD_IGNORE_PATTERNS, PushRefusedError, upload_folder_credentials
 from hf_codiemb.model_card import describe_loss, use_codiemb_card_data
 from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
 from hf_codiemb.training_args import CoDiEmbTrainingArguments
@@ -738,6 +739,41 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         if self.args.should_save:
             (folder / TRAINER_STATE_NAME).unlink(missing_ok=True)
         super()._save_checkpoint(model, trial)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any):
+        """transformers' push of ``output_dir`` (``push_to_hub=True``: :meth:`save_model` calls it at the end), refused
+        first when a file it would upload looks like a credential.
+
+        ``Trainer.push_to_hub`` uploads every file of ``output_dir`` but ``_*`` and ``checkpoint-*`` (hidden files
+        included), not only what a model repository needs as ``codiemb push`` does. The folder is checked with
+        :func:`hf_codiemb.hub.upload_folder_credentials` before anything is saved or sent; the files the push itself
+        writes (weights, configs, card, ``training_args.bin`` without its token) are the model's own.
+
+        Raises:
+            PushRefusedError: names each file and why (never the secret); the model stays saved in ``output_dir``.
+        """
+        if self.is_world_process_zero():
+            findings = upload_folder_credentials(self.args.output_dir, TRAINER_UPLOAD_IGNORE_PATTERNS)
+            if findings:
+                raise PushRefusedError(self.args.output_dir, findings)
+        return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The push during training (``hub_strategy``), skipped with an error in the log when ``output_dir`` (or the
+        checkpoint, for ``hub_strategy: checkpoint / all_checkpoints``) holds a file that looks like a credential;
+        training goes on, and the final push is refused (:meth:`push_to_hub`)."""
+        if self.is_world_process_zero() and self.args.hub_strategy != "end":
+            findings = upload_folder_credentials(self.args.output_dir, TRAINER_UPLOAD_IGNORE_PATTERNS)
+            if self.args.hub_strategy in ("checkpoint", "all_checkpoints"):
+                findings += [
+                    type(finding)(f"{Path(checkpoint_folder).name}/{finding.path}", finding.reason)
+                    for finding in upload_folder_credentials(checkpoint_folder)
+                ]
+            if findings:
+                logger.error("Not pushing step %d to the Hub: %s", self.state.global_step,
+                             PushRefusedError(self.args.output_dir, findings))
+                return
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def log_batch_plan(self) -> None:
         """Log once what one optimizer update holds per task: per-device and global batch, updates per epoch.

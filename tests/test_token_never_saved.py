@@ -113,3 +113,44 @@ def test_other_credential_fields_are_dropped_too(tmp_path):
     args.push_to_hub_token = "hf_" + "x" * 34  # the field name older transformers versions used
     assert pickle.loads(pickle.dumps(args)).push_to_hub_token is None
 
+
+
+def test_trainer_push_refuses_a_credential_file_in_output_dir(hub_regular, tmp_path, monkeypatch, caplog):
+    """transformers' own pushes (push_to_hub: true) upload every file of output_dir, hidden ones included: a stray
+    `.env` holding a token is found first, the pushes during training are skipped (training goes on), the final push
+    is refused with a one-line error naming the file, the secret is never printed, and nothing reaches the Hub."""
+    import transformers.utils.hub
+
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
+    secret = random_token()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".env").write_text(f"HF_TOKEN={secret}\n")
+    recipe = write_recipe(
+        tmp_path, out, extra="report_to: none\npush_to_hub: true\nhub_model_id: user/leaky-run\nhub_strategy: every_save\n"
+    )
+    with caplog.at_level(logging.INFO):
+        status = main(["train", "--config", str(recipe), "--hub_token", random_token()])
+    assert status == 2
+    assert "Not pushing step 2 to the Hub" in caplog.text and "Not pushing step 4 to the Hub" in caplog.text
+    assert ".env" in caplog.text and secret not in caplog.text
+    assert (out / "modules.json").is_file() and (out / "model.safetensors").is_file()  # the trained model is kept
+    repo = hub_regular.server.state.repos.get("user/leaky-run")
+    pushed = hub_regular.server.state.resolve(repo, "main").files if repo is not None else {}
+    assert ".env" not in pushed and "model.safetensors" not in pushed
+    assert files_holding(hub_regular.server.state.root, secret) == []
+
+
+def test_upload_folder_credentials_follows_upload_folder_filter(tmp_path):
+    """The check sees what `HfApi.upload_folder(ignore_patterns=...)` would send: hidden files yes, the ignored
+    patterns and `.git` no (a file per case, each holding a token)."""
+    from hf_codiemb.hub import TRAINER_UPLOAD_IGNORE_PATTERNS, upload_folder_credentials
+
+    for relative in [".env", "notes/key.txt", "_private.txt", "checkpoint-3/secret.txt", ".git/config", "ok.txt"]:
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("nothing here\n" if relative == "ok.txt" else f"token = {random_token()}\n")
+    found = sorted(f.path for f in upload_folder_credentials(tmp_path, TRAINER_UPLOAD_IGNORE_PATTERNS))
+    assert found == [".env", "notes/key.txt"]
+    assert sorted(f.path for f in upload_folder_credentials(tmp_path)) == [
+        ".env", "_private.txt", "checkpoint-3/secret.txt", "notes/key.txt"]
