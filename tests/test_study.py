@@ -238,11 +238,13 @@ def test_headline_picks_the_best_single_loss_baseline_per_dev_set():
     runs += [run("codiemb", seed, 0.85 + d, 0.60 + d) for seed, d in ((1, 0.0), (2, 0.02))]
     runs += [run("ir_only", 1, 0.79, 0.70), run("sts_cosine", 1, 0.88, 0.52), run("sts_cosent", 1, 0.86, 0.51)]
     runs += [run("sts_only", 1, 0.95, 0.95)]  # CoDiEmb's own STS loss: never the baseline
+    runs += [run("ratio_delta_fusion", 1, 0.87, 0.66), run("ratio_uniform_soup", 1, 0.97, 0.97)]  # the soup: a control
     lines = headline_table(runs).splitlines()
     assert lines[0] == "| model | seeds | STS dev Spearman | IR scifact_dev nDCG@10 |"  # the BEIR set, not `dev`
     assert lines[2:] == [
         "| base | - | 0.8000 | 0.5000 |",
         "| codiemb | 1, 2 | 0.8600 ± 0.0141 | 0.6100 ± 0.0141 |",
+        "| ratio_delta_fusion | 1 | 0.8700 | 0.6600 |",
         "| best single-loss baseline on STS: sts_cosine | 1 | 0.8800 | 0.5200 |",
         "| best single-loss baseline on IR: ir_only | 1 | 0.7900 | 0.7000 |",
     ]

@@ -135,7 +135,8 @@ HEADLINE_BASELINES = ("ir_only", "sts_cosine", "sts_cosent", "mixed_infonce", "c
 
 
 def headline_table(runs: Sequence[Mapping[str, Any]]) -> str:
-    """Base vs CoDiEmb (and its fusion) vs the best single-loss baseline on each dev set (mean ± sd over seeds).
+    """Base vs CoDiEmb (its fusion, and the fusion (h) of its IR-heavy and STS-heavy ratio runs) vs the best
+    single-loss baseline on each dev set (mean ± sd over seeds).
 
     The best baseline is picked per metric among :data:`HEADLINE_BASELINES`, by its mean; its row names it.
     """
@@ -156,7 +157,7 @@ def headline_table(runs: Sequence[Mapping[str, Any]]) -> str:
         lines.append("| " + " | ".join([label, ", ".join(map(str, seeds)) or "-",
                                         *(format_cell(values(key, k)) for k in keys)]) + " |")  # fmt: skip
 
-    for key in (BASE_ROW, "codiemb", "codiemb_delta_fusion"):
+    for key in (BASE_ROW, "codiemb", "codiemb_delta_fusion", "ratio_delta_fusion"):
         if key in groups:
             row(key, groups[key][0]["label"])
     for metric in keys:
