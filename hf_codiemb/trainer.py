@@ -25,7 +25,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from hf_codiemb.collator import CoDiEmbDataCollator
 from hf_codiemb.columns import IR_REQUIRED_COLUMNS, STS_COLUMNS, TASKS
 from hf_codiemb.errors import CoDiEmbUserError
-from hf_codiemb.hub import TRAINER_UPLOAD_IGNORE_PATTERNS, PushRefusedError, upload_folder_credentials
+from hf_codiemb.hub import (
+    TRAINER_UPLOAD_IGNORE_PATTERNS,
+    CredentialFinding,
+    PushRefusedError,
+    upload_folder_credentials,
+)
 from hf_codiemb.model_card import describe_loss, use_codiemb_card_data
 from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
 from hf_codiemb.training_args import CoDiEmbTrainingArguments
@@ -759,16 +764,16 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         return super().push_to_hub(*args, **kwargs)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """The push during training (``hub_strategy``), skipped with an error in the log when ``output_dir`` (or the
-        checkpoint, for ``hub_strategy: checkpoint / all_checkpoints``) holds a file that looks like a credential;
-        training goes on, and the final push is refused (:meth:`push_to_hub`)."""
+        """The push during training (``hub_strategy``), skipped with an error in the log when ``output_dir`` or the
+        checkpoint holds a file that looks like a credential; training goes on, and the final push is refused
+        (:meth:`push_to_hub`). The checkpoint is checked whatever the strategy: sentence-transformers copies its files
+        into ``output_dir`` before the upload, and ``checkpoint`` / ``all_checkpoints`` upload it as it is."""
         if self.is_world_process_zero() and self.args.hub_strategy != "end":
             findings = upload_folder_credentials(self.args.output_dir, TRAINER_UPLOAD_IGNORE_PATTERNS)
-            if self.args.hub_strategy in ("checkpoint", "all_checkpoints"):
-                findings += [
-                    type(finding)(f"{Path(checkpoint_folder).name}/{finding.path}", finding.reason)
-                    for finding in upload_folder_credentials(checkpoint_folder)
-                ]
+            findings += [
+                CredentialFinding(f"{Path(checkpoint_folder).name}/{finding.path}", finding.reason)
+                for finding in upload_folder_credentials(checkpoint_folder)
+            ]
             if findings:
                 logger.error("Not pushing step %d to the Hub: %s", self.state.global_step,
                              PushRefusedError(self.args.output_dir, findings))

@@ -154,3 +154,31 @@ def test_upload_folder_credentials_follows_upload_folder_filter(tmp_path):
     assert found == [".env", "notes/key.txt"]
     assert sorted(f.path for f in upload_folder_credentials(tmp_path)) == [
         ".env", "_private.txt", "checkpoint-3/secret.txt", "notes/key.txt"]
+
+
+def test_push_during_training_checks_the_checkpoint_it_copies_from(tmp_path, monkeypatch, caplog):
+    """sentence-transformers copies a checkpoint's files into output_dir before transformers uploads it (every_save):
+    a credential in the checkpoint folder skips that push; a clean one goes through to the real upload code."""
+    from types import SimpleNamespace
+
+    from sentence_transformers import SentenceTransformerTrainer
+
+    from hf_codiemb.trainer import CoDiEmbTrainer
+
+    uploads: list[str] = []
+    monkeypatch.setattr(SentenceTransformerTrainer, "_push_from_checkpoint", lambda self, folder: uploads.append(folder))
+    out, checkpoint = tmp_path / "run", tmp_path / "run" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"")
+    trainer = object.__new__(CoDiEmbTrainer)  # the push decision only needs these attributes
+    trainer.args = SimpleNamespace(output_dir=str(out), hub_strategy="every_save")
+    trainer.state = SimpleNamespace(global_step=3)
+    trainer.is_world_process_zero = lambda: True
+    trainer._push_from_checkpoint(str(checkpoint))
+    assert uploads == [str(checkpoint)]
+    secret = random_token()
+    (checkpoint / "notes.txt").write_text(f"token: {secret}\n")
+    with caplog.at_level(logging.ERROR):
+        trainer._push_from_checkpoint(str(checkpoint))
+    assert uploads == [str(checkpoint)]  # not pushed again
+    assert "Not pushing step 3" in caplog.text and "checkpoint-3/notes.txt" in caplog.text and secret not in caplog.text
