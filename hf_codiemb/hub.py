@@ -71,16 +71,23 @@ class PushRefusedError(CoDiEmbUserError, ValueError):
     Args:
         folder: the folder that was to be pushed.
         findings: the suspicious files and why each one was flagged.
+        remedy: what the user can do, ending the message (default: the advice for ``codiemb push``, which has
+            ``--force``; the Trainer's pushes have no such option and pass their own).
     """
 
-    def __init__(self, folder: str | Path, findings: Sequence[CredentialFinding]) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        findings: Sequence[CredentialFinding],
+        remedy: str = "Remove them from the folder (and revoke any real secret), or pass --force (force=True) if they "
+                      "are safe to publish.",
+    ) -> None:  # fmt: skip
         self.folder = Path(folder)
         self.findings = list(findings)
         lines = "\n".join(f"  {self.folder / finding.path}: {finding.reason}" for finding in self.findings)
         super().__init__(
             f"Refusing to push {self.folder}: {len(self.findings)} file(s) look like credentials:\n{lines}\n"
-            "Remove them from the folder (and revoke any real secret), or pass --force (force=True) if they are "
-            "safe to publish. Nothing was uploaded."
+            f"{remedy} Nothing was uploaded."
         )
 
 

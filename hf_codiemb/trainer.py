@@ -439,6 +439,13 @@ class _NonFiniteUpdateCallback(TrainerCallback):
             logger.warning("Optimizer update %d skipped (a batch of it had a non-finite loss)", state.global_step + 1)
 
 
+# What a refused push of transformers' Trainer tells the user (training has no --force).
+_TRAINER_PUSH_REMEDY = (
+    "Remove them from the output folder (and revoke any real secret); the trained model is saved there, and "
+    "`codiemb push FOLDER --repo_id ...` uploads only its model files."
+)
+
+
 class CoDiEmbTrainer(SentenceTransformerTrainer):
     """
     Trainer for unified IR + STS embedding models with CoDiEmb (arXiv 2508.11442).
@@ -760,7 +767,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         if self.is_world_process_zero():
             findings = upload_folder_credentials(self.args.output_dir, TRAINER_UPLOAD_IGNORE_PATTERNS)
             if findings:
-                raise PushRefusedError(self.args.output_dir, findings)
+                raise PushRefusedError(self.args.output_dir, findings, _TRAINER_PUSH_REMEDY)
         return super().push_to_hub(*args, **kwargs)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
@@ -776,7 +783,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
             ]
             if findings:
                 logger.error("Not pushing step %d to the Hub: %s", self.state.global_step,
-                             PushRefusedError(self.args.output_dir, findings))
+                             PushRefusedError(self.args.output_dir, findings, _TRAINER_PUSH_REMEDY))
                 return
         super()._push_from_checkpoint(checkpoint_folder)
 

@@ -134,6 +134,7 @@ def test_trainer_push_refuses_a_credential_file_in_output_dir(hub_regular, tmp_p
     assert status == 2
     assert "Not pushing step 2 to the Hub" in caplog.text and "Not pushing step 4 to the Hub" in caplog.text
     assert ".env" in caplog.text and secret not in caplog.text
+    assert "--force" not in caplog.text and "codiemb push" in caplog.text  # training has no --force to offer
     assert (out / "modules.json").is_file() and (out / "model.safetensors").is_file()  # the trained model is kept
     repo = hub_regular.server.state.repos.get("user/leaky-run")
     pushed = hub_regular.server.state.resolve(repo, "main").files if repo is not None else {}
