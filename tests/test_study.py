@@ -16,8 +16,15 @@ from sentence_transformers import SentenceTransformer
 from tiny_models import make_tiny_model
 
 from codiemb_study import FUSION_ROWS, METHODS, RATIO_FUSION_INPUTS, RATIO_FUSION_ROWS, Study
-from codiemb_study.report import encoder_table, headline_table, mean_and_spread, metric_keys, write_report
-from codiemb_study.runner import planned_updates
+from codiemb_study.report import (
+    devices_line,
+    encoder_table,
+    headline_table,
+    mean_and_spread,
+    metric_keys,
+    write_report,
+)
+from codiemb_study.runner import device_description, planned_updates
 from hf_codiemb.pipeline import load_training_data
 from hf_codiemb.recipe import parse_recipe
 from hf_codiemb.trainer import CoDiEmbTrainer
@@ -183,6 +190,8 @@ def test_study_runs_every_method_fuses_resumes_and_reports(tiny_recipe, tmp_path
     fused = json.loads((runs_dir / "codiemb_delta_fusion-seed1.json").read_text())
     assert fused["fused_checkpoints"] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
     assert json.loads((runs_dir / "ir_only-seed1.json").read_text())["updates"] == {"ir": 3}
+    assert codiemb["device"] == fused["device"] == device_description()  # where it ran, for the tables
+    assert codiemb["device"].startswith("cuda: " if torch.cuda.is_available() else "cpu: ")
     assert not any(work.rglob("checkpoint-*")), "training folders are removed after evaluation"
     for key in RATIO_FUSION_ROWS:  # (h): the two ratio runs of the same seed, their models removed once fused
         assert json.loads((runs_dir / f"{key}-seed1.json").read_text())["fused_runs"] == [
@@ -227,6 +236,26 @@ def test_report_cells_are_mean_and_sample_sd_over_seeds():
     assert "| 0.8200 ± 0.0200 | 0.6000 ± 0.1000 |" in row and "| 1 / 2 | 12.0 ± 2.0 |" in row
     runs[0]["updates"] = {"ir": 4, "sts": 2}  # seeds whose schedules differ: the mean, said to be one
     assert "| 2 / 2 (mean) |" in encoder_table(runs).splitlines()[2]
+
+
+def test_train_times_of_cpu_and_gpu_runs_are_never_averaged_together():
+    def run(seed: int, seconds: float, device: str | None) -> dict:
+        record = {"method": "ir_only", "label": "(a) IR only", "seed": seed, "updates": {"ir": 5},
+                  "train_runtime_s": seconds, "metrics": {"sts/dev/spearman_cosine": 0.8, "ir/dev/ndcg@10": 0.6}}
+        return record if device is None else {**record, "device": device}
+
+    gpu = "cuda: NVIDIA H200 (torch 2.11.0+cu130)"
+    cpu_only = [run(1, 2000.0, None), run(2, 2200.0, "cpu: 2 threads (torch 2.13.0+cpu)")]
+    assert encoder_table(cpu_only).splitlines()[2].endswith("| 5 / 0 | 2100.0 ± 141.4 |")  # one device: untagged
+    mixed = [run(1, 2000.0, None), run(2, 40.0, gpu), run(3, 50.0, gpu)]
+    row = encoder_table(mixed).splitlines()[2]
+    assert row.endswith("| 2000.0 CPU; 45.0 ± 7.1 GPU |"), row  # a record without `device` ran on the CPU
+    assert "| 0.8000 ± 0.0000 |" in row  # the metrics still pool every seed
+    assert devices_line(mixed) == f"cpu: the project's 2-core CPU machine (1 runs); {gpu} (2 runs)"
+    fused = [{"method": "codiemb_delta_fusion", "label": "(f)", "seed": r["seed"], "metrics": r["metrics"],
+              "fusion_runtime_s": r["train_runtime_s"] / 100, **({"device": r["device"]} if "device" in r else {})}
+             for r in mixed]  # fmt: skip
+    assert encoder_table(fused).splitlines()[2].endswith("| - | +20.0 (fusion) CPU; +0.5 ± 0.1 (fusion) GPU |")
 
 
 def test_headline_picks_the_best_single_loss_baseline_per_dev_set():

@@ -95,6 +95,38 @@ def updates_cell(group: Sequence[Mapping[str, Any]]) -> str:
     return cell if all(c == counts[0] for c in counts) else f"{cell} (mean)"
 
 
+def device_kind(run: Mapping[str, Any]) -> str:
+    """``"GPU"`` or ``"CPU"``: where a run trained (runs recorded without a ``device`` field ran on the CPU)."""
+    return "GPU" if str(run.get("device", "cpu")).startswith("cuda") else "CPU"
+
+
+def time_cell(group: Sequence[Mapping[str, Any]], tag_devices: bool = False) -> str:
+    """Train time (or fusion time) of a method, mean ± sd over seeds; one figure per device when ``tag_devices``
+    (CPU and GPU seconds are never averaged together)."""
+    key, prefix, suffix = "train_runtime_s", "", ""
+    if not any(key in run for run in group):
+        key, prefix, suffix = "fusion_runtime_s", "+", " (fusion)"
+    by_device: dict[str, list[float]] = defaultdict(list)
+    for run in group:
+        if key in run:
+            by_device[device_kind(run)].append(run[key])
+    if not by_device:
+        return "-"
+    if not tag_devices:
+        return f"{prefix}{format_cell([t for times in by_device.values() for t in times], 1)}{suffix}"
+    return "; ".join(
+        f"{prefix}{format_cell(by_device[kind], 1)}{suffix} {kind}" for kind in ("CPU", "GPU") if kind in by_device
+    )
+
+
+def devices_line(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Which machines made the runs, e.g. ``cpu (30 runs); cuda: NVIDIA H100 80GB HBM3 (torch 2.11.0) (12 runs)``."""
+    counts: dict[str, int] = defaultdict(int)
+    for run in runs:
+        counts[str(run.get("device", "cpu: the project's 2-core CPU machine"))] += 1
+    return "; ".join(f"{device} ({count} runs)" for device, count in counts.items())
+
+
 def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> str:
     """The Markdown table of one encoder: one row per method, mean ± sd over seeds (geometry columns optional)."""
     geometry_columns = GEOMETRY if geometry else []
@@ -113,14 +145,7 @@ def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> s
         for metric, _, digits in geometry_columns:
             cells.append(format_cell([run["metrics"][metric] for run in group if metric in run["metrics"]], digits))
         cells.append(updates_cell(group))
-        times = [run["train_runtime_s"] for run in group if "train_runtime_s" in run]
-        fusion_times = [run["fusion_runtime_s"] for run in group if "fusion_runtime_s" in run]
-        if times:
-            cells.append(format_cell(times, 1))
-        elif fusion_times:
-            cells.append(f"+{format_cell(fusion_times, 1)} (fusion)")
-        else:
-            cells.append("-")
+        cells.append(time_cell(group, tag_devices=len({device_kind(run) for run in runs}) > 1))
         lines.append("| " + " | ".join(cells) + " |")
     fused = sorted({run_name for run in runs if run["method"] in RATIO_FUSION_ROWS for run_name in run["fused_runs"]})
     if fused:
@@ -254,7 +279,8 @@ def write_report(results_dir: str | os.PathLike[str]) -> list[Path]:
             f"# Study: {encoder}\n\nMade by (then `python recipes/study/run_study.py report`):\n\n```\n{made_by}\n```\n\n"
             f"Recipe `{runs[0]['recipe']}`, {step_budget(runs)} optimizer updates per method. Cells: mean ± sample "
             "standard deviation over the seeds listed. Train time: wall seconds of `trainer.train()` (the study "
-            "README names the machine and what else ran on it).\n\n"
+            "README names the machine and what else ran on it; CPU and GPU times are shown apart).\n\n"
+            f"Devices: {devices_line(runs)}.\n\n"
             f"{table}\n"
         )
         path = results_dir / encoder / "study.md"

@@ -27,6 +27,16 @@ BASE_ROW = "base"
 NUM_CHECKPOINTS = 3
 
 
+def device_description() -> str:
+    """Where this process trains and evaluates, for the run records: ``"cuda: <GPU name>"`` or ``"cpu"``, with the
+    torch version (runs recorded before this field existed ran on the project's 2-core CPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return f"cpu: {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
 def encoder_name(recipe: str | os.PathLike[str]) -> str:
     """The encoder label of a recipe: its folder name (``recipes/small/minilm-l6/config.yaml`` -> ``minilm-l6``)."""
     return Path(recipe).resolve().parent.name
@@ -142,6 +152,7 @@ class Study:
             "overrides": self.overrides,
             "command": self.command,
             "beir_ir_sets": self.beir_ir_sets,
+            "device": device_description(),
             **fields,
         }
 
@@ -247,7 +258,7 @@ class Study:
             else:
                 fuse(inputs, out, base=base, method="uniform", overwrite=True, show_progress=False)
             fuse_seconds = time.perf_counter() - started
-            metrics = self.evaluate(SentenceTransformer(str(out), device="cpu"))
+            metrics = self.evaluate(SentenceTransformer(str(out)))
             result = self.record(
                 key, label, seed, fused_checkpoints=[c.name for c in checkpoints],
                 fusion_runtime_s=round(fuse_seconds, 2), metrics=metrics,
@@ -280,7 +291,7 @@ class Study:
             else:
                 fuse([str(p) for p in inputs], out, base=base, method="uniform", overwrite=True, show_progress=False)
             fuse_seconds = time.perf_counter() - started
-            metrics = self.evaluate(SentenceTransformer(str(out), device="cpu"))
+            metrics = self.evaluate(SentenceTransformer(str(out)))
             result = self.record(
                 key, label, seed, fused_runs=[f"{k}-seed{seed}" for k in RATIO_FUSION_INPUTS],
                 fusion_runtime_s=round(fuse_seconds, 2), metrics=metrics,

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Study runs on a lent GPU machine (the workplace's `device` tool: a bare machine with CUDA, PyTorch and no network,
+# over a copy of this repository). Runs the study's jobs for one encoder as parallel processes on the one GPU and
+# leaves the new run records in $OUT/results.tgz; `run_study.py report` is then run here, as for CPU runs.
+#
+# What travels (64 MiB in all, so the model goes as fp16 and is widened back to fp32 there):
+#   .dev/whl/   wheels of the exact library versions used here (sentence-transformers, transformers, datasets, ...)
+#   .dev/call/  data.tar.xz (shared/data scifact + stsb-en), mined.jsonl.xz (the SciFact negatives mined by
+#               all-MiniLM-L6), ENCODER.tar.xz (the sentence-transformers folder minilm-ENCODER-fp16)
+# The fp16 round trip changes the starting weights by < 1e-3 relative; the base row of such an encoder is evaluated
+# from the same rounded weights on the GPU (l3), or as a separate control row (l6, whose CPU base row exists).
+#
+# Usage (on the device machine, from the repo root):  bash recipes/study/gpu_batch.sh l6|l3 [SECONDS]
+set -uo pipefail
+ENCODER="$1"
+BUDGET="${2:-300}"                       # wall seconds for all jobs together; stored runs are kept if cut off
+STEPS="${STEPS:-225}"
+RESULTS="${RESULTS:-recipes/study/results-scifact}"
+OUTDIR="${OUT:-outputs/gpu}"
+EXTRA="${EXTRA:-}"                       # more `codiemb train` overrides (the local dry run sets a small data cap)
+mkdir -p "$OUTDIR/logs"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY="${PYTHON:-python3}"
+
+if [ -d .dev/whl ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/codiemb-site \
+    .dev/whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/codiemb-site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+mkdir -p ../shared .dev/models outputs/mined
+unpack() {  # ARCHIVE DEST: Python's tarfile/lzma, so the machine needs no xz tool
+  "$PY" -c "import tarfile, sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" "$1" "$2"
+}
+[ -d ../shared/data/scifact ] || unpack .dev/call/data.tar.xz ../shared || exit 1
+"$PY" -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+  .dev/call/mined.jsonl.xz outputs/mined/scifact-train-minilm-l6.jsonl || exit 1
+unpack ".dev/call/$ENCODER.tar.xz" .dev/models || exit 1
+MODEL=".dev/models/minilm-$ENCODER-fp32"
+"$PY" - "$ENCODER" > "$OUTDIR/env.txt" 2>&1 <<'EOF' || { cat "$OUTDIR/env.txt"; exit 1; }
+import sys
+
+import datasets, sentence_transformers, torch, transformers
+from sentence_transformers import SentenceTransformer
+
+encoder = sys.argv[1]
+model = SentenceTransformer(f".dev/models/minilm-{encoder}-fp16", device="cpu").float()
+model.save(f".dev/models/minilm-{encoder}-fp32")
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+print("sentence-transformers", sentence_transformers.__version__, "transformers", transformers.__version__,
+      "datasets", datasets.__version__)
+EOF
+cat "$OUTDIR/env.txt"
+
+STUDY=("$PY" recipes/study/run_study.py run --max-steps "$STEPS" --results-dir "$RESULTS" --threads 2)
+case "$ENCODER" in
+  l6)
+    RECIPE=recipes/small/minilm-l6/scifact_stsb.yaml
+    OVERRIDES=(--max_seq_length 128 --model_name_or_path "$MODEL" $EXTRA)
+    JOBS=(
+      "--methods ir_only --seeds 43"
+      "--methods ir_only --seeds 44"
+      "--methods mixed_infonce sts_cosent --seeds 43 44"
+      "--methods ratio_ir3_sts1 ratio_ir1_sts1 ratio_ir1_sts3 --seeds 44"
+      "--methods cosent --seeds 42 43 44"
+    )
+    # control: the base row from the fp16-rounded weights on this machine (the stored base row is the exact CPU one)
+    "$PY" -c "
+import sys; sys.path.insert(0, 'recipes/study')
+from codiemb_study.runner import Study
+Study('$RECIPE', sys.argv[1:], $STEPS, 'outputs/gpu-control', 'outputs/study').run_base()
+" "${OVERRIDES[@]}" > "$OUTDIR/logs/control.log" 2>&1 &
+    ;;
+  l3)
+    RECIPE=recipes/small/paraphrase-minilm-l3/scifact_stsb.yaml
+    OVERRIDES=(--model_name_or_path "$MODEL" $EXTRA)
+    JOBS=()
+    for seed in 42 43 44; do
+      JOBS+=("--methods ir_only mixed_infonce cosent sts_cosent --seeds $seed")
+      JOBS+=("--methods codiemb ratio_ir3_sts1 ratio_ir1_sts1 ratio_ir1_sts3 sts_only sts_cosine --seeds $seed")
+    done
+    ;;
+  *) echo "unknown encoder $ENCODER (l6 or l3)"; exit 2 ;;
+esac
+
+i=0
+for job in "${JOBS[@]}"; do
+  i=$((i + 1))
+  # shellcheck disable=SC2086  # a job is a word list
+  timeout -k 10 "$BUDGET" "${STUDY[@]}" --recipe "$RECIPE" $job -- "${OVERRIDES[@]}" > "$OUTDIR/logs/job$i.log" 2>&1 &
+  sleep 2
+done
+wait
+grep -h -E "seed [0-9]+: [0-9]+ updates|Error|Traceback" "$OUTDIR"/logs/*.log | tail -40
+tar -czf "$OUTDIR/results.tgz" "$RESULTS" $( [ -d outputs/gpu-control ] && echo outputs/gpu-control ) "$OUTDIR/logs" "$OUTDIR/env.txt"
+nvidia-smi --query-gpu=name,memory.used --format=csv 2>/dev/null || true
