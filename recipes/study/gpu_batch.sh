@@ -7,6 +7,15 @@
 #   .dev/whl/   wheels of the exact library versions used here (sentence-transformers, transformers, datasets, ...)
 #   .dev/call/  data.tar.xz (shared/data scifact + stsb-en), mined.jsonl.xz (the SciFact negatives mined by
 #               all-MiniLM-L6), ENCODER.tar.xz (the sentence-transformers folder minilm-ENCODER-fp16)
+# Preparing them here (.dev/ is git-ignored):
+#   python -c "from sentence_transformers import SentenceTransformer as S; from hf_codiemb.models import resolve_model_path as r;
+#              S(str(r('packaged:all-minilm-l6-v2')), device='cpu').half().save('.dev/models/minilm-l6-fp16')"
+#   tar -cJf .dev/call/l6.tar.xz -C .dev/models minilm-l6-fp16       # (l3: prepared:paraphrase-minilm-l3-v2)
+#   tar -cJf .dev/call/data.tar.xz -C ../shared data/scifact data/stsb-en
+#   xz -9 -c outputs/mined/scifact-train-minilm-l6.jsonl > .dev/call/mined.jsonl.xz
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .dev/whl \
+#       sentence-transformers==6.2.0 transformers==5.23.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 peft==0.21.2 regex
+# and on the device tool: run(command="bash recipes/study/gpu_batch.sh l6 270", carry=[".dev/whl", ".dev/call"]).
 # The fp16 round trip changes the starting weights by < 1e-3 relative; the base row of such an encoder is evaluated
 # from the same rounded weights on the GPU (l3), or as a separate control row (l6, whose CPU base row exists).
 #
