@@ -95,9 +95,18 @@ def updates_cell(group: Sequence[Mapping[str, Any]]) -> str:
     return cell if all(c == counts[0] for c in counts) else f"{cell} (mean)"
 
 
+#: The ``device`` of a run recorded before runs named theirs: every such run ran on the project's CPU machine.
+UNRECORDED_DEVICE = "cpu: the project's 2-core CPU machine"
+
+
+def device_of(run: Mapping[str, Any]) -> str:
+    """Where a run trained and was evaluated (its ``device`` field, or :data:`UNRECORDED_DEVICE`)."""
+    return str(run.get("device", UNRECORDED_DEVICE))
+
+
 def device_kind(run: Mapping[str, Any]) -> str:
-    """``"GPU"`` or ``"CPU"``: where a run trained (runs recorded without a ``device`` field ran on the CPU)."""
-    return "GPU" if str(run.get("device", "cpu")).startswith("cuda") else "CPU"
+    """``"GPU"`` or ``"CPU"``: the kind of machine :func:`device_of` names."""
+    return "GPU" if device_of(run).startswith("cuda") else "CPU"
 
 
 def time_cell(group: Sequence[Mapping[str, Any]], tag_devices: bool = False) -> str:
@@ -123,7 +132,7 @@ def devices_line(runs: Sequence[Mapping[str, Any]]) -> str:
     """Which machines made the runs, e.g. ``cpu (30 runs); cuda: NVIDIA H100 80GB HBM3 (torch 2.11.0) (12 runs)``."""
     counts: dict[str, int] = defaultdict(int)
     for run in runs:
-        counts[str(run.get("device", "cpu: the project's 2-core CPU machine"))] += 1
+        counts[device_of(run)] += 1
     return "; ".join(f"{device} ({count} runs)" for device, count in counts.items())
 
 
@@ -137,6 +146,7 @@ def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> s
     header += [label for _, label, _ in geometry_columns]
     header += ["updates IR / STS", "train time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    tag_devices = len({device_kind(run) for run in runs}) > 1  # CPU and GPU times side by side, never averaged
     for group in group_runs(runs).values():
         seeds = sorted(run["seed"] for run in group if run["seed"] is not None)
         cells = [group[0]["label"], ", ".join(map(str, seeds)) or "-"]
@@ -145,7 +155,7 @@ def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> s
         for metric, _, digits in geometry_columns:
             cells.append(format_cell([run["metrics"][metric] for run in group if metric in run["metrics"]], digits))
         cells.append(updates_cell(group))
-        cells.append(time_cell(group, tag_devices=len({device_kind(run) for run in runs}) > 1))
+        cells.append(time_cell(group, tag_devices))
         lines.append("| " + " | ".join(cells) + " |")
     fused = sorted({run_name for run in runs if run["method"] in RATIO_FUSION_ROWS for run_name in run["fused_runs"]})
     if fused:

@@ -28,8 +28,9 @@ NUM_CHECKPOINTS = 3
 
 
 def device_description() -> str:
-    """Where this process trains and evaluates, for the run records: ``"cuda: <GPU name>"`` or ``"cpu"``, with the
-    torch version (runs recorded before this field existed ran on the project's 2-core CPU machine)."""
+    """Where this process trains and evaluates, for the run records: ``"cuda: <GPU name> (torch <version>)"`` or
+    ``"cpu: <n> threads (torch <version>)"`` (runs recorded before this field existed ran on the project's CPU machine).
+    """
     import torch
 
     if torch.cuda.is_available():
