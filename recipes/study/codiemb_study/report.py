@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,10 +129,9 @@ def time_cell(group: Sequence[Mapping[str, Any]], tag_devices: bool = False) -> 
 
 
 def devices_line(runs: Sequence[Mapping[str, Any]]) -> str:
-    """Which machines made the runs, e.g. ``cpu (30 runs); cuda: NVIDIA H100 80GB HBM3 (torch 2.11.0) (12 runs)``."""
-    counts: dict[str, int] = defaultdict(int)
-    for run in runs:
-        counts[device_of(run)] += 1
+    """Which machines made the runs (in first-seen order), e.g.
+    ``cpu: the project's 2-core CPU machine (30 runs); cuda: NVIDIA H200 (torch 2.11.0+cu130) (13 runs)``."""
+    counts = Counter(device_of(run) for run in runs)
     return "; ".join(f"{device} ({count} runs)" for device, count in counts.items())
 
 
