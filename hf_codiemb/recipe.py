@@ -54,6 +54,22 @@ class DataArguments:
     max_train_records: int | None = field(default=None, metadata={"help": "Cap on records per training file."})
     max_eval_records: int | None = field(default=None, metadata={"help": "Cap on records per evaluation file."})
     evaluate_before: bool = field(default=True, metadata={"help": "Evaluate the model before training too."})
+    eval_ir_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "Evaluation during training (eval_strategy): weight of the IR score (mean nDCG@10 of the IR dev "
+            "sets) in codiemb_score = w * IR + (1 - w) * STS (mean Spearman of the STS dev sets); the score that "
+            "metric_for_best_model, load_best_model_at_end and early stopping use by default."
+        },
+    )
+    eval_max_corpus: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation during training: cap on the documents of each IR dev corpus (every relevant document "
+            "kept, the rest a seeded sample); unset = the whole corpus. The final evaluation always uses the whole "
+            "corpus."
+        },
+    )
 
     def __post_init__(self) -> None:
         score_range = self.sts_score_range
@@ -64,7 +80,10 @@ class DataArguments:
             or not score_range[0] < score_range[1]
         ):
             raise RecipeError(f"must be two numbers [low, high] with low < high, got {score_range!r}", "sts_score_range")
-        for name in ("max_train_records", "max_eval_records"):
+        weight = self.eval_ir_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+            raise RecipeError(f"must be a number within [0, 1], got {weight!r}", "eval_ir_weight")
+        for name in ("max_train_records", "max_eval_records", "eval_max_corpus"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RecipeError(f"must be >= 1 (or unset for every record), got {value}", name)

@@ -18,13 +18,13 @@ import torch
 from datasets import Dataset, DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from torch.utils.data import BatchSampler, ConcatDataset
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 
 from hf_codiemb.collator import CoDiEmbDataCollator
 from hf_codiemb.columns import IR_REQUIRED_COLUMNS, STS_COLUMNS, TASKS
-from hf_codiemb.errors import CoDiEmbUserError
+from hf_codiemb.errors import CoDiEmbUserError, RecipeError
 from hf_codiemb.hub import (
     TRAINER_UPLOAD_IGNORE_PATTERNS,
     CredentialFinding,
@@ -349,6 +349,29 @@ def check_loss_tasks(losses: Mapping[str, Any], tasks: Mapping[str, str]) -> Non
             )
 
 
+def check_model_selection(args: CoDiEmbTrainingArguments, has_evaluator: bool) -> None:
+    """Model selection (``load_best_model_at_end``, early stopping) needs evaluations that report its metric.
+
+    Fails before training, with the fix, where transformers would fail at the first evaluation (a ``KeyError`` on
+    the metric) or at the start of training (an ``AssertionError`` of ``EarlyStoppingCallback``).
+    """
+    if not (args.load_best_model_at_end or args.early_stopping_patience is not None):
+        return
+    if args.eval_strategy == IntervalStrategy.NO:
+        raise RecipeError(
+            "load_best_model_at_end and early_stopping_patience need evaluations during training: set eval_strategy "
+            "(steps or epoch; for steps also eval_steps)",
+            "eval_strategy",
+        )
+    metric = args.metric_for_best_model.removeprefix("eval_")
+    if metric.startswith("codiemb_") and not has_evaluator:
+        raise RecipeError(
+            f"metric_for_best_model {metric!r} is a score of the dev sets, but this run has none: give sts_eval, "
+            "ir_eval or ir_eval_beir (or pass a CoDiEmbEvaluator as evaluator=)",
+            "metric_for_best_model",
+        )
+
+
 def build_task_sampler(
     train_dataset: Mapping[str, Dataset],
     tasks: Mapping[str, str],
@@ -528,6 +551,9 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         self.add_callback(_SamplerEpochCallback(self))
         self.add_callback(_NonFiniteUpdateCallback(self))
         self.add_callback(_ModelCardCallback(self))
+        check_model_selection(args, has_evaluator=self.evaluator is not None)
+        if args.early_stopping_patience is not None:
+            self.add_callback(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
 
     def update_model_card_data(self) -> None:
         """Fill the CoDiEmb section of the model card (``model.model_card_data.codiemb``).

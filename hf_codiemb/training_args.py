@@ -53,6 +53,12 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     per-task batch sizes, the IR contrastive set-up, the STS loss weights, cross-device gathering and the IR:STS
     sampling ratio. Parses with :class:`transformers.HfArgumentParser` from the command line and from YAML.
 
+    Parent defaults changed: ``per_device_eval_batch_size`` 32 (transformers: 8), the encoding batch size of every
+    dev-set evaluation, so that the scores logged during training and the final table agree for the same model.
+    ``metric_for_best_model`` defaults to ``codiemb_score`` (the combined dev score of
+    :class:`~hf_codiemb.training_evaluation.CoDiEmbEvaluator`) when ``load_best_model_at_end`` or
+    ``early_stopping_patience`` is set (transformers: the evaluation loss, which a CoDiEmb run does not compute).
+
     Credentials (``hub_token``) stay in memory: the pickled arguments (``training_args.bin`` in the output folder
     and in every checkpoint) hold ``None`` instead, see :meth:`__getstate__`.
     """
@@ -159,6 +165,24 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             "component."
         },
     )
+    early_stopping_patience: Union[int, None] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "Stop training when metric_for_best_model has not improved for this many evaluations "
+            "(transformers' EarlyStoppingCallback; needs eval_strategy and dev sets). Unset = no early stopping."
+        },
+    )
+    early_stopping_threshold: float = field(
+        default=0.0,
+        metadata={"help": "Early stopping: the least change of metric_for_best_model that counts as an improvement."},
+    )
+    per_device_eval_batch_size: int = field(
+        default=32,
+        metadata={
+            "help": "Encoding batch size of the dev-set evaluations (during training and before/after it). transformers' "
+            "default is 8; 32 is the batch size sentence-transformers' evaluators use."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -171,6 +195,7 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     def __post_init__(self) -> None:
         self._check_training_length()
         self._use_gloo_without_gpus()
+        self._select_by_combined_score()
         super().__post_init__()
         try:
             self.task_ratio = parse_task_ratio(self.task_ratio)
@@ -201,6 +226,18 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise RecipeError(f"must be a number > 0, got {value!r}", name)
+
+    def _select_by_combined_score(self) -> None:
+        """``load_best_model_at_end`` / early stopping without ``metric_for_best_model``: select by ``codiemb_score``.
+
+        transformers would fall back to the evaluation loss, which a CoDiEmb run (dev sets as evaluators, no
+        ``eval_dataset``) does not compute; the combined dev score is what the run is for. Checked here, before the
+        parent sets ``greater_is_better`` from the metric's name.
+        """
+        if self.early_stopping_patience is not None:
+            _check_int(self, "early_stopping_patience", minimum=1)
+        if self.metric_for_best_model is None and (self.load_best_model_at_end or self.early_stopping_patience):
+            self.metric_for_best_model = "codiemb_score"
 
     def _use_gloo_without_gpus(self) -> None:
         """Under a multi-process launcher (torchrun, ``accelerate launch``) on a machine without GPUs: one DDP job.

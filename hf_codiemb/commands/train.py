@@ -38,7 +38,12 @@ def dry_run(model_args, data_args, training_args) -> int:
     from hf_codiemb.model_card import infer_base_model_id
     from hf_codiemb.models import lora_plan, resolve_model_path
     from hf_codiemb.pipeline import load_eval_sets, load_training_data
-    from hf_codiemb.trainer import build_task_sampler, prepare_output_dir, validate_training_dataset
+    from hf_codiemb.trainer import (
+        build_task_sampler,
+        check_model_selection,
+        prepare_output_dir,
+        validate_training_dataset,
+    )
 
     # The output folder and the resume value, as the real run checks them (nothing is deleted here).
     resume_from = prepare_output_dir(training_args, dry_run=True)
@@ -50,7 +55,9 @@ def dry_run(model_args, data_args, training_args) -> int:
     for name, dataset in datasets.items():
         validate_training_dataset(name, tasks[name], dataset, training_args.num_negatives)
     sampler = build_task_sampler(datasets, tasks, training_args)
-    load_eval_sets(data_args, model_args)
+    sts_sets, ir_sets = load_eval_sets(data_args, model_args)
+    evaluator = training_evaluator(data_args, training_args, sts_sets, ir_sets, model_args.effective_sts_prompt)
+    check_model_selection(training_args, has_evaluator=evaluator is not None)
     plan = {
         "model": path,
         "base_model_id": infer_base_model_id(model_args.model_name_or_path),
@@ -58,11 +65,51 @@ def dry_run(model_args, data_args, training_args) -> int:
         "updates_per_epoch": sampler.updates_per_task(),
         "world_size": training_args.world_size,
         "resume_from_checkpoint": resume_from,
+        "evaluation_during_training": None
+        if evaluator is None
+        else {
+            "strategy": training_args.eval_strategy.value,
+            "steps": training_args.eval_steps,
+            "sets": [e.name for e in evaluator.evaluators],
+            "metric_for_best_model": training_args.metric_for_best_model,
+            "load_best_model_at_end": training_args.load_best_model_at_end,
+            "early_stopping_patience": training_args.early_stopping_patience,
+        },
     }
     if model_args.lora_r > 0:
         plan["lora"] = lora_plan(model_args, path)
     sys.stdout.write(json.dumps(plan, indent=2) + "\n")
     return 0
+
+
+def training_evaluator(data_args, training_args, sts_sets: dict, ir_sets: dict, sts_prompt: str | None):
+    """The evaluator of the recipe's dev sets during training (``eval_strategy``), or ``None`` when it is ``no``.
+
+    See :mod:`hf_codiemb.training_evaluation`: per-set metrics and ``codiemb_score`` (weighted by
+    ``eval_ir_weight``), on IR corpora capped at ``eval_max_corpus`` documents.
+    """
+    from transformers.trainer_utils import IntervalStrategy
+
+    from hf_codiemb.errors import RecipeError
+    from hf_codiemb.training_evaluation import build_training_evaluator
+
+    if training_args.eval_strategy == IntervalStrategy.NO:
+        return None
+    if not sts_sets and not ir_sets:
+        raise RecipeError(
+            f"eval_strategy {training_args.eval_strategy.value!r} evaluates the dev sets during training, but the "
+            "recipe has none: give sts_eval, ir_eval or ir_eval_beir, or set eval_strategy: 'no'",
+            "eval_strategy",
+        )
+    return build_training_evaluator(
+        sts_sets,
+        ir_sets,
+        ir_weight=data_args.eval_ir_weight,
+        max_corpus=data_args.eval_max_corpus,
+        sts_prompt=sts_prompt,
+        batch_size=training_args.per_device_eval_batch_size,
+        seed=training_args.seed,
+    )
 
 
 def run(argv: list[str]) -> int:
@@ -74,7 +121,7 @@ def run(argv: list[str]) -> int:
     from hf_codiemb.models import load_lora_model, load_model
     from hf_codiemb.pipeline import load_eval_sets, load_training_data, training_prompts
     from hf_codiemb.recipe import parse_recipe
-    from hf_codiemb.trainer import CoDiEmbTrainer, prepare_output_dir
+    from hf_codiemb.trainer import CoDiEmbTrainer, check_model_selection, prepare_output_dir
 
     model_args, data_args, training_args, run_args = parse_recipe(argv)
     if run_args.dry_run:
@@ -90,16 +137,22 @@ def run(argv: list[str]) -> int:
     training_args.dataset_tasks = tasks
     training_args.prompts = training_prompts(model_args, datasets, tasks, instructions, training_args)
     sts_prompt = model_args.effective_sts_prompt
+    eval_batch_size = training_args.per_device_eval_batch_size  # the same in the log and in the final table
+    # Dev sets during training (eval_strategy) and model selection: checked before the model is loaded.
+    evaluator = training_evaluator(data_args, training_args, sts_sets, ir_sets, sts_prompt)
+    check_model_selection(training_args, has_evaluator=evaluator is not None)
 
     model = load_model(model_args)
     before = None
     # Under torchrun / accelerate launch every rank runs this script: evaluate (and later save results) once.
     if (sts_sets or ir_sets) and data_args.evaluate_before and training_args.process_index == 0:
         logger.info("Evaluating before training")
-        before = evaluate_model(model, sts_sets, ir_sets, sts_prompt=sts_prompt, epoch=0, steps=0)
+        before = evaluate_model(
+            model, sts_sets, ir_sets, sts_prompt=sts_prompt, batch_size=eval_batch_size, epoch=0, steps=0
+        )
         # The card's Evaluation section is for the final model; the before scores stay in its training logs (step 0).
         model.model_card_data.eval_results_dict = {}
-    trainer = CoDiEmbTrainer(model=model, args=training_args, train_dataset=datasets)
+    trainer = CoDiEmbTrainer(model=model, args=training_args, train_dataset=datasets, evaluator=evaluator)
     trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(output_dir))
     if not trainer.is_world_process_zero():
@@ -111,7 +164,13 @@ def run(argv: list[str]) -> int:
         else:
             saved = SentenceTransformer(str(output_dir))
         after = evaluate_model(
-            saved, sts_sets, ir_sets, sts_prompt=sts_prompt, epoch=trainer.state.epoch, steps=trainer.state.global_step
+            saved,
+            sts_sets,
+            ir_sets,
+            sts_prompt=sts_prompt,
+            batch_size=eval_batch_size,
+            epoch=trainer.state.epoch,
+            steps=trainer.state.global_step,
         )
         write_results(after, output_dir)
         # The saved model's card shows these scores (the same as eval_results.json).
