@@ -209,3 +209,19 @@ def test_search_front_choice_weights_and_card(runs, tmp_path):
     assert f"score {best['ir_score'] * 0.7 + best['sts_score'] * 0.3:.4f}" in card
     assert all(c["label"] in card for c in candidates)  # the alternatives' scores
     assert str(tmp_path) not in card  # runs are named by folder name, never by a local path
+
+
+def test_selection_and_search_settings_come_from_a_fusion_recipe(tmp_path):
+    from hf_codiemb.commands.fuse import build_parser
+
+    recipe = tmp_path / "fuse.yaml"
+    recipe.write_text(
+        "base: b\noutput_dir: out\nselect_from: [runs/ir, runs/sts]\nselect: [best_ir, best_sts]\nsearch: true\n"
+        "eval_recipe: dev.yaml\nsearch_p: [0, 1.5]\nsearch_shares: [0.5]\nir_weight: 0.25\n"
+    )
+    (config,) = build_parser().parse([str(recipe), "--ir_weight", "0.75"])
+    assert (config.select_from, config.select) == (["runs/ir", "runs/sts"], ["best_ir", "best_sts"])
+    assert (config.search, config.eval_recipe, config.search_p, config.search_shares) == (
+        True, "dev.yaml", [0.0, 1.5], [0.5]
+    )  # fmt: skip
+    assert config.ir_weight == 0.75  # the command line overrides the recipe
