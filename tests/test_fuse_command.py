@@ -21,7 +21,7 @@ from hf_codiemb.fusion.registry import get_method, validate_method_params
 def test_methods_validate_their_declared_parameters():
     assert validate_method_params("delta", {"p": "2", "granularity": "tensor"}) == {"p": 2.0, "granularity": "tensor"}
     assert get_method("task_arithmetic", scaling=0.5).parameters() == {"scaling": 0.5}
-    with pytest.raises(ValueError, match=r"'delta' has no parameter\(s\) \['density'\]; its parameters: p, granularity, eps"):
+    with pytest.raises(ValueError, match=r"'delta' has no parameter\(s\) \['density'\]; its parameters: p, granularity, eps, shares"):
         validate_method_params("delta", {"density": 0.3})
     with pytest.raises(ValueError, match=r"'uniform' has no parameter\(s\) \['p'\]; its parameters: none"):
         validate_method_params("uniform", {"p": 1})

@@ -6,6 +6,9 @@ Examples::
     codiemb fuse recipes/default/fuse.yaml --push-to-hub user/codiemb-fused   # a fusion recipe (YAML)
     codiemb fuse --base B --checkpoints "outputs/run/checkpoint-*" --output-dir fused   # every checkpoint of a run
     codiemb fuse --list-methods
+    # inputs picked from the runs' recorded dev evaluations, settings searched on the recipe's dev sets:
+    codiemb fuse --base B --select_from runs/ir-heavy runs/sts-heavy --select best_ir best_sts \
+        --search --eval_recipe recipes/small/minilm-l6/config.yaml --ir_weight 0.5 --output_dir fused
 """
 
 from __future__ import annotations
@@ -54,10 +57,20 @@ def describe_methods() -> str:
     return "\n".join(lines)
 
 
+def load_dev_sets(recipe: str) -> tuple[dict, dict]:
+    """The STS and IR dev sets of a training recipe (its eval keys and prompts), as ``codiemb train`` evaluates."""
+    from hf_codiemb.pipeline import load_eval_sets
+    from hf_codiemb.recipe import parse_recipe
+
+    model_args, data_args, _, _ = parse_recipe([recipe])
+    return load_eval_sets(data_args, model_args)
+
+
 def run(argv: list[str]) -> int:
     """Run ``codiemb fuse ARGV`` (the fusion, then the push); return the process exit code."""
     (config,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
     from hf_codiemb.fusion import FusionError, FusionWriteError, fuse
+    from hf_codiemb.fusion.errors import SelectionError
     from hf_codiemb.hub import HubPushError, PushRefusedError, check_repo_id, push_model_folder
 
     try:
@@ -70,25 +83,62 @@ def run(argv: list[str]) -> int:
         sys.stdout.write(describe_methods() + "\n")
         return 0
     config.checkpoints = expand_checkpoints(config.checkpoints)
+    selections: list[dict] = []
+    if config.select_from or config.select:
+        from hf_codiemb.fusion.selection import select_checkpoints
+
+        selected = select_checkpoints(config.select_from, config.select)
+        config.checkpoints += [str(item.path) for item in selected]
+        selections = [item.to_dict() for item in selected]
     if not config.checkpoints or not config.output_dir:
-        raise UsageError("fuse needs --checkpoints and --output_dir (or a fusion recipe that sets them)")
+        raise UsageError(
+            "fuse needs --checkpoints (or --select_from and --select) and --output_dir (or a fusion recipe that sets "
+            "them)"
+        )
+    if config.search and not config.eval_recipe:
+        raise UsageError("--search needs --eval_recipe RECIPE.yaml (the training recipe whose dev sets to evaluate on)")
     if config.push_to_hub:
         try:
             check_repo_id(config.push_to_hub)  # before the fusion, not after it
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     try:
-        result = fuse(
-            config.checkpoints,
-            config.output_dir,
-            base=config.base,
-            method=config.method,
-            method_params=method_params,
-            overwrite=config.overwrite,
-            eval_results=config.eval_results,
-            model_id=config.push_to_hub,
-            base_model_id=config.base_model_id,
-        )
+        if config.search:
+            from hf_codiemb.fusion.search import fusion_search
+
+            sts_sets, ir_sets = load_dev_sets(config.eval_recipe)
+            result = fusion_search(
+                config.checkpoints,
+                config.output_dir,
+                base=config.base,
+                sts_sets=sts_sets,
+                ir_sets=ir_sets,
+                method=config.method,
+                method_params=method_params,
+                p_values=config.search_p,
+                shares=config.search_shares,
+                ir_weight=config.ir_weight,
+                selections=selections,
+                overwrite=config.overwrite,
+                model_id=config.push_to_hub,
+                base_model_id=config.base_model_id,
+            )
+            logger.info("Chosen by the fusion search: %s", result.chosen.label)
+        else:
+            result = fuse(
+                config.checkpoints,
+                config.output_dir,
+                base=config.base,
+                method=config.method,
+                method_params=method_params,
+                overwrite=config.overwrite,
+                eval_results=config.eval_results,
+                model_id=config.push_to_hub,
+                base_model_id=config.base_model_id,
+                choice={"selections": selections} if selections else None,
+            )
+    except SelectionError:
+        raise  # the user's to fix: one line from the console script
     except (FusionError, ValueError) as exc:  # the inputs are refused: the user's to fix
         logger.error("Fusion failed: %s", exc)
         return 2

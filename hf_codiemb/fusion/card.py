@@ -140,6 +140,7 @@ def render_card(
     license: str | None = None,
     base_folder: str | Path | None = None,
     checkpoint_folders: list[str | Path] | None = None,
+    choice: dict[str, Any] | None = None,
 ) -> str:
     """The README.md text.
 
@@ -150,6 +151,10 @@ def render_card(
             (:func:`hf_codiemb.model_card.infer_base_model_id`), else the one the checkpoints' cards agree on.
         base_folder / checkpoint_folders: local folders of the inputs, whose cards (README.md) are read for their
             datasets, losses and evaluation (:func:`input_card_summary`).
+        choice: how the inputs and settings were chosen (the "How this model was chosen" section):
+            ``{"selections": [...]}`` (checkpoints picked from a run's recorded evaluations,
+            :meth:`hf_codiemb.fusion.selection.SelectedCheckpoint.to_dict`) and/or ``{"search": {...}}`` (the dev-set
+            search, :func:`hf_codiemb.fusion.search.card_choice`).
     """
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -191,4 +196,6 @@ def render_card(
         stats_file=stats_file,
         plot_file=plot_file,
         license=license,
+        selections=(choice or {}).get("selections") or [],
+        search=(choice or {}).get("search"),
     )

@@ -49,6 +49,40 @@ class FuseConfig:
     base_model_id: str | None = field(
         default=None, metadata={"help": "Hub id for the card's base_model metadata when --base is a local folder."}
     )
+    select_from: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Training run folders to pick inputs from by their recorded evaluations (trainer_state.json "
+                          "log_history); paired in order with --select (one run: every criterion from it)."},
+    )
+    select: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Selection criteria, one per input: best_ir (highest eval_codiemb_ir_score), best_sts "
+                          "(eval_codiemb_sts_score), best_score (eval_codiemb_score); only complete checkpoints "
+                          "count. The picked checkpoints follow --checkpoints."},
+    )
+    search: bool = field(
+        default=False,
+        metadata={"help": "Search the fusion settings on the dev sets of --eval_recipe: the inputs and a fusion per "
+                          "--search_p x --search_shares point are evaluated; the best by --ir_weight is written, "
+                          "with fusion_search.md/.json and fusion_front.png."},
+    )
+    eval_recipe: str | None = field(
+        default=None,
+        metadata={"help": "Training recipe (YAML) whose dev sets (sts_eval, ir_eval, ir_eval_beir, ir_eval_from_sts) "
+                          "and prompts the search evaluates on."},
+    )
+    search_p: list[float] = field(
+        default_factory=lambda: [0.0, 1.0, 2.0], metadata={"help": "The p values of the fusion search."}
+    )
+    search_shares: list[float] = field(
+        default_factory=lambda: [0.25, 0.5, 0.75],
+        metadata={"help": "The first input's shares s of the search (inputs weighted (s, 1 - s); two inputs only; "
+                          "none: equal shares)."},
+    )
+    ir_weight: float = field(
+        default=0.5,
+        metadata={"help": "w of the search's score w * IR (mean nDCG@10) + (1 - w) * STS (mean Spearman), in [0, 1]."},
+    )
     push_to_hub: str | None = field(default=None, metadata={"help": "Push the fused model to this Hub repo (owner/name)."})
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
     revision: str | None = field(default=None, metadata={"help": "Hub branch to push to (created if missing)."})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,9 @@ _SKIPPED_NAMES = {
     "fusion_weights.json",
     "fusion_weights.png",
     "fusion_config.json",
+    "fusion_search.md",
+    "fusion_search.json",
+    "fusion_front.png",
 }
 _SKIPPED_DIRS = {"onnx", "openvino", "runs", "__pycache__"}
 # 256K elements (1 MiB in float32) per input per step: a chunk's dozen buffers stay in the CPU caches, which made delta
@@ -108,6 +111,8 @@ def fuse(
     base_model_id: str | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     show_progress: bool = True,
+    choice: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str | Path] | None = None,
 ) -> FusionResult:
     """Fuse ``checkpoints`` with a registered method, streaming tensor by tensor.
 
@@ -131,6 +136,11 @@ def fuse(
         base_model_id: Hub id for the card's ``base_model`` metadata when ``base`` is a local folder.
         chunk_elements: maximum elements per input read at once.
         show_progress: show a tqdm bar over tensors.
+        choice: how the inputs and settings were chosen, for the card's "How this model was chosen" section:
+            ``{"selections": [SelectedCheckpoint.to_dict(), ...], "search": {...}}`` (see
+            :mod:`hf_codiemb.fusion.selection`, :mod:`hf_codiemb.fusion.search`).
+        extra_files: ``{name: source file}`` copied into the output folder with the model (the search's table and
+            plot), inside the same atomic write.
 
     Raises:
         FusionError: invalid, incompatible or non-finite inputs, or an output folder that is an input (nothing
@@ -142,6 +152,10 @@ def fuse(
     fusion_method = method if isinstance(method, FusionMethod) else get_method(method, **(method_params or {}))
     if fusion_method.requires_base and base is None:
         raise FusionError(f"Fusion method {fusion_method.name!r} needs a base model (--base)")
+    try:
+        fusion_method.check_inputs(len(checkpoints))
+    except ValueError as exc:
+        raise FusionError(str(exc)) from None
     if isinstance(eval_results, (str, Path)):
         eval_results = load_eval_results(eval_results)
     output_dir = Path(output_dir).expanduser().absolute()
@@ -173,7 +187,7 @@ def fuse(
             output_dir,
         )
         return _write_output(fusion_method, plan, base_model, models, output_dir, overwrite, eval_results,
-                             model_id, base_model_id, chunk_elements, show_progress)
+                             model_id, base_model_id, chunk_elements, show_progress, choice, extra_files)
     finally:
         for model in resolved:
             model.cleanup()
@@ -191,6 +205,8 @@ def _write_output(
     base_model_id: str | None,
     chunk_elements: int,
     show_progress: bool,
+    choice: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str | Path] | None = None,
 ) -> FusionResult:
     with atomic_folder(output_dir, overwrite=overwrite) as staging:
         labels = [model.spec for model in checkpoints]
@@ -215,6 +231,8 @@ def _write_output(
             "template": public_model_name(template),
         }
         (staging / "fusion_config.json").write_text(json.dumps(recipe, indent=2))
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / name)
         card = render_card(
             method=method.name,
             method_description=method.description,
@@ -228,6 +246,7 @@ def _write_output(
             checkpoint_folders=[model.template for model in checkpoints],
             stats_file="fusion_weights.json" if "fusion_weights.json" in files else None,
             plot_file="fusion_weights.png" if "fusion_weights.png" in files else None,
+            choice=choice,
         )
         (staging / "README.md").write_text(card)
     logger.info("Fused model written to %s", output_dir)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hf_codiemb.errors import OutputWriteError
+from hf_codiemb.errors import CoDiEmbUserError, OutputWriteError
 
 
 class FusionError(ValueError):
@@ -11,3 +11,8 @@ class FusionError(ValueError):
 
 # The output folder cannot be created or written (raised by :mod:`hf_codiemb.atomic`, shared with the other writers).
 FusionWriteError = OutputWriteError
+
+
+class SelectionError(CoDiEmbUserError, ValueError):
+    """Fusion inputs cannot be chosen from a run's recorded evaluations (no evaluation, no complete checkpoint left,
+    an unreadable ``trainer_state.json``), or a fusion search cannot be run (no dev sets of both tasks)."""

@@ -62,7 +62,8 @@ class MethodParameter:
 
     Attributes:
         name: keyword of the method's constructor (and the ``--name`` flag of ``codiemb fuse``).
-        type: ``float``, ``int`` or ``str``; values are converted to it.
+        type: ``float``, ``int`` or ``str``; values are converted to it. ``tuple`` is a list of numbers (a YAML list,
+            or ``"0.7,0.3"`` from the command line), converted to a tuple of floats.
         default: the value when not given.
         help: one line for ``--help`` and the docs.
         choices: the allowed values, for ``str`` parameters with a fixed set.
@@ -76,6 +77,10 @@ class MethodParameter:
 
     def convert(self, value: Any, method: str) -> Any:
         """``value`` as ``self.type``, or a ``ValueError`` naming the method and the parameter."""
+        if value is None and self.default is None:
+            return None
+        if self.type is tuple:
+            return self._convert_numbers(value, method)
         if self.type in (int, float) and isinstance(value, bool):
             raise ValueError(f"fusion method {method!r}: parameter {self.name!r} must be a number, got {value!r}")
         try:
@@ -91,6 +96,19 @@ class MethodParameter:
                 f"fusion method {method!r}: parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}"
             )
         return converted
+
+    def _convert_numbers(self, value: Any, method: str) -> tuple[float, ...]:
+        """A list of numbers (or ``"a,b"``) as a tuple of floats."""
+        items = value.split(",") if isinstance(value, str) else value
+        problem = ValueError(
+            f"fusion method {method!r}: parameter {self.name!r} must be a list of numbers, got {value!r}"
+        )
+        if not isinstance(items, (list, tuple)) or not items or any(isinstance(item, bool) for item in items):
+            raise problem
+        try:
+            return tuple(float(item) for item in items)
+        except (TypeError, ValueError):
+            raise problem from None
 
 
 class FusionMethod(ABC):
@@ -122,6 +140,10 @@ class FusionMethod(ABC):
     def needs_delta_norms(self) -> bool:
         """Whether :meth:`merge` needs whole-tensor delta norms."""
         return False
+
+    def check_inputs(self, num_checkpoints: int) -> None:
+        """Refuse settings that do not fit ``num_checkpoints`` inputs (``ValueError``), before anything is read or
+        written. The default accepts any number."""
 
     @abstractmethod
     def merge(

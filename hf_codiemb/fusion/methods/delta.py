@@ -9,10 +9,16 @@ tensor (``granularity="tensor"``). ``p = 0`` is the uniform Model Soup, large ``
 move". Where every delta is zero (more precisely: ``sum_j |delta_j|^p <= eps``) the weights are uniform (``1/K``)
 and the result equals the base; elsewhere the denominator is the plain sum, so the weights sum to exactly 1 and a
 single checkpoint is returned exactly.
+
+Optional ``shares`` ``s_k`` (one per checkpoint, normalised to sum 1) weight the inputs:
+``w_k = s_k |delta_k|^p / sum_j s_j |delta_j|^p``; ``p = 0`` is then the weighted soup ``sum_k s_k theta_k``, and a
+share of 0 leaves that checkpoint out (shares ``(1, 0)`` give the first checkpoint). Without shares every input has
+the same share (the formula above). The fusion search (:mod:`hf_codiemb.fusion.search`) varies them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -86,6 +92,8 @@ class DeltaGuidedFusion(FusionMethod):
         MethodParameter("p", float, 1.0, "exponent of |theta_k - theta_0| (0 = the uniform soup)"),
         MethodParameter("granularity", str, "element", "a weight per element or per tensor", ("element", "tensor")),
         MethodParameter("eps", float, 1e-12, "guard of the weights' denominator"),
+        MethodParameter("shares", tuple, None, "share of each checkpoint, e.g. [0.7, 0.3] (normalised to sum 1; "
+                        "default: equal shares)"),
     )
     description = "CoDiEmb delta-guided fusion (per-parameter weights from |theta_k - theta_0|^p)"
     reference = "https://arxiv.org/abs/2508.11442"
@@ -93,7 +101,13 @@ class DeltaGuidedFusion(FusionMethod):
     elementwise = True
     propagates_non_finite = True
 
-    def __init__(self, p: float = 1.0, granularity: Granularity = "element", eps: float = 1e-12) -> None:
+    def __init__(
+        self,
+        p: float = 1.0,
+        granularity: Granularity = "element",
+        eps: float = 1e-12,
+        shares: Sequence[float] | None = None,
+    ) -> None:
         if granularity not in ("element", "tensor"):
             raise ValueError(f"granularity must be 'element' or 'tensor', got {granularity!r}")
         if p < 0:
@@ -101,6 +115,14 @@ class DeltaGuidedFusion(FusionMethod):
         self.p = float(p)
         self.granularity: Granularity = granularity
         self.eps = float(eps)
+        self.shares = _normalised_shares(shares)
+
+    def check_inputs(self, num_checkpoints: int) -> None:
+        """Refuse ``shares`` whose length is not the number of checkpoints."""
+        if self.shares is not None and len(self.shares) != num_checkpoints:
+            raise ValueError(
+                f"fusion method 'delta': {len(self.shares)} shares given for {num_checkpoints} checkpoints"
+            )
 
     @property
     def needs_delta_norms(self) -> bool:
@@ -143,6 +165,8 @@ class DeltaGuidedFusion(FusionMethod):
             if delta_norms is None:
                 raise ValueError("Tensor granularity needs whole-tensor delta norms")
             weights = delta_guided_weights(delta_norms.to(base.dtype), self.p, self.eps)
+            if self.shares is not None:
+                weights = _apply_shares(weights, self.shares)
             if workspace is None:
                 merged = base.clone()
             else:
@@ -155,11 +179,33 @@ class DeltaGuidedFusion(FusionMethod):
         if k == 1:  # w = 1 wherever the checkpoint moved: the checkpoint itself, exactly (the pipeline writes it)
             merged = checkpoints[0] if workspace is not None else checkpoints[0].clone()
             return MergeOutput(merged, torch.full((1,), float(base.numel()), dtype=torch.float64))
-        merged, weight_sums = _element_merge(base, checkpoints, self.p, self.eps, workspace)
+        merged, weight_sums = _element_merge(base, checkpoints, self.p, self.eps, workspace, self.shares)
         return MergeOutput(merged, weight_sums)
 
     def parameters(self) -> dict[str, Any]:
-        return {"p": self.p, "granularity": self.granularity, "eps": self.eps}
+        parameters: dict[str, Any] = {"p": self.p, "granularity": self.granularity, "eps": self.eps}
+        if self.shares is not None:
+            parameters["shares"] = list(self.shares)
+        return parameters
+
+
+def _normalised_shares(shares: Sequence[float] | None) -> tuple[float, ...] | None:
+    """``shares`` divided by their sum (``None`` stays ``None``); negative, non-finite or all-zero shares are refused."""
+    if shares is None:
+        return None
+    values = [float(share) for share in shares]
+    if not values or any(not math.isfinite(share) or share < 0 for share in values) or sum(values) <= 0:
+        raise ValueError(f"fusion method 'delta': shares must be non-negative numbers, not all 0, got {list(shares)}")
+    total = sum(values)
+    return tuple(share / total for share in values)
+
+
+def _apply_shares(weights: torch.Tensor, shares: Sequence[float]) -> torch.Tensor:
+    """Per-tensor weights ``w_k`` (``(K,)``) turned into ``s_k w_k / sum_j s_j w_j`` (the shares where that is 0)."""
+    share_tensor = torch.tensor(shares, dtype=weights.dtype)
+    shared = weights * share_tensor
+    total = shared.sum()
+    return share_tensor if float(total) <= 0 else shared / total
 
 
 def _element_merge(
@@ -168,6 +214,7 @@ def _element_merge(
     p: float,
     eps: float,
     workspace: ChunkWorkspace | None = None,
+    shares: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Element-wise delta-guided merge in few memory passes (the hot loop of the streaming fusion).
 
@@ -179,7 +226,8 @@ def _element_merge(
     With a ``workspace`` (the streaming pipeline) the deltas, magnitudes and sums live in its reused buffers (no
     fresh memory per chunk) and the numerator accumulates in the first delta. The inputs are never written (in the
     pipeline they are views of the mapped input files). Both paths run the same operations in the same order (same
-    bits).
+    bits). ``shares`` multiply the magnitudes (``m_k = s_k |delta_k|^p``); at ``p = 0`` the merge is
+    ``theta_0 + sum_k s_k delta_k``.
     """
     k = len(checkpoints)
 
@@ -188,6 +236,12 @@ def _element_merge(
 
     deltas = [torch.sub(checkpoint, base, out=scratch(f"delta.delta.{index}")) for index, checkpoint in
               enumerate(checkpoints)]
+    if p == 0 and shares is not None:
+        merged = deltas[0].mul_(shares[0])
+        for share, delta in zip(shares[1:], deltas[1:]):
+            merged.add_(delta, alpha=share)
+        merged.add_(base)
+        return merged, torch.tensor([share * base.numel() for share in shares], dtype=torch.float64)
     if p == 0:
         merged = deltas[0]
         for delta in deltas[1:]:
@@ -206,6 +260,9 @@ def _element_merge(
     elif p != 1:  # p == 1: the magnitudes are the weights' numerators as they are (no pow)
         for magnitude in magnitudes:
             magnitude.pow_(p)
+    if shares is not None:
+        for share, magnitude in zip(shares, magnitudes):
+            magnitude.mul_(share)
     total = torch.add(magnitudes[0], magnitudes[1], out=scratch("delta.total"))
     # The numerator overwrites the first delta (IEEE products commute: m_0 * d_0 and d_0 * m_0 have the same bits).
     numerator = deltas[0].mul_(magnitudes[0])
