@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_codiemb.commands.train", "Train a unified IR + STS embedding model from a YAML recipe."),
     "evaluate": ("hf_codiemb.commands.evaluate", "Evaluate a model: STS Spearman, IR nDCG@10/MRR@10/Recall@100."),
     "mine": ("hf_codiemb.commands.mine", "Mine hard negatives for a BEIR folder with a model."),
+    "tradeoff": (
+        "hf_codiemb.commands.tradeoff",
+        "IR-heavy + STS-heavy runs of a recipe and their dev-guided fusion, in one command.",
+    ),
     "fuse": ("hf_codiemb.commands.fuse", "Delta-guided fusion of checkpoints (optionally pushed to the Hub)."),
     "push": ("hf_codiemb.commands.push", "Upload a model folder to the Hugging Face Hub."),
     "merge-lora": ("hf_codiemb.commands.merge_lora", "Merge LoRA adapters into a full model."),

@@ -1,0 +1,42 @@
+"""``codiemb tradeoff``: the IR-heavy and STS-heavy runs of a recipe and their dev-guided fusion, in one command.
+
+Examples::
+
+    codiemb tradeoff recipes/small/minilm-l6/scifact_stsb_tradeoff.yaml --output_dir outputs/tradeoff
+    codiemb tradeoff RECIPE.yaml --output_dir out --ir_weight 0.5 --parallel 2 -- --max_steps 300 --seed 43
+
+Flags after ``--`` go to both ``codiemb train`` runs.
+
+Run the same command again after an interruption: finished runs are kept, interrupted ones resume from their latest
+checkpoint (see :mod:`hf_codiemb.tradeoff`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+
+logger = logging.getLogger(__name__)
+
+HELP = "IR-heavy + STS-heavy runs of a recipe and their dev-guided fusion, in one command."
+
+
+def build_parser():
+    """The parser of ``codiemb tradeoff`` (:class:`hf_codiemb.tradeoff.TradeoffArguments`, the recipe positional)."""
+    from hf_codiemb.command_parser import CommandParser
+    from hf_codiemb.tradeoff import TradeoffArguments
+
+    return CommandParser([TradeoffArguments], prog="codiemb tradeoff", description=__doc__, positional=["recipe"])
+
+
+def run(argv: list[str]) -> int:
+    """Entry point of ``codiemb tradeoff``."""
+    own, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    (args,) = build_parser().parse(own)
+    args.train_args = [*args.train_args, *train_args]
+    from hf_codiemb.tradeoff import run_tradeoff
+
+    model_dir = run_tradeoff(args, command=shlex.join(["codiemb", "tradeoff", *argv]))
+    sys.stdout.write(f"{model_dir}\n")
+    return 0

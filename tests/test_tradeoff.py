@@ -1,0 +1,115 @@
+"""`codiemb tradeoff`: two ratio runs with dev evaluation, checkpoints chosen by the logs, searched fusion; resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_codiemb.cli import main
+
+
+def _recipe(tmp_path: Path, model_dir: Path, **overrides) -> Path:
+    values = {
+        "model_name_or_path": str(model_dir),
+        "ir_train": "[demo:ir_train.jsonl]",
+        "sts_train": "[demo:sts_train.jsonl]",
+        "sts_eval": "[demo:sts_dev.jsonl]",
+        "ir_eval": "[demo:ir_dev.jsonl]",
+        "max_eval_records": "30",
+        "ir_batch_size": "8",
+        "sts_batch_size": "16",
+        "max_steps": "6",
+        "learning_rate": "2.0e-3",
+        "eval_strategy": "steps",
+        "eval_steps": "2",
+        "report_to": "none",
+        "use_cpu": "true",
+        "evaluate_before": "false",
+        "logging_steps": "1",
+    }
+    values.update({key: str(value) for key, value in overrides.items()})
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("".join(f"{key}: {value}\n" for key, value in values.items()))
+    return recipe
+
+
+def _best_step(run: Path, key: str) -> int:
+    """The step with the highest ``key`` in the run's newest trainer_state.json (read independently)."""
+    newest = max(run.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    entries = [e for e in json.loads((newest / "trainer_state.json").read_text())["log_history"] if key in e]
+    return max(entries, key=lambda e: (e[key], -e["step"]))["step"]
+
+
+def test_tradeoff_trains_both_runs_fuses_their_dev_best_checkpoints_and_resumes(tmp_path, tiny_model_dir, capsys):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    out = tmp_path / "tradeoff"
+    argv = ["tradeoff", str(recipe), "--output_dir", str(out), "--search_p", "0", "1", "--search_shares", "0.5"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(out / "model")
+
+    # Each run kept a checkpoint at every evaluation; the fusion's inputs are the steps the logs name.
+    for name in ("ir-heavy", "sts-heavy"):
+        assert sorted(p.name for p in (out / "runs" / name).glob("checkpoint-*")) == [
+            "checkpoint-2", "checkpoint-4", "checkpoint-6"
+        ]  # fmt: skip
+    ir_step = _best_step(out / "runs" / "ir-heavy", "eval_codiemb_ir_score")
+    sts_step = _best_step(out / "runs" / "sts-heavy", "eval_codiemb_sts_score")
+    search = json.loads((out / "model" / "fusion_search.json").read_text())
+    assert [s["step"] for s in search["selections"]] == [ir_step, sts_step]
+    assert [s["run"] for s in search["selections"]] == ["ir-heavy", "sts-heavy"]
+    # The two ratio runs differ in their share of updates (the IR-heavy one trained IR on most steps).
+    ir_log = (out / "logs" / "ir-heavy.log").read_text()
+    assert "--task_ratio" in json.loads((out / "runs" / "ir-heavy.done.json").read_text())["argv"]
+    assert ir_log.count("ir_train/loss") > ir_log.count("sts_train/loss")
+    # The written model is the search's best by the weight, with the table, the front plot, the card and the summary.
+    chosen = max(search["candidates"], key=lambda c: 0.5 * c["ir_score"] + 0.5 * c["sts_score"])
+    assert search["chosen"] == chosen["label"]
+    for name in ("fusion_search.md", "fusion_front.png", "README.md", "model.safetensors"):
+        assert (out / "model" / name).is_file()
+    summary = (out / "tradeoff.md").read_text()
+    assert f"| ir-heavy | ir:3,sts:1 | step {ir_step} | best_ir |" in summary and chosen["label"] in summary
+    weights = load_file(out / "model" / "model.safetensors")
+
+    # Run again: nothing is trained or fused again.
+    logs = {name: (out / "logs" / f"{name}.log").read_text() for name in ("ir-heavy", "sts-heavy")}
+    assert main(argv) == 0
+    assert {name: (out / "logs" / f"{name}.log").read_text() for name in logs} == logs
+    again = load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(weights[key], again[key]) for key in weights)
+
+    # An interrupted run (no completion record, its last checkpoint lost) resumes from its latest checkpoint.
+    (out / "runs" / "sts-heavy.done.json").unlink()
+    for path in sorted((out / "runs" / "sts-heavy" / "checkpoint-6").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (out / "runs" / "sts-heavy" / "checkpoint-6").rmdir()
+    (out / "tradeoff.md").unlink()
+    assert main(argv) == 0
+    resumed = (out / "logs" / "sts-heavy.log").read_text()[len(logs["sts-heavy"]) :]
+    assert "resume_from_checkpoint" in resumed or "Resuming training from" in resumed
+    assert "checkpoint-4" in resumed
+    assert (out / "runs" / "sts-heavy" / "checkpoint-6" / "trainer_state.json").is_file()
+    assert (out / "runs" / "sts-heavy.done.json").is_file() and (out / "tradeoff.md").is_file()
+
+    # A changed recipe is refused, not mixed with the finished runs.
+    recipe.write_text(recipe.read_text().replace("learning_rate: 2.0e-3", "learning_rate: 3.0e-3"))
+    assert main(argv) == 2
+    assert "was trained from another recipe or other flags" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"eval_strategy": "'no'"}, "picks checkpoints by their dev scores: set eval_strategy"),
+        ({"save_total_limit": 1}, "unset save_total_limit"),
+    ],
+)
+def test_tradeoff_refuses_a_recipe_it_cannot_choose_checkpoints_in(tmp_path, tiny_model_dir, capsys, overrides, message):
+    recipe = _recipe(tmp_path, tiny_model_dir, **overrides)
+    assert main(["tradeoff", str(recipe), "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("codiemb tradeoff: error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out").exists()
