@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from hf_codiemb.errors import CoDiEmbUserError
 
-__all__ = ["UnsafeFileError", "file_problem", "open_regular_file", "read_bounded"]
+__all__ = ["UnsafeFileError", "file_problem", "open_regular_file", "read_bounded", "resolves_inside"]
 
 
 class UnsafeFileError(CoDiEmbUserError, ValueError):
@@ -41,6 +41,11 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def resolves_inside(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path``, every symbolic link resolved, is ``root`` or below it (also resolved)."""
+    return _inside(Path(os.path.realpath(path)), Path(os.path.realpath(root)))
+
+
 def file_problem(path: str | Path, root: str | Path | None = None) -> str | None:
     """Why ``path`` must not be read as a user file, or ``None`` when it is a regular file (inside ``root``).
 
@@ -53,10 +58,9 @@ def file_problem(path: str | Path, root: str | Path | None = None) -> str | None
     except OSError as error:
         return f"cannot be read ({error.strerror or error})"
     link = stat.S_ISLNK(own.st_mode)
-    if root is not None:
-        real, real_root = Path(os.path.realpath(path)), Path(os.path.realpath(root))
-        if not _inside(real, real_root):
-            return f"is a symbolic link to {real}, outside {real_root} (its target would be published)"
+    if root is not None and not resolves_inside(path, root):
+        real, real_root = os.path.realpath(path), os.path.realpath(root)
+        return f"is a symbolic link to {real}, outside {real_root} (its target would be published)"
     try:
         mode = path.stat().st_mode if link else own.st_mode
     except OSError:
