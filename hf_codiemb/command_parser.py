@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import enum
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from hf_codiemb.errors import CoDiEmbUserError, RecipeError, unknown_arguments_message
+from hf_codiemb.yaml_loader import load_yaml_file
 
 CONFIG_FIELD = "config"
 
@@ -114,7 +116,9 @@ class CommandParser(HfArgumentParser):
         # The full usage would list every option (160 lines for `train`): name the shape, `--help` lists them.
         operands = " ".join(f"[{name.upper()}{' ...' if _is_list(hints[name]) else ''}]" for name in positional)
         config = "[RECIPE.yaml] " if config_positional else ""
-        self.usage = f"{prog} [-h] {config}{operands + ' ' if operands else ''}[--config FILE.yaml] [--option VALUE ...]"
+        self.usage = (
+            f"{prog} [-h] {config}{operands + ' ' if operands else ''}[--config FILE.yaml] [--option VALUE ...]"
+        )
 
     # ------------------------------------------------------------------------------------------------ help layout
     def _one_documented_spelling(self) -> None:
@@ -204,24 +208,13 @@ def read_yaml_config(path: str | Path, source: str | None = None) -> tuple[dict[
     """The flat values of a YAML config (a nested ``lora:`` block becomes ``lora_*`` keys) and each key's line.
 
     Raises:
-        RecipeError: the file is missing, not UTF-8, not YAML, or not a mapping (naming the file and line).
+        RecipeError: the file is missing, not a regular file, too large, not UTF-8, not YAML, over the bounds of
+            :mod:`hf_codiemb.yaml_loader` (aliases, depth), has a duplicated key, or is not a mapping (naming the
+            file and line).
     """
-    path = Path(path)
     source = source or f"Recipe {os.path.abspath(path)}"
-    if not path.is_file():
-        problem = "is a directory, not a YAML file" if path.is_dir() else "does not exist"
-        raise RecipeError(problem, source=source)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-        node = yaml.compose(text)
-        values = yaml.safe_load(text) or {}
-    except UnicodeDecodeError as error:
-        raise RecipeError(f"is not UTF-8 text ({error.reason} at byte {error.start})", source=source) from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        problem = " ".join(str(getattr(error, "problem", None) or error).split())
-        line = mark.line + 1 if mark is not None else None
-        raise RecipeError(f"is not valid YAML: {problem}", source=source, line=line) from None
+    values, node = load_yaml_file(path, source)
+    values = {} if values is None else values
     if not isinstance(values, dict):
         raise RecipeError(f"must be a mapping of keys to values, got {type(values).__name__}", source=source)
     lines: dict[str, int] = {}
@@ -234,11 +227,19 @@ def read_yaml_config(path: str | Path, source: str | None = None) -> tuple[dict[
     if "lora" in values:
         lora = values.pop("lora")
         if not isinstance(lora, dict):
-            raise RecipeError(f"must be a mapping like {{r: 8, alpha: 16}}, got {lora!r}", "lora", source,
+            raise RecipeError(f"must be a mapping like {{r: 8, alpha: 16}}, got {short_repr(lora)}", "lora", source,
                               lines.get("lora"))  # fmt: skip
         for key, value in lora.items():
             values[f"lora_{key}"] = value
     return values, lines
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a few elements per level and 80 characters per string (for one-line messages)."""
+    short = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    short.maxlevel, short.maxstring, short.maxother = 3, 80, 80
+    short.maxdict = short.maxlist = short.maxtuple = short.maxset = 6
+    return short.repr(value)
 
 
 def field_types(dataclass_types: Sequence[type]) -> dict[str, Any]:
@@ -280,7 +281,10 @@ def check_values(
             checked[key] = value = [value]
         if not _value_matches(value, annotation):
             raise RecipeError(
-                f"must be {_type_name(annotation)}, got {value!r} ({type(value).__name__})", key, source, lines.get(key)
+                f"must be {_type_name(annotation)}, got {short_repr(value)} ({type(value).__name__})",
+                key,
+                source,
+                lines.get(key),
             )
     return checked
 

@@ -25,8 +25,11 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from hf_codiemb.errors import CoDiEmbUserError
+from hf_codiemb.safe_read import UnsafeFileError, file_problem, open_regular_file, read_bounded, resolves_inside
+from hf_codiemb.secret_scan import find_secret
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +89,8 @@ class PushRefusedError(CoDiEmbUserError, ValueError):
         self.findings = list(findings)
         lines = "\n".join(f"  {self.folder / finding.path}: {finding.reason}" for finding in self.findings)
         super().__init__(
-            f"Refusing to push {self.folder}: {len(self.findings)} file(s) look like credentials:\n{lines}\n"
+            f"Refusing to push {self.folder}: {len(self.findings)} file(s) look like credentials or are not regular "
+            f"files inside the folder:\n{lines}\n"
             f"{remedy} Nothing was uploaded."
         )
 
@@ -163,9 +167,19 @@ _CREDENTIAL_CONTENT: tuple[tuple[re.Pattern[bytes], str], ...] = tuple(
         (rb"xox[abprs]-[A-Za-z0-9-]{10,}", "a Slack token"),
         (rb"AIza[0-9A-Za-z_-]{35}", "a Google API key"),
         (rb"machine\s+\S+\s+(?:login\s+\S+\s+)?password\s+\S+", "a netrc password entry"),
+        (rb"glpat-[A-Za-z0-9_-]{20,}", "a GitLab token (glpat-...)"),
+        (rb"npm_[A-Za-z0-9]{36}", "an npm token (npm_...)"),
+        (rb"sk_live_[0-9a-zA-Z]{24,}", "a Stripe live key"),
+        (rb"rk_live_[0-9a-zA-Z]{24,}", "a Stripe live key"),
+        (rb"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}", "a PyPI token"),
+        (rb"eyJ[A-Za-z0-9_-]{8,}={0,2}\.eyJ[A-Za-z0-9_-]{8,}={0,2}\.", "a JSON Web Token"),
+        (rb'"auth"\s*:\s*"[A-Za-z0-9+/]{8,}={0,2}"', 'a docker registry login ("auth": base64 user:password)'),
+        (rb'"identitytoken"\s*:\s*"[^"\s]{8,}"', "a docker registry identity token"),
     )
 )
 _SCAN_CHUNK = 1 << 20
+#: The largest ``modules.json`` read (a few hundred bytes in practice).
+_MAX_MODULES_JSON = 1 << 20
 _SCAN_OVERLAP = 4096  # longer than any pattern above, so a secret across two chunks is still found
 
 
@@ -189,45 +203,77 @@ def credential_name_reason(path: str) -> str | None:
     return None
 
 
-def credential_content_reason(file: str | Path) -> str | None:
-    """Why the bytes of ``file`` look like they hold a credential (with the line number), or ``None``.
+def credential_content_reason(file: str | Path, root: str | Path | None = None, path: str | None = None) -> str | None:
+    """Why the bytes of ``file`` look like they hold a credential (the rule and the line number), or ``None``.
 
-    Files are read in 1 MB chunks, whole, except ``*.safetensors``: only their JSON header (tensor names, shapes and
-    the free-form ``__metadata__``) is read, the rest being raw tensor data.
+    Every file gets hf_codiemb's own byte patterns (Hugging Face, AWS, GitHub, GitLab, npm, Stripe, PyPI, JWT, docker
+    logins, private keys, ...); text files (no NUL byte in their first chunk) also get detect-secrets' rules
+    (:func:`hf_codiemb.secret_scan.find_secret`, chosen by the file kind of ``path``). Files are read in 1 MB
+    chunks up to the size they had when opened (only regular files: see
+    :func:`hf_codiemb.safe_read.open_regular_file`), except ``*.safetensors``: only their JSON header (tensor
+    names, shapes and the free-form ``__metadata__``) is read, the rest being raw tensor data.
+
+    Args:
+        file: the file to scan.
+        root: the folder it must stay inside (a symbolic link out of it is refused), if any.
+        path: its path relative to the pushed folder (chooses detect-secrets' rules); default: its name.
+
+    Raises:
+        UnsafeFileError: ``file`` is not a regular file (inside ``root``).
     """
-    limit = _safetensors_header_end(file) if str(file).endswith(".safetensors") else None
-    with open(file, "rb") as handle:
-        previous, offset_lines, remaining = b"", 1, limit
-        while chunk := handle.read(_SCAN_CHUNK if remaining is None else min(_SCAN_CHUNK, remaining)):
-            if remaining is not None:
-                remaining -= len(chunk)
+    path = path or Path(file).name
+    handle, size = open_regular_file(file, root)
+    with handle:
+        limit = _safetensors_header_end(handle, size) if str(file).endswith(".safetensors") else size
+        handle.seek(0)
+        previous, offset_lines, remaining, text = b"", 1, limit, None
+        while remaining > 0 and (chunk := handle.read(min(_SCAN_CHUNK, remaining))):
+            remaining -= len(chunk)
             window = previous + chunk
-            for pattern, description in _CREDENTIAL_CONTENT:
-                match = pattern.search(window)
-                if match:
-                    line = offset_lines + window.count(b"\n", 0, match.start())
-                    return f"its content looks like {description} (line {line})"
+            if text is None:
+                text = b"\0" not in chunk
+            found = _first_match(window, path if text else None)
+            if found:
+                description, offset = found
+                line = offset_lines + window.count(b"\n", 0, offset)
+                return f"its content looks like {description} (line {line})"
             previous = window[-_SCAN_OVERLAP:]
             offset_lines += window.count(b"\n", 0, len(window) - len(previous))
     return None
 
 
-def _safetensors_header_end(file: str | Path) -> int | None:
-    """The byte offset where a safetensors file's JSON header ends (``None`` if the file is not one: read it all)."""
-    with open(file, "rb") as handle:
-        prefix = handle.read(8)
+def _first_match(window: bytes, text_path: str | None) -> tuple[str, int] | None:
+    """The first of our patterns in ``window``, else (for a text file) the first of detect-secrets' rules."""
+    for pattern, description in _CREDENTIAL_CONTENT:
+        match = pattern.search(window)
+        if match:
+            return description, match.start()
+    if text_path is not None:
+        secret = find_secret(window.decode("latin-1"), text_path)
+        if secret is not None:
+            return secret.rule, secret.offset
+    return None
+
+
+def _safetensors_header_end(handle: BinaryIO, size: int) -> int:
+    """The byte offset where a safetensors file's JSON header ends (the whole ``size`` if the file is not one)."""
+    prefix = handle.read(8)
     if len(prefix) < 8:
-        return None
+        return size
     end = 8 + int.from_bytes(prefix, "little")
-    return end if end <= Path(file).stat().st_size else None
+    return min(end, size)
 
 
 def find_credentials(folder: str | Path, paths: Iterable[str]) -> list[CredentialFinding]:
-    """The files among ``paths`` (relative to ``folder``) whose name or content looks like a credential."""
+    """The files among ``paths`` (relative to ``folder``) whose name or content looks like a credential.
+
+    Raises:
+        UnsafeFileError: a path that is not a regular file inside ``folder`` (check with :func:`unsafe_files`).
+    """
     folder = Path(folder)
     findings = []
     for path in paths:
-        reason = credential_name_reason(path) or credential_content_reason(folder / path)
+        reason = credential_name_reason(path) or credential_content_reason(folder / path, folder, path)
         if reason:
             findings.append(CredentialFinding(path, reason))
     return findings
@@ -244,25 +290,43 @@ def upload_folder_credentials(folder: str | Path, ignore_patterns: Sequence[str]
     ``upload_folder`` sends every file of the folder (hidden ones included) except ``ignore_patterns`` and
     huggingface_hub's defaults (``.git``, ``.cache/huggingface``); this applies the same filter
     (``huggingface_hub.utils.filter_repo_objects``) and checks each file as :func:`find_credentials` does. Used to
-    guard uploads that do not go through :func:`push_model_folder` (the Trainer's own pushes).
+    guard uploads that do not go through :func:`push_model_folder` (the Trainer's own pushes). A path that is not a
+    regular file inside ``folder`` (a symbolic link out of it, whose target ``upload_folder`` would send; a FIFO,
+    device or socket) is a finding too, and is never opened.
     """
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    paths = sorted(path.relative_to(folder).as_posix() for path in folder.glob("**/*") if path.is_file())
-    uploaded = filter_repo_objects(paths, ignore_patterns=[*ignore_patterns, *DEFAULT_IGNORE_PATTERNS])
-    return find_credentials(folder, uploaded)
+    paths = sorted(
+        path.relative_to(folder).as_posix() for path in folder.glob("**/*") if path.is_symlink() or not path.is_dir()
+    )
+    uploaded = list(filter_repo_objects(paths, ignore_patterns=[*ignore_patterns, *DEFAULT_IGNORE_PATTERNS]))
+    unsafe = unsafe_files(folder, uploaded)
+    return unsafe + find_credentials(folder, [path for path in uploaded if path not in {f.path for f in unsafe}])
+
+
+def unsafe_files(folder: str | Path, paths: Iterable[str]) -> list[CredentialFinding]:
+    """The paths (relative to ``folder``) that must never be uploaded or read: anything but a regular file inside
+    ``folder`` (see :func:`hf_codiemb.safe_read.file_problem`); a symbolic link to a regular file inside the folder
+    is accepted (its target's bytes are uploaded under the link's name). Nothing is opened."""
+    folder = Path(folder)
+    findings = []
+    for path in paths:
+        problem = file_problem(folder / path, folder)
+        if problem:
+            findings.append(CredentialFinding(path, problem))
+    return findings
 
 
 def _module_folders(folder: Path) -> list[str]:
     """The sub-folders named in ``modules.json`` (e.g. ``1_Pooling``), as posix paths relative to ``folder``."""
     modules_file = folder / "modules.json"
-    if not modules_file.is_file():
+    if not os.path.lexists(modules_file):
         return []
     try:
-        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        modules = json.loads(read_bounded(modules_file, _MAX_MODULES_JSON, folder, "modules.json").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{modules_file}: not valid JSON ({exc}); it is not a sentence-transformers folder") from exc
     if not isinstance(modules, list):
@@ -279,6 +343,11 @@ def _module_folders(folder: Path) -> list[str]:
             continue
         if path.startswith("..") or Path(path).is_absolute() or "/../" in f"/{path}/":
             raise ValueError(f"{modules_file}: module {index} path {path!r} points outside the model folder")
+        if not resolves_inside(folder / path, folder):
+            raise UnsafeFileError(
+                f"{folder / path} (module {index} of {modules_file}) is a symbolic link to "
+                f"{os.path.realpath(folder / path)}, outside {os.path.realpath(folder)}; copy the module folder in"
+            )
         folders.append(path)
     return folders
 
@@ -377,11 +446,17 @@ def plan_push(folder: str | Path, include: Sequence[str] = ()) -> PushPlan:
     Raises:
         FileNotFoundError: ``folder`` is not a non-empty folder.
         ValueError: ``modules.json`` is unreadable or names a folder outside ``folder``.
+        UnsafeFileError: a file to upload is not a regular file inside ``folder``: a symbolic link that leaves it (its
+            target would be uploaded), a FIFO, a device, a socket, a broken link (one line naming each; nothing is
+            opened). A link to a regular file inside the folder is uploaded with its target's bytes.
     """
     folder = Path(folder)
     if not folder.is_dir() or not any(folder.iterdir()):
         raise FileNotFoundError(f"Nothing to push: {folder} is not a non-empty folder")
-    module_folders = _module_folders(folder)
+    try:
+        module_folders = _module_folders(folder)
+    except UnsafeFileError as error:
+        raise UnsafeFileError(f"Refusing to push {folder}: {error}. Nothing was uploaded.") from None
     extra = _include_patterns(include)
     all_files = _walk(folder)
     has_safetensors = {path.rpartition("/")[0] for path in all_files if path.endswith(".safetensors")}
@@ -393,6 +468,13 @@ def plan_push(folder: str | Path, include: Sequence[str] = ()) -> PushPlan:
         raise FileNotFoundError(
             f"Nothing to push: {folder} holds no model files (modules.json, config.json, weights, tokenizer, README.md"
             "); add files with --include PATTERN"
+        )
+    unsafe = unsafe_files(folder, files)
+    if unsafe:
+        raise UnsafeFileError(
+            f"Refusing to push {folder}: only regular files inside the folder are uploaded, and "
+            + "; ".join(f"{folder / finding.path} {finding.reason}" for finding in unsafe)
+            + ". Copy a linked file into the folder, or remove the entry. Nothing was uploaded."
         )
     return PushPlan(folder=folder, files=files, skipped=skipped, sizes={p: (folder / p).stat().st_size for p in files})
 

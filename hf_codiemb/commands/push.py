@@ -3,8 +3,9 @@
 Only what a model repository needs is uploaded: the files SentenceTransformer loads (configs, weights, tokenizer,
 module folders, LoRA adapters), the model card and hf_codiemb's result files. Checkpoints, optimizer/RNG states,
 training_args.bin, runs/ and archives stay local; ``--include PATTERN`` adds files. Files whose name or content
-looks like a credential stop the push (exit code 2) unless ``--force``. The list of files and the total size are
-logged before anything is uploaded (``--dry-run`` stops there).
+looks like a credential stop the push (exit code 2) unless ``--force``; a file that is not a regular file inside the
+folder (a symbolic link out of it, a FIFO, a device, a socket) always does. The list of files and the total size
+are logged before anything is uploaded (``--dry-run`` stops there).
 
 Example::
 
