@@ -528,13 +528,13 @@ def cached_arrow_files(cache: Path) -> list[Path]:
 
 
 def test_python_whitespace_list_is_complete():
-    from hf_codiemb.data import _PY_WHITESPACE
+    from hf_codiemb.data.arrow_reader import PY_WHITESPACE
 
-    assert _PY_WHITESPACE == "".join(chr(code) for code in range(0x110000) if chr(code).isspace())
+    assert PY_WHITESPACE == "".join(chr(code) for code in range(0x110000) if chr(code).isspace())
 
 
 def test_arrow_reader_is_cached_and_reused(tmp_path, datasets_cache, monkeypatch, caplog):
-    from hf_codiemb import data
+    from hf_codiemb.data import arrow_reader
 
     records = [IR_OK, dict(IR_OK, query="q2", negatives=[]), {"query": "q3", "positives": ["p"]}]
     path = write_jsonl(tmp_path / "ir.jsonl", records)
@@ -550,8 +550,8 @@ def test_arrow_reader_is_cached_and_reused(tmp_path, datasets_cache, monkeypatch
     ]
 
     calls = []
-    real = data._ir_table_from_batch
-    monkeypatch.setattr(data, "_ir_table_from_batch", lambda *args: calls.append(1) or real(*args))
+    real = arrow_reader.ir_table_from_batch
+    monkeypatch.setattr(arrow_reader, "ir_table_from_batch", lambda *args: calls.append(1) or real(*args))
     assert load_ir_dataset(path).to_list() == first.to_list()
     assert not calls, "the file was read again instead of loading the cache"
     # Another cache folder, or a changed file, is read again.
@@ -566,9 +566,9 @@ def test_arrow_reader_over_many_chunks_matches_the_records(tmp_path, monkeypatch
     import gzip
     import random
 
-    from hf_codiemb import data
+    from hf_codiemb.data import arrow_reader
 
-    monkeypatch.setattr(data, "_ARROW_CHUNK_BYTES", 200)
+    monkeypatch.setattr(arrow_reader, "CHUNK_BYTES", 200)
     rng = random.Random(0)
     records = []
     for i in range(60):
@@ -601,9 +601,9 @@ def test_arrow_reader_over_many_chunks_matches_the_records(tmp_path, monkeypatch
 
 
 def test_arrow_sts_readers_match_the_pairs(tmp_path, monkeypatch):
-    from hf_codiemb import data
+    from hf_codiemb.data import arrow_reader
 
-    monkeypatch.setattr(data, "_ARROW_CHUNK_BYTES", 64)
+    monkeypatch.setattr(arrow_reader, "CHUNK_BYTES", 64)
     rows = [(f"sentence {i}", f"other {i}", (i * 7) % 11 / 2) for i in range(40)]
     tsv = write_text(tmp_path / "s.tsv", "s1\ts2\tscore\n" + "".join(f"{a}\t{b}\t {s} \n" for a, b, s in rows))
     expected = [{"sentence1": a, "sentence2": b, "score": float(s)} for a, b, s in rows]
