@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_codiemb.errors import CoDiEmbUserError
+from hf_codiemb.model_folder import check_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -485,6 +486,7 @@ def push_model_folder(
     if create_pr and revision:
         raise ValueError("create_pr opens a pull request against the default branch; do not also pass revision")
     plan = plan_push(folder, include)
+    check_model_folder(folder)  # weights, config, tokenizer, modules: never upload a model that loads wrongly
     findings = find_credentials(folder, plan.files)
     if findings and not force:
         raise PushRefusedError(folder, findings)
