@@ -680,12 +680,14 @@ def write_mining_output(result: MiningResult, output: str | os.PathLike[str]) ->
     from hf_codiemb.atomic import atomic_file, write_text_atomically
 
     output = pathlib.Path(output)
+    json_path, markdown_path = mining_summary_paths(output)
+    summary_json = json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n"
+    summary_markdown = _summary_markdown(result.summary)  # before any write: a failure here changes nothing
     with atomic_file(output) as handle:
         for record in result.records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    json_path, markdown_path = mining_summary_paths(output)
-    write_text_atomically(json_path, json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n")
-    write_text_atomically(markdown_path, _summary_markdown(result.summary))
+    write_text_atomically(json_path, summary_json)
+    write_text_atomically(markdown_path, summary_markdown)
     logger.info("Wrote %s, %s and %s", output, json_path, markdown_path)
     return json_path, markdown_path
 
