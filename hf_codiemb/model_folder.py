@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,24 @@ def _check_weights(module_dir: Path, where: str, needs_weights: bool) -> None:
             f"Model folder {os.path.abspath(module_dir)} has a config.json but no weights "
             f"(none of {', '.join(WEIGHT_FILES)}); an interrupted save?"
         )
+    for index_file in sorted(module_dir.glob("*.index.json")):
+        try:
+            shards = set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ModelLoadError(
+                f"Model folder {where}: {os.path.abspath(index_file)} is unreadable ({error})"
+            ) from None
+        missing = sorted(str(shard) for shard in shards if not (module_dir / str(shard)).is_file())
+        if missing:
+            raise ModelLoadError(
+                f"Model folder {where}: {os.path.abspath(index_file)} lists missing weight shard(s) {missing}"
+            )
+    pickled = [p for p in module_dir.glob("*.bin") if p.name.startswith(("pytorch_model", "adapter_model"))]
+    for weights in sorted(pickled):
+        if not zipfile.is_zipfile(weights):
+            raise ModelLoadError(
+                f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or not a torch.save file"
+            )
     for weights in sorted(module_dir.glob("*.safetensors")):
         try:
             with safe_open(str(weights), framework="pt"):

@@ -168,6 +168,20 @@ def test_complete_folders_pass_and_the_fallback_vocabulary_is_what_a_folder_with
     assert tokenizer_fingerprint(tiny_model) == tokenizer_fingerprint(packaged_minilm_path())
 
 
+def test_unreadable_weights_are_named(tmp_path, tiny_model):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"half a torch.save file")
+    with pytest.raises(ModelLoadError, match=rf"weights file {folder / 'pytorch_model.bin'} is truncated or not a"):
+        check_model_folder(folder)
+    (folder / "pytorch_model.bin").unlink()
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"lists missing weight shard\(s\) \['model-00001-of-00002.safetensors'"):
+        check_model_folder(folder)
+
+
 def test_fusion_refuses_a_checkpoint_with_another_tokenizer(tmp_path):
     base = tiny_hf_model(tmp_path / "base")
     same = perturbed_copy(base, tmp_path / "same", seed=1)
