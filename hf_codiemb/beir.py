@@ -668,17 +668,31 @@ def _summary_markdown(summary: Mapping[str, Any]) -> str:
 def write_mining_output(result: MiningResult, output: str | os.PathLike[str]) -> tuple[pathlib.Path, pathlib.Path]:
     """Write the records as JSON Lines to ``output`` and the summary next to it (``<stem>.summary.json`` / ``.md``).
 
+    Each file is written atomically (:func:`hf_codiemb.atomic.atomic_file`): a killed run or a full disk leaves the
+    previous files intact.
+
     Returns:
         The paths of the summary JSON and Markdown files.
+
+    Raises:
+        OutputWriteError: a file cannot be written (the previous one is kept).
     """
+    from hf_codiemb.atomic import atomic_file, write_text_atomically
+
     output = pathlib.Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", encoding="utf-8") as handle:
+    json_path, markdown_path = mining_summary_paths(output)
+    summary_json = json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n"
+    summary_markdown = _summary_markdown(result.summary)  # before any write: a failure here changes nothing
+    with atomic_file(output) as handle:
         for record in result.records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    json_path = output.with_name(output.stem + ".summary.json")
-    markdown_path = output.with_name(output.stem + ".summary.md")
-    json_path.write_text(json.dumps(result.summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    markdown_path.write_text(_summary_markdown(result.summary), encoding="utf-8")
+    write_text_atomically(json_path, summary_json)
+    write_text_atomically(markdown_path, summary_markdown)
     logger.info("Wrote %s, %s and %s", output, json_path, markdown_path)
     return json_path, markdown_path
+
+
+def mining_summary_paths(output: str | os.PathLike[str]) -> tuple[pathlib.Path, pathlib.Path]:
+    """The summary files written next to the mining output ``output``: ``<stem>.summary.json`` and ``.md``."""
+    output = pathlib.Path(output)
+    return output.with_name(output.stem + ".summary.json"), output.with_name(output.stem + ".summary.md")

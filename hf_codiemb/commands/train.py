@@ -121,13 +121,19 @@ def run(argv: list[str]) -> int:
     from hf_codiemb.models import load_lora_model, load_model
     from hf_codiemb.pipeline import load_eval_sets, load_training_data, training_prompts
     from hf_codiemb.recipe import parse_recipe
-    from hf_codiemb.trainer import CoDiEmbTrainer, check_model_selection, prepare_output_dir
+    from hf_codiemb.trainer import (
+        CoDiEmbTrainer,
+        check_model_selection,
+        delete_previous_checkpoints,
+        prepare_output_dir,
+    )
 
     model_args, data_args, training_args, run_args = parse_recipe(argv)
     if run_args.dry_run:
         return dry_run(model_args, data_args, training_args)
     output_dir = Path(training_args.output_dir)
-    # Before any work: resume from the latest complete checkpoint, or refuse to overwrite a used output_dir.
+    # Before any work: lock output_dir, resume from the latest complete checkpoint, or refuse to overwrite a used
+    # output_dir (with --overwrite_output_dir its old checkpoints are deleted only once everything is checked).
     resume_from = prepare_output_dir(training_args)
     # Under DDP the local main process reads and validates the files first (into the datasets cache); the other
     # ranks wait, then load the memory-mapped cache instead of reading every file again.
@@ -153,6 +159,7 @@ def run(argv: list[str]) -> int:
         # The card's Evaluation section is for the final model; the before scores stay in its training logs (step 0).
         model.model_card_data.eval_results_dict = {}
     trainer = CoDiEmbTrainer(model=model, args=training_args, train_dataset=datasets, evaluator=evaluator)
+    delete_previous_checkpoints(training_args, resume_from)  # --overwrite_output_dir, once everything is checked
     trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(output_dir))
     if not trainer.is_world_process_zero():
