@@ -15,7 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["WRITE_ERRNOS", "declare_output", "interrupted_message", "reset_outputs", "write_failure", "write_failure_message"]
+__all__ = [
+    "WRITE_ERRNOS",
+    "declare_output",
+    "interrupted_message",
+    "reset_outputs",
+    "write_failure",
+    "write_failure_message",
+]
 
 # The errors of a write that the user fixes (free space, another folder, permissions); EFBIG: a file-size limit.
 WRITE_ERRNOS = frozenset(
