@@ -464,7 +464,7 @@ def lora_base_folder(adapter_dir: str | Path, base: str | None = None) -> str:
     from hf_codiemb.model_card import KNOWN_BASE_MODEL_IDS
 
     adapter_dir = Path(adapter_dir)
-    _, settings = read_adapter_settings(adapter_dir)
+    _, settings = read_adapter_config(adapter_dir)
     if base is not None:
         folder = resolve_model_path(base)
         return str(_transformers_folder(Path(folder)) or folder) if Path(folder).is_dir() else folder
@@ -531,7 +531,25 @@ def read_adapter_settings(folder: str | Path) -> tuple[Path, dict[str, Any]]:
     Raises:
         ModelLoadError: no adapter, an invalid ``adapter_config.json``, missing or truncated adapter weights.
     """
-    folder = Path(folder)
+    config_file, settings = read_adapter_config(folder)
+    check_model_folder(folder)
+    weights = [config_file.parent / name for name in ADAPTER_WEIGHT_FILES if (config_file.parent / name).is_file()]
+    if not weights:
+        raise ModelLoadError(
+            f"LoRA folder {os.path.abspath(folder)}: no adapter weights next to {os.path.abspath(config_file)} (none "
+            f"of {', '.join(ADAPTER_WEIGHT_FILES)}); an interrupted save?"
+        )
+    if weights[0].suffix == ".safetensors":
+        check_safetensors_file(weights[0], os.path.abspath(folder))
+    return config_file, settings
+
+
+def read_adapter_config(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The ``adapter_config.json`` of a LoRA-trained folder and its settings (a JSON object).
+
+    Raises:
+        ModelLoadError: no adapter, or an ``adapter_config.json`` that is not a JSON object (file and line named).
+    """
     config_file = adapter_config_file(folder)
     where = os.path.abspath(config_file)
     try:
@@ -545,15 +563,6 @@ def read_adapter_settings(folder: str | Path) -> tuple[Path, dict[str, Any]]:
         ) from None
     if not isinstance(settings, dict):
         raise ModelLoadError(f"{where}: must be a JSON object, got {type(settings).__name__}")
-    check_model_folder(folder)
-    weights = [config_file.parent / name for name in ADAPTER_WEIGHT_FILES if (config_file.parent / name).is_file()]
-    if not weights:
-        raise ModelLoadError(
-            f"LoRA folder {os.path.abspath(folder)}: no adapter weights next to {where} (none of "
-            f"{', '.join(ADAPTER_WEIGHT_FILES)}); an interrupted save?"
-        )
-    if weights[0].suffix == ".safetensors":
-        check_safetensors_file(weights[0], os.path.abspath(folder))
     return config_file, settings
 
 
@@ -566,8 +575,8 @@ def load_lora_model(adapter_dir: str | Path, base: str | None = None, device: st
     import tempfile
 
     adapter_dir = Path(adapter_dir)
-    base_folder = lora_base_folder(adapter_dir, base)
     config_file, adapter_config = read_adapter_settings(adapter_dir)
+    base_folder = lora_base_folder(adapter_dir, base)
     if adapter_config.get("base_model_name_or_path") == base_folder:
         return SentenceTransformer(str(adapter_dir), device=device)
     adapter_config["base_model_name_or_path"] = base_folder
