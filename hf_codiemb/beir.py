@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 
-from hf_codiemb.data import DataFormatError, _iter_jsonl
+from hf_codiemb.data import DataFormatError, _check_unicode, _iter_jsonl, _iter_text_lines
 from hf_codiemb.errors import DataError, DataFileNotFoundError, RecipeError
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ def _require_id(record: Mapping[str, Any], source: str, line: int) -> str:
     value = str(value)
     if not value.strip():
         raise DataFormatError(source, line, "_id", "must be a non-empty string")
+    _check_unicode(value, "_id", source, line)
     return value
 
 
@@ -88,6 +89,7 @@ def _require_string(record: Mapping[str, Any], key: str, source: str, line: int,
         raise DataFormatError(source, line, key, "missing")
     if not isinstance(value, str):
         raise DataFormatError(source, line, key, f"must be a string, got {type(value).__name__}")
+    _check_unicode(value, key, source, line)
     return value
 
 
@@ -160,37 +162,36 @@ def load_beir_qrels(
         raise DataFileNotFoundError(f"BEIR qrels file not found: {path}")
     source = str(path)
     qrels: dict[str, dict[str, int]] = {}
-    with path.open("r", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if line_number == 1 and tuple(f.strip() for f in fields) == QRELS_HEADER:
-                continue
-            if len(fields) != 3:
-                raise DataFormatError(
-                    source, line_number, None,
-                    f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}: {line[:80]!r}",
-                )  # fmt: skip
-            query_id, doc_id, score_text = (f.strip() for f in fields)
-            for name, value in (("query-id", query_id), ("corpus-id", doc_id)):
-                if not value:
-                    raise DataFormatError(source, line_number, name, "is empty")
-            try:
-                score = int(score_text)
-            except ValueError:
-                raise DataFormatError(
-                    source, line_number, "score", f"must be an integer relevance grade, got {score_text!r}"
-                ) from None
-            if queries is not None and query_id not in queries:
-                raise DataFormatError(source, line_number, "query-id", f"{query_id!r} is not in the queries file")
-            if corpus is not None and doc_id not in corpus:
-                raise DataFormatError(source, line_number, "corpus-id", f"{doc_id!r} is not in the corpus file")
-            judged = qrels.setdefault(query_id, {})
-            if doc_id in judged:
-                raise DataFormatError(source, line_number, "corpus-id", f"pair ({query_id!r}, {doc_id!r}) repeated")
-            judged[doc_id] = score
+    # Read as the other data files are: bytes that are not UTF-8 are named by line (a BOM and gzip are fine).
+    for line_number, line in _iter_text_lines(path, source, progress=False, columns=QRELS_HEADER):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if line_number == 1 and tuple(f.strip() for f in fields) == QRELS_HEADER:
+            continue
+        if len(fields) != 3:
+            raise DataFormatError(
+                source, line_number, None,
+                f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}: {line[:80]!r}",
+            )  # fmt: skip
+        query_id, doc_id, score_text = (f.strip() for f in fields)
+        for name, value in (("query-id", query_id), ("corpus-id", doc_id)):
+            if not value:
+                raise DataFormatError(source, line_number, name, "is empty")
+        try:
+            score = int(score_text)
+        except ValueError:
+            raise DataFormatError(
+                source, line_number, "score", f"must be an integer relevance grade, got {score_text!r}"
+            ) from None
+        if queries is not None and query_id not in queries:
+            raise DataFormatError(source, line_number, "query-id", f"{query_id!r} is not in the queries file")
+        if corpus is not None and doc_id not in corpus:
+            raise DataFormatError(source, line_number, "corpus-id", f"{doc_id!r} is not in the corpus file")
+        judged = qrels.setdefault(query_id, {})
+        if doc_id in judged:
+            raise DataFormatError(source, line_number, "corpus-id", f"pair ({query_id!r}, {doc_id!r}) repeated")
+        judged[doc_id] = score
     if not qrels:
         raise DataFormatError(source, None, None, "contains no judgements")
     return qrels
@@ -366,6 +367,8 @@ def load_mined_negatives(path: str | os.PathLike[str], dataset: BeirDataset) -> 
         texts = record.get("negatives", record.get("neg"))
         if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
             raise DataFormatError(source, line, "negatives", "must be a list of non-empty strings")
+        for item, text in enumerate(texts, start=1):
+            _check_unicode(text, "negatives", source, line, item=item)
         kept = [text for text in texts if text not in positives.get(query_id, set())]
         dropped += len(texts) - len(kept)
         merged = negatives.setdefault(query_id, [])

@@ -212,6 +212,23 @@ def check_hub_model(repo_id: str) -> None:
         ) from None
 
 
+def check_safetensors_file(weights: str | Path, where: str) -> None:
+    """Check that the header of the safetensors file ``weights`` is valid and covers the whole file.
+
+    Raises:
+        ModelLoadError: naming ``where`` (the user's folder) and the file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(
+            f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or corrupt ({error})"
+        ) from None
+
+
 def load_model(args: ModelArguments, device: str | None = None) -> SentenceTransformer:
     """Load the encoder described by ``args``: pooling override, dtype, max length and LoRA adapters.
 
@@ -395,11 +412,11 @@ def lora_base_folder(adapter_dir: str | Path, base: str | None = None) -> str:
     from hf_codiemb.model_card import KNOWN_BASE_MODEL_IDS
 
     adapter_dir = Path(adapter_dir)
-    config_file = adapter_config_file(adapter_dir)
+    _, settings = read_adapter_config(adapter_dir)
     if base is not None:
         folder = resolve_model_path(base)
         return str(_transformers_folder(Path(folder)) or folder) if Path(folder).is_dir() else folder
-    declared = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+    declared = settings.get("base_model_name_or_path") or ""
     if declared and Path(declared).is_dir():
         return str(_transformers_folder(Path(declared)) or declared)
     for spec, model_id in KNOWN_BASE_MODEL_IDS.items():
@@ -449,6 +466,54 @@ def adapter_config_file(folder: str | Path) -> Path:
     return found[0]
 
 
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def read_adapter_settings(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The ``adapter_config.json`` of a LoRA-trained folder and its settings, after checking the folder is complete.
+
+    Checks, before anything is loaded or copied: the folder is a model folder (:func:`check_model_folder`: modules,
+    safetensors headers), ``adapter_config.json`` is a JSON object, and the adapter weights next to it
+    (:data:`ADAPTER_WEIGHT_FILES`) exist with a valid header. Every message names the user's file, never a copy.
+
+    Raises:
+        ModelLoadError: no adapter, an invalid ``adapter_config.json``, missing or truncated adapter weights.
+    """
+    config_file, settings = read_adapter_config(folder)
+    check_model_folder(folder)
+    weights = [config_file.parent / name for name in ADAPTER_WEIGHT_FILES if (config_file.parent / name).is_file()]
+    if not weights:
+        raise ModelLoadError(
+            f"LoRA folder {os.path.abspath(folder)}: no adapter weights next to {os.path.abspath(config_file)} (none "
+            f"of {', '.join(ADAPTER_WEIGHT_FILES)}); an interrupted save?"
+        )
+    if weights[0].suffix == ".safetensors":
+        check_safetensors_file(weights[0], os.path.abspath(folder))
+    return config_file, settings
+
+
+def read_adapter_config(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The ``adapter_config.json`` of a LoRA-trained folder and its settings (a JSON object).
+
+    Raises:
+        ModelLoadError: no adapter, or an ``adapter_config.json`` that is not a JSON object (file and line named).
+    """
+    config_file = adapter_config_file(folder)
+    where = os.path.abspath(config_file)
+    try:
+        settings = json.loads(config_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ModelLoadError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start + 1})") from None
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(
+            f"{where}, line {error.lineno}: invalid JSON ({error.msg}, column {error.colno}); the adapter folder is "
+            "corrupt (an interrupted save?)"
+        ) from None
+    if not isinstance(settings, dict):
+        raise ModelLoadError(f"{where}: must be a JSON object, got {type(settings).__name__}")
+    return config_file, settings
+
+
 def load_lora_model(adapter_dir: str | Path, base: str | None = None, device: str | None = None) -> SentenceTransformer:
     """Load a LoRA-trained sentence-transformers folder with its base found by :func:`lora_base_folder`.
 
@@ -458,9 +523,8 @@ def load_lora_model(adapter_dir: str | Path, base: str | None = None, device: st
     import tempfile
 
     adapter_dir = Path(adapter_dir)
+    config_file, adapter_config = read_adapter_settings(adapter_dir)
     base_folder = lora_base_folder(adapter_dir, base)
-    config_file = adapter_config_file(adapter_dir)
-    adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
     if adapter_config.get("base_model_name_or_path") == base_folder:
         return SentenceTransformer(str(adapter_dir), device=device)
     adapter_config["base_model_name_or_path"] = base_folder
@@ -502,8 +566,7 @@ def merge_lora_folder(adapter_dir: str | Path, output_dir: str | Path, base: str
     from hf_codiemb.output_paths import overlapping_input
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
-    config_file = adapter_config_file(adapter_dir)
-    check_model_folder(adapter_dir)
+    _, lora_settings = read_adapter_settings(adapter_dir)  # the folder checked whole, the adapter's own files too
     if output_dir.exists():
         raise OutputExistsError(f"Output folder {os.path.abspath(output_dir)} exists; choose a new one")
     base_path = resolve_model_path(base, check_hub=False) if base is not None else None
@@ -511,14 +574,13 @@ def merge_lora_folder(adapter_dir: str | Path, output_dir: str | Path, base: str
     if problem is not None:
         raise UsageError(f"Output folder {os.path.abspath(output_dir)} {problem}; choose one outside it")
     with output_lock(output_dir, "merge-lora"):
-        return _merge_lora_into(adapter_dir, output_dir, config_file, base)
+        return _merge_lora_into(adapter_dir, output_dir, lora_settings, base)
 
 
-def _merge_lora_into(adapter_dir: Path, output_dir: Path, config_file: Path, base: str | None) -> Path:
+def _merge_lora_into(adapter_dir: Path, output_dir: Path, lora_settings: dict[str, Any], base: str | None) -> Path:
     """The work of :func:`merge_lora_folder` once its checks passed and the output is locked."""
     from hf_codiemb.atomic import atomic_folder
 
-    lora_settings = json.loads(config_file.read_text(encoding="utf-8"))
     model = load_lora_model(adapter_dir, base=base, device="cpu")
     model[0].model = merge_lora_weights(model[0].model)
     with atomic_folder(output_dir) as staging:

@@ -6,6 +6,7 @@ call these functions; none of them imports a command module.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from datasets import Dataset
@@ -111,6 +112,29 @@ def ir_eval_set_from_ir_dataset(dataset: Dataset) -> tuple[dict[str, str], dict[
     return queries, {cid: text for text, cid in corpus_ids.items()}, relevant
 
 
+def check_sts_eval_set(sts: Dataset, path: str | os.PathLike[str], max_records: int | None) -> None:
+    """An STS evaluation set must have a Spearman correlation: at least 2 pairs and gold scores that are not all
+    equal (else scipy's correlation is undefined and the evaluation fails after training).
+
+    Raises:
+        DataError: naming the file.
+    """
+    from hf_codiemb.errors import DataError
+
+    cap = f" (max_eval_records={max_records} keeps only that many)" if max_records is not None else ""
+    if len(sts) < 2:
+        raise DataError(
+            f"STS evaluation file {os.path.abspath(path)}: {len(sts)} pair(s){cap}; a Spearman correlation needs at "
+            "least 2 pairs"
+        )
+    scores = set(sts["score"])
+    if len(scores) == 1:
+        raise DataError(
+            f"STS evaluation file {os.path.abspath(path)}: every gold score is {scores.pop()}{cap}; a Spearman "
+            "correlation needs scores that differ"
+        )
+
+
 def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, Any], dict[str, Any]]:
     """The STS and IR evaluation sets of a recipe, each with the prompts training uses.
 
@@ -135,6 +159,7 @@ def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, Any]
             max_records=data_args.max_eval_records,
             keep_instruction=True,
         )
+        check_sts_eval_set(sts, resolve_data_path(path), data_args.max_eval_records)
         set_prompts = task_prompts(dataset_instruction(sts), model_args)
         sts = sts.select_columns(list(STS_COLUMNS))
         sts_sets[name] = {"data": sts, "prompt": set_prompts.sts}

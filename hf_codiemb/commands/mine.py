@@ -93,6 +93,7 @@ def run(argv: list[str]) -> int:
     from sentence_transformers import SentenceTransformer
 
     from hf_codiemb.beir import load_beir, mine_beir_hard_negatives, write_mining_output
+    from hf_codiemb.failures import declare_output
     from hf_codiemb.models import resolve_model_path
     from hf_codiemb.output_lock import acquire_output_lock
 
@@ -120,5 +121,6 @@ def run(argv: list[str]) -> int:
         model_id=path,
         seed=args.seed,
     )
+    declare_output(args.output)
     write_mining_output(result, args.output)
     return 0

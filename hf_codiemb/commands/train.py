@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -112,11 +113,53 @@ def training_evaluator(data_args, training_args, sts_sets: dict, ir_sets: dict, 
     )
 
 
+RESUME_FLAGS = ("--resume_from_checkpoint", "--resume-from-checkpoint")
+
+
+def resume_command(argv: list[str], checkpoint: str | Path) -> str:
+    """The ``codiemb train`` command line of ``argv`` that resumes from ``checkpoint`` (a resume flag of ``argv``
+    replaced), quoted for a POSIX shell."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in RESUME_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in RESUME_FLAGS)):
+            kept.append(arg)
+    return shlex.join(["codiemb", "train", *kept, "--resume_from_checkpoint", str(checkpoint)])
+
+
+def resume_note(argv: list[str], output_dir: Path) -> str:
+    """What a stopped run keeps: its latest complete checkpoint and the command that resumes from it, or that none
+    was saved yet (the trainer's warnings about incomplete checkpoints are left out: the note is one line)."""
+    from hf_codiemb.trainer import latest_complete_checkpoint, list_checkpoints
+
+    trainer_logger = logging.getLogger("hf_codiemb.trainer")
+    level = trainer_logger.level
+    trainer_logger.setLevel(logging.ERROR)
+    try:
+        checkpoint = latest_complete_checkpoint(output_dir)
+    finally:
+        trainer_logger.setLevel(level)
+    if checkpoint is None:
+        again = shlex.join(["codiemb", "train", *argv])
+        if list_checkpoints(output_dir):
+            again += " --overwrite_output_dir"
+        return f"training stopped before a complete checkpoint was saved in {output_dir}; start again with: {again}"
+    return (
+        f"training stopped; the checkpoints are fine: {checkpoint} is complete; resume with: "
+        f"{resume_command(argv, checkpoint)}"
+    )
+
+
 def run(argv: list[str]) -> int:
     """Entry point of `codiemb train`."""
     from sentence_transformers import SentenceTransformer
 
     from hf_codiemb.evaluation import evaluate_model, format_before_after_table, write_results
+    from hf_codiemb.failures import declare_output
     from hf_codiemb.model_card import record_final_evaluation
     from hf_codiemb.models import load_lora_model, load_model
     from hf_codiemb.pipeline import load_eval_sets, load_training_data, training_prompts
@@ -135,6 +178,8 @@ def run(argv: list[str]) -> int:
     # Before any work: lock output_dir, resume from the latest complete checkpoint, or refuse to overwrite a used
     # output_dir (with --overwrite_output_dir its old checkpoints are deleted only once everything is checked).
     resume_from = prepare_output_dir(training_args)
+    # Ctrl-C or a full disk from here on: one line naming the complete checkpoint and the command that resumes.
+    declare_output(output_dir, kept=lambda: resume_note(argv, output_dir.absolute()))
     # Under DDP the local main process reads and validates the files first (into the datasets cache); the other
     # ranks wait, then load the memory-mapped cache instead of reading every file again.
     with training_args.main_process_first(desc="loading and validating the data"):
