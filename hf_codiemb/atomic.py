@@ -4,7 +4,7 @@ A folder is built in a hidden staging sibling (``.NAME.partial-XXXXXXXX``) that 
 renamed into place (an existing folder is moved aside to ``.NAME.old-XXXXXXXX`` first and removed after). The next
 write into the same place removes the staging folders of killed writers (their owner process is gone) and leaves
 alone those of a writer that still runs. Used by ``codiemb fuse``, ``codiemb merge-lora`` and
-``codiemb prepare-models``.
+``codiemb prepare-models``. A file is written the same way by :func:`atomic_file` (``codiemb mine``).
 
 Example::
 
@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from hf_codiemb.errors import OutputExistsError, OutputWriteError
 
@@ -66,18 +67,41 @@ def atomic_folder(output_dir: str | Path, overwrite: bool = False) -> Iterator[P
         raise
 
 
-def write_text_atomically(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling file and ``os.replace``: a killed writer leaves the
-    previous content (or nothing), never a half-written file."""
+@contextmanager
+def atomic_file(path: str | Path, encoding: str = "utf-8") -> Iterator[TextIO]:
+    """Write a text file through a hidden temporary sibling (``.NAME.partial-XXXXXXXX``), flushed to disk and
+    renamed over ``path`` with ``os.replace`` when the block ends without error.
+
+    A writer that fails (a full disk, an exception in the block) or is killed leaves the previous ``path`` intact
+    (or no file); the temporary file of a failed writer is removed, that of a killed one stays hidden.
+
+    Raises:
+        OutputWriteError: the file cannot be written (the message names it and the reason); ``path`` is unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.write_text(text, encoding="utf-8")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OutputWriteError):
+            raise
+        raise OutputWriteError(f"Cannot write {path}: {exc}; the previous file (if any) is unchanged") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling file and ``os.replace`` (:func:`atomic_file`): a
+    killed or failing writer leaves the previous content (or nothing), never a half-written file."""
+    with atomic_file(path) as handle:
+        handle.write(text)
 
 
 def _leftovers(output_dir: Path, kind: str) -> list[Path]:

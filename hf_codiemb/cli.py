@@ -9,7 +9,8 @@ import os
 import sys
 from typing import NoReturn
 
-from hf_codiemb.errors import CoDiEmbUserError, UsageError
+from hf_codiemb.errors import CoDiEmbUserError, OutputWriteError, UsageError
+from hf_codiemb.failures import interrupted_message, reset_outputs, write_failure, write_failure_message
 
 logger = logging.getLogger("hf_codiemb")
 
@@ -17,6 +18,8 @@ logger = logging.getLogger("hf_codiemb")
 DEBUG_ENV_VAR = "CODIEMB_DEBUG"
 # Exit status of a user error (as argparse's for a bad command line).
 USER_ERROR_EXIT_CODE = 2
+# Exit status after Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED_EXIT_CODE = 130
 
 
 class CommandArgumentParser(argparse.ArgumentParser):
@@ -120,7 +123,12 @@ def _global_options(argv: list[str]) -> tuple[str, bool, list[str]]:
 
 def _run(argv: list[str]) -> int:
     if argv and argv[0] in COMMANDS:
-        return int(command_module(argv[0]).run(argv[1:]) or 0)
+        from hf_codiemb.output_lock import release_all_locks
+
+        try:
+            return int(command_module(argv[0]).run(argv[1:]) or 0)
+        finally:  # the outputs the command locked (hf_codiemb.output_lock), whether it succeeded or failed
+            release_all_locks()
     parser = build_parser()
     parser.parse_args(argv)  # --help, or an error naming the unknown command
     parser.print_help()
@@ -132,20 +140,42 @@ def main(argv: list[str] | None = None) -> int:
 
     An error in the user's input (:class:`~hf_codiemb.errors.CoDiEmbUserError`: bad data, recipe value, command
     line, missing or broken file) is reported on one line on stderr, ``codiemb COMMAND: error: MESSAGE``, and
-    gives exit status 2; ``--debug`` (or ``CODIEMB_DEBUG=1``) re-raises it with its traceback instead.
+    gives exit status 2; so is a write the disk or the permissions refuse (:func:`hf_codiemb.failures.write_failure`:
+    disk full, read-only folder, no permission, file-size limit), naming the path and what was kept. Ctrl-C gives one
+    line (what was kept, how to resume) and exit status 130. ``--debug`` (or ``CODIEMB_DEBUG=1``) re-raises instead.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     level, debug, argv = _global_options(argv)
     setup_logging(level)
+    command = f"codiemb {argv[0]}" if argv and not argv[0].startswith("-") else "codiemb"
+    reset_outputs()
     try:
         return _run(argv)
     except CoDiEmbUserError as error:
         if debug:
             raise
-        command = f"codiemb {argv[0]}" if argv and not argv[0].startswith("-") else "codiemb"
-        message = " ".join(str(error).split())  # one line, whatever the message holds
-        sys.stderr.write(f"{command}: error: {message}\n")
+        failure = write_failure(error.__cause__) if isinstance(error, OutputWriteError) else None
+        message = write_failure_message(*failure) if failure else str(error)
+        _report(command, "error: " + message)
         return USER_ERROR_EXIT_CODE
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _report(command, interrupted_message())
+        return INTERRUPTED_EXIT_CODE
+    except Exception as error:
+        failure = write_failure(error)
+        if failure is None or debug:
+            raise
+        _report(command, "error: " + write_failure_message(*failure))
+        return USER_ERROR_EXIT_CODE
+    finally:
+        reset_outputs()
+
+
+def _report(command: str, message: str) -> None:
+    """Write ``command: message`` on one line of stderr, whatever the message holds."""
+    sys.stderr.write(f"{command}: {' '.join(message.split())}\n")
 
 
 if __name__ == "__main__":

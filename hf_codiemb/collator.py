@@ -52,6 +52,8 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
 
     num_positives: int = 2
     num_negatives: int = 4
+    #: Hard negatives per query of named datasets (a row's ``dataset_name``), overriding ``num_negatives``.
+    dataset_num_negatives: dict[str, int] = field(default_factory=dict)
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False)
     _epoch: int = field(default=0, init=False, repr=False)
@@ -109,16 +111,17 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
         """One IR row as the flat columns the IR loss expects."""
         expanded: dict[str, Any] = {key: value for key, value in row.items() if key not in (*IR_LIST_COLUMNS, *DROPPED_COLUMNS)}
         positives, negatives = row["positives"], row.get("negatives") or []
+        num_negatives = self.dataset_num_negatives.get(row.get("dataset_name"), self.num_negatives)
         if not positives:
             raise ValueError(f"IR row with query {row.get('query')!r} has no positives")
-        if self.num_negatives and not negatives:
+        if num_negatives and not negatives:
             raise ValueError(
-                f"IR row with query {row.get('query')!r} has no negatives but num_negatives={self.num_negatives}; "
+                f"IR row with query {row.get('query')!r} has no negatives but num_negatives={num_negatives}; "
                 "mine hard negatives for it or train with num_negatives=0"
             )
         for i, text in enumerate(sample_texts(list(positives), self.num_positives, self._rng)):
             expanded[f"positive_{i}"] = text
-        for i, text in enumerate(sample_texts(list(negatives), self.num_negatives, self._rng)):
+        for i, text in enumerate(sample_texts(list(negatives), num_negatives, self._rng)):
             expanded[f"negative_{i}"] = text
         return expanded
 

@@ -18,6 +18,7 @@ __all__ = [
     "DataFileNotFoundError",
     "ModelLoadError",
     "OutputExistsError",
+    "OutputInUseError",
     "OutputWriteError",
     "RecipeError",
     "UsageError",
@@ -78,6 +79,10 @@ class ModelLoadError(CoDiEmbUserError, OSError):
 
 class OutputExistsError(CoDiEmbUserError, FileExistsError):
     """An output folder that already exists and would be overwritten."""
+
+
+class OutputInUseError(CoDiEmbUserError, BlockingIOError):
+    """An output folder or file that another live process is writing (its lock is held; the message names it)."""
 
 
 class OutputWriteError(CoDiEmbUserError, OSError):

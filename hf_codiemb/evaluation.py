@@ -28,6 +28,8 @@ from sentence_transformers.sentence_transformer.evaluation import (
     InformationRetrievalEvaluator,
 )
 
+from hf_codiemb.data.eval_sets import IREvalSet, STSEvalSet
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -475,33 +477,22 @@ def geometry_metrics(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _ir_set_arguments(name: str, spec: Any) -> dict[str, Any]:
-    """Accept ``(queries, corpus, relevant)`` or a mapping with those keys and optional prompts."""
-    if isinstance(spec, Mapping):
-        unknown = set(spec) - {
-            "queries",
-            "corpus",
-            "relevant",
-            "query_prompt",
-            "corpus_prompt",
-            "query_prompt_name",
-            "corpus_prompt_name",
-            "ignore_identical_text",
-        }
-        if unknown:
-            raise ValueError(f"IR set {name!r}: unknown keys {sorted(unknown)}")
-        return dict(spec)
-    queries, corpus, relevant = spec
-    return {"queries": queries, "corpus": corpus, "relevant": relevant}
+def _ir_set_arguments(name: str, spec: IREvalSet | tuple) -> dict[str, Any]:
+    """The :func:`evaluate_ir` arguments of an :class:`~hf_codiemb.data.IREvalSet` or ``(queries, corpus,
+    relevant)``."""
+    if isinstance(spec, IREvalSet):
+        return spec.evaluator_arguments()
+    if isinstance(spec, tuple) and len(spec) == 3:
+        queries, corpus, relevant = spec
+        return {"queries": queries, "corpus": corpus, "relevant": relevant}
+    raise TypeError(f"IR set {name!r}: expected an IREvalSet or (queries, corpus, relevant), got {type(spec).__name__}")
 
 
 def _sts_set_arguments(spec: Any, default_prompt: str | None) -> tuple[Any, str | None]:
-    """Accept an STS dataset / triples, or ``{"data": ..., "prompt": ...}`` with the set's own prompt."""
-    if isinstance(spec, Mapping) and "data" in spec:
-        unknown = set(spec) - {"data", "prompt"}
-        if unknown:
-            raise ValueError(f"STS set: unknown keys {sorted(unknown)} (expected 'data' and 'prompt')")
-        return spec["data"], spec.get("prompt", default_prompt)
+    """``(data, prompt)`` of an :class:`~hf_codiemb.data.STSEvalSet` (its own prompt, ``None`` included: the prompt
+    training derives for it), or of an STS dataset / ``(s1, s2, score)`` triples (``default_prompt``)."""
+    if isinstance(spec, STSEvalSet):
+        return spec.data, spec.prompt
     return spec, default_prompt
 
 
@@ -539,10 +530,9 @@ def evaluate_model(
     ``store_metrics_in_model_card_data``), so a model saved afterwards has them in its card's Evaluation section.
 
     Args:
-        sts_sets: ``{name: STS dataset or (s1, s2, score) triples}``, or ``{name: {"data": ..., "prompt": ...}}``
-            for a set encoded with its own prompt (e.g. its task instruction).
-        ir_sets: ``{name: (queries, corpus, relevant)}`` or ``{name: {"queries", "corpus", "relevant",
-            "query_prompt", "corpus_prompt", ...}}``.
+        sts_sets: ``{name: STSEvalSet}`` (a set encoded with its own prompt, e.g. its task instruction), or
+            ``{name: STS dataset or (s1, s2, score) triples}``.
+        ir_sets: ``{name: IREvalSet}`` or ``{name: (queries, corpus, relevant)}``.
         geometry_texts: texts for the geometry metrics; default: the distinct sentences of the STS sets
             (at most 2,000). With neither, no geometry is computed.
         geometry_pairs: positive pairs for alignment; default: STS pairs scored in the top 20% of their set's

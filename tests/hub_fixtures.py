@@ -128,7 +128,8 @@ def perturbed_copy(source: Path, target: Path, seed: int, scale: float = 1e-2) -
 
 
 def tiny_hf_model(target: Path, kind: str = "bert", hidden: int = 16, layers: int = 2, seed: int = 0) -> Path:
-    """Save a tiny randomly initialised BertModel or DistilBertModel (config.json + model.safetensors)."""
+    """Save a tiny randomly initialised BertModel or DistilBertModel (config.json + model.safetensors) with a
+    64-token word-level tokenizer (tokenizer.json): a complete model folder."""
     import torch
     from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
@@ -143,4 +144,18 @@ def tiny_hf_model(target: Path, kind: str = "bert", hidden: int = 16, layers: in
     else:
         raise ValueError(kind)
     model.save_pretrained(target, safe_serialization=True)
+    save_tiny_tokenizer(target, vocab_size=64)
     return target
+
+
+def save_tiny_tokenizer(target: Path, vocab_size: int = 64) -> None:
+    """Save a word-level tokenizer of ``vocab_size`` tokens (5 special tokens + ``w0``, ``w1``, ...) to ``target``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: index for index, token in enumerate(specials + [f"w{i}" for i in range(vocab_size - 5)])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(target)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from beir_fixtures import CORPUS, QUERIES, document_text, write_beir_folder, write_qrels
 
-from hf_codiemb.beir import (
+from hf_codiemb.data import DataFormatError
+from hf_codiemb.data.beir import (
     BeirSpec,
     beir_ir_eval_set,
     beir_ir_train_dataset,
@@ -19,7 +20,6 @@ from hf_codiemb.beir import (
     load_beir_corpus,
     parse_beir_spec,
 )
-from hf_codiemb.data import DataFormatError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -127,7 +127,7 @@ def test_eval_set_scores_like_a_hand_computed_ndcg_with_the_prompts(beir, tmp_pa
     model = make_tiny_model(tmp_path / "tiny")
     train = load_beir(beir, "train")
     eval_set = beir_ir_eval_set(train, query_prompt="query: ", corpus_prompt="passage: ")
-    assert eval_set["relevant"] == train.relevant() and eval_set["corpus"] == train.corpus
+    assert eval_set.relevant == train.relevant() and eval_set.corpus == train.corpus
     results = evaluate_model(model, ir_sets={"mini": eval_set})["ir"]["mini"]
 
     doc_ids = list(train.corpus)
@@ -192,8 +192,8 @@ def test_recipe_fields_feed_training_and_evaluation(beir, tmp_path):
     assert len(datasets["mini_train"]) == 3
     _, ir_sets = load_eval_sets(data_args, ModelArguments(query_prompt="query: ", passage_prompt="passage: "))
     assert set(ir_sets) == {"mini_dev"}
-    assert ir_sets["mini_dev"]["queries"] == {"q-cat": QUERIES["q-cat"]}
-    assert (ir_sets["mini_dev"]["query_prompt"], ir_sets["mini_dev"]["corpus_prompt"]) == ("query: ", "passage: ")
+    assert ir_sets["mini_dev"].queries == {"q-cat": QUERIES["q-cat"]}
+    assert (ir_sets["mini_dev"].query_prompt, ir_sets["mini_dev"].corpus_prompt) == ("query: ", "passage: ")
 
 
 def _raw_relevant(folder: Path, split: str) -> tuple[int, dict[str, set[str]]]:

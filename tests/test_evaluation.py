@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from hf_codiemb.data import demo_data_path, ir_task_from_sts_pairs, load_sts_dataset
+from hf_codiemb.data import IREvalSet, demo_data_path, ir_task_from_sts_pairs, load_sts_dataset
 from hf_codiemb.evaluation import (
     alignment,
     anisotropy,
@@ -214,7 +214,7 @@ def test_alignment_and_uniformity_loops(matrix):
 
 
 def test_evaluate_model_and_write_results(model, sts_small, tmp_path):
-    ir_set = {"queries": IR_QUERIES, "corpus": IR_CORPUS, "relevant": IR_RELEVANT}
+    ir_set = IREvalSet("tiny", IR_QUERIES, IR_CORPUS, IR_RELEVANT)
     results = evaluate_model(model, {"demo": sts_small}, {"tiny": ir_set})
     assert set(results) == {"sts", "ir", "geometry"}
     first = model.encode(sts_small["sentence1"], convert_to_numpy=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hub_fixtures import minilm_path, perturbed_copy, tiny_hf_model
+from hub_fixtures import minilm_path, perturbed_copy, save_tiny_tokenizer, tiny_hf_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -408,6 +408,7 @@ def test_base_only_buffer_is_copied_from_the_base(tmp_path):
         folder.mkdir()
         save_file(state, str(folder / "model.safetensors"))
         (folder / "config.json").write_text('{"model_type": "bert"}')  # a model folder, as fusion inputs must be
+        save_tiny_tokenizer(folder)
         folders.append(folder)
     delta_fuse(folders[0], folders[1:], tmp_path / "out", p=1.0)
     fused = load_file(str(tmp_path / "out" / "model.safetensors"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 import pytest
-from hub_fixtures import DUMMY_TOKEN, minilm_path, perturbed_copy
+from hub_fixtures import DUMMY_TOKEN, minilm_path, perturbed_copy, tiny_hf_model
 
 from hf_codiemb.hub import HubPushError, push_model_folder
 
@@ -102,20 +102,22 @@ def test_fuse_push_and_load_by_repo_id(hub, fused_minilm):
     assert DUMMY_TOKEN not in card
 
 
-def test_push_to_branch_and_pull_request(hub, upload_folder):
+def test_push_to_branch_and_pull_request(hub, tmp_path):
     from huggingface_hub import HfApi
 
+    upload_folder = tiny_hf_model(tmp_path / "model")  # push refuses what is not a complete model folder
+    config = (upload_folder / "config.json").read_bytes()
     url = push_model_folder(upload_folder, "user/branches", revision="fusion-p1", private=True)
     assert url.endswith("/user/branches/tree/fusion-p1")
     api = HfApi()
     assert api.model_info("user/branches").private
     refs = api.list_repo_refs("user/branches")
     assert {branch.name for branch in refs.branches} == {"main", "fusion-p1"}
-    assert hub.server.file_bytes("user/branches", "config.json", "fusion-p1") == b'{"hidden_size": 8}'
+    assert hub.server.file_bytes("user/branches", "config.json", "fusion-p1") == config
     assert "config.json" not in api.list_repo_files("user/branches")  # main untouched
     pr_url = push_model_folder(upload_folder, "user/branches", create_pr=True, commit_message="Fusion PR")
     assert pr_url.endswith("/user/branches/discussions/1")
-    assert hub.server.file_bytes("user/branches", "config.json", "refs/pr/1") == b'{"hidden_size": 8}'
+    assert hub.server.file_bytes("user/branches", "config.json", "refs/pr/1") == config
 
 
 def test_fuse_hub_ids_as_inputs(hub_lfs, tmp_path):

@@ -106,16 +106,16 @@ def test_evaluation_uses_the_prompts_of_training(data_files, tmp_path):
     write_jsonl(single, [dict(record, instruction=SEARCH) for record in lines])
     data_args.ir_eval = [str(single)]
     sts_sets, ir_sets = load_eval_sets(data_args, model_args)
-    assert ir_sets["ir_single"]["query_prompt"] == f"Instruction: {SEARCH} Query: "
-    assert ir_sets["ir_single"]["corpus_prompt"] == "passage: "
-    assert sts_sets["sts"]["prompt"] == f"Instruction: {PARAPHRASE} Query: "
-    assert sts_sets["plain"]["prompt"] == "query: "  # sts_prompt unset: query_prompt, as in training
-    assert ir_sets["plain-paraphrase-ir"]["query_prompt"] == "query: "
+    assert ir_sets["ir_single"].query_prompt == f"Instruction: {SEARCH} Query: "
+    assert ir_sets["ir_single"].corpus_prompt == "passage: "
+    assert sts_sets["sts"].prompt == f"Instruction: {PARAPHRASE} Query: "
+    assert sts_sets["plain"].prompt == "query: "  # sts_prompt unset: query_prompt, as in training
+    assert ir_sets["plain-paraphrase-ir"].query_prompt == "query: "
 
     model = make_tiny_model(tmp_path / "tiny")
     results = evaluate_model(model, {"sts": sts_sets["sts"]})
-    direct = evaluate_sts(model, sts_sets["sts"]["data"], "sts", prompt=sts_sets["sts"]["prompt"])
-    unprompted = evaluate_sts(model, sts_sets["sts"]["data"], "sts")
+    direct = evaluate_sts(model, sts_sets["sts"].data, "sts", prompt=sts_sets["sts"].prompt)
+    unprompted = evaluate_sts(model, sts_sets["sts"].data, "sts")
     assert results["sts"]["sts"]["spearman_cosine"] == pytest.approx(direct["spearman_cosine"], abs=1e-9)
     assert results["sts"]["sts"]["spearman_cosine"] != pytest.approx(unprompted["spearman_cosine"], abs=1e-6)
 

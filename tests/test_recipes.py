@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_codiemb.beir import parse_beir_spec
 from hf_codiemb.cli import main
+from hf_codiemb.data.beir import parse_beir_spec
 from hf_codiemb.recipe import parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,8 @@ def mined_beir(tmp_path_factory, tiny_encoder):
     to encode on a busy CPU)."""
     from sentence_transformers import SentenceTransformer
 
-    from hf_codiemb.beir import load_beir, mine_beir_hard_negatives, write_mining_output
+    from hf_codiemb.data.beir import load_beir
+    from hf_codiemb.mining import mine_beir_hard_negatives, write_mining_output
 
     copies: dict[str, Path] = {}
     mined: dict[tuple[str, str], str] = {}

@@ -26,6 +26,7 @@ from hf_codiemb.errors import OutputExistsError
 from hf_codiemb.trainer import (
     CheckpointError,
     checkpoint_problem,
+    delete_previous_checkpoints,
     prepare_output_dir,
     resolve_resume_checkpoint,
 )
@@ -260,6 +261,9 @@ def test_new_run_into_a_used_output_dir_is_refused_unless_overwrite(tmp_path, ca
     args = CoDiEmbTrainingArguments(output_dir=str(run), report_to=[], use_cpu=True, overwrite_output_dir=True)
     with caplog.at_level(logging.WARNING, logger="hf_codiemb.trainer"):
         assert prepare_output_dir(args) is None
+        assert (run / "checkpoint-4").is_dir()  # deleted only once the data and model are checked:
+        assert delete_previous_checkpoints(args, resume_from="x") == []  # not when resuming
+        assert delete_previous_checkpoints(args, resume_from=None) == [run / "checkpoint-2", run / "checkpoint-4"]
     assert not any(run.iterdir())
     assert f"deleting {run / 'checkpoint-4'}" in caplog.text
 

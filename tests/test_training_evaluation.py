@@ -153,14 +153,14 @@ def test_capped_evaluation_scores_the_capped_corpus(tiny_model_dir):
     model_args = ModelArguments(model_name_or_path=str(tiny_model_dir))
     _, ir_sets = load_eval_sets(data_args, model_args)
     spec = ir_sets["ir_dev"]
-    assert len(spec["corpus"]) > 40
+    assert len(spec.corpus) > 40
     evaluator = build_training_evaluator({}, ir_sets, max_corpus=40, seed=1)
     assert len(evaluator.ir_evaluators[0].corpus) == 40
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
-    capped_corpus = cap_ir_corpus(spec["corpus"], spec["relevant"], 40, seed=1)
+    capped_corpus = cap_ir_corpus(spec.corpus, spec.relevant, 40, seed=1)
     expected = evaluate_ir(
-        model, spec["queries"], capped_corpus, spec["relevant"], "ir_dev",
-        query_prompt=spec["query_prompt"], corpus_prompt=spec["corpus_prompt"],
+        model, spec.queries, capped_corpus, spec.relevant, "ir_dev",
+        query_prompt=spec.query_prompt, corpus_prompt=spec.corpus_prompt,
     )  # fmt: skip
     assert evaluator(model)["codiemb_ir_score"] == pytest.approx(expected["ndcg@10"], abs=1e-9)
 

@@ -314,14 +314,14 @@ def test_truncated_safetensors_names_the_checkpoint(tmp_path, capsys, tiny_model
 # --------------------------------------------------------------------------------------------------- encodings
 
 
-def test_non_utf8_bytes_name_the_file_and_line(tmp_path):
+def test_non_utf8_bytes_name_the_file_line_and_field(tmp_path):
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(json.dumps(IR_RECORD).encode() + b"\n" + '{"query": "caf\xe9"}'.encode("latin-1") + b"\n")
-    with pytest.raises(DataFormatError, match=rf"^{path}, line 2: is not valid UTF-8 \(byte 0xe9 at byte 15"):
+    with pytest.raises(DataFormatError, match=rf"^{path}, line 2, field 'query': is not valid UTF-8 \(byte 0xe9 at byte 15"):
         load_ir_dataset(path)
     tsv = tmp_path / "latin1.tsv"
     tsv.write_bytes(b"a\tb\t1.0\n" + "caf\xe9\tb\t2.0\n".encode("latin-1"))
-    with pytest.raises(DataFormatError, match=rf"^{tsv}, line 2: is not valid UTF-8"):
+    with pytest.raises(DataFormatError, match=rf"^{tsv}, line 2, field 'column 1': is not valid UTF-8"):
         load_sts_dataset(tsv)
 
 

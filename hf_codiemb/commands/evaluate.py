@@ -55,6 +55,7 @@ def run(argv: list[str]) -> int:
 
     from hf_codiemb.errors import UsageError
     from hf_codiemb.evaluation import evaluate_model, format_results_table, write_results
+    from hf_codiemb.failures import declare_output
     from hf_codiemb.models import ModelArguments, resolve_model_path
     from hf_codiemb.pipeline import load_eval_sets
     from hf_codiemb.recipe import DataArguments
@@ -73,6 +74,7 @@ def run(argv: list[str]) -> int:
     sts_sets, ir_sets = load_eval_sets(data_args, model_args)
     model = SentenceTransformer(model_path)
     results = evaluate_model(model, sts_sets, ir_sets, sts_prompt=args.query_prompt)
+    declare_output(args.output_dir)
     write_results(results, args.output_dir)
     sys.stdout.write(format_results_table(results) + "\n")
     return 0

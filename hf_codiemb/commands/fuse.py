@@ -14,9 +14,10 @@ Examples::
 from __future__ import annotations
 
 import logging
+import os
 
 from hf_codiemb.command_parser import CommandParser
-from hf_codiemb.errors import UsageError
+from hf_codiemb.errors import CoDiEmbUserError, UsageError
 from hf_codiemb.fusion.config import FuseConfig
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def load_dev_sets(recipe: str) -> tuple[dict, dict]:
 def run(argv: list[str]) -> int:
     """Run ``codiemb fuse ARGV`` (the fusion, then the push); return the process exit code."""
     (config,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
+    from hf_codiemb.failures import declare_output
     from hf_codiemb.fusion import FusionError, FusionWriteError, fuse
     from hf_codiemb.fusion.errors import SelectionError
     from hf_codiemb.hub import HubPushError, PushRefusedError, check_repo_id, push_model_folder
@@ -102,6 +104,8 @@ def run(argv: list[str]) -> int:
             check_repo_id(config.push_to_hub)  # before the fusion, not after it
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    output = os.path.abspath(config.output_dir)
+    declare_output(output, kept=lambda: f"{output} is unchanged (nothing was written there)")
     try:
         if config.search:
             from hf_codiemb.fusion.search import fusion_search
@@ -139,10 +143,11 @@ def run(argv: list[str]) -> int:
             )
     except SelectionError:
         raise  # the user's to fix: one line from the console script
-    except (FusionError, ValueError) as exc:  # the inputs are refused: the user's to fix
-        logger.error("Fusion failed: %s", exc)
-        return 2
-    except (FusionWriteError, ImportError) as exc:
+    except FusionWriteError:  # the output cannot be written: one line and exit status 2 (hf_codiemb.cli)
+        raise
+    except (FusionError, ValueError) as exc:  # the inputs are refused: the user's to fix (one line, exit status 2)
+        raise CoDiEmbUserError(f"Fusion failed: {exc}") from exc
+    except ImportError as exc:
         logger.error("Fusion failed: %s", exc)
         return 1
     logger.info("Fused model: %s", result.output_dir)

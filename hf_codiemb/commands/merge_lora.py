@@ -8,6 +8,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 from hf_codiemb.command_parser import CommandParser
@@ -42,11 +43,13 @@ def run(argv: list[str]) -> int:
     """Run ``codiemb merge-lora ARGV``; return the process exit code."""
     (args,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
     from hf_codiemb.errors import UsageError
+    from hf_codiemb.failures import declare_output
     from hf_codiemb.models import merge_lora_folder
 
     if not args.adapter_dir or not args.output_dir:
         raise UsageError("merge-lora needs the adapter folder and the output folder: codiemb merge-lora ADAPTER_DIR "
                          "OUTPUT_DIR")  # fmt: skip
+    declare_output(args.output_dir, kept=lambda: f"{os.path.abspath(args.output_dir)} is unchanged (nothing was written there)")
     path = merge_lora_folder(args.adapter_dir, args.output_dir, base=args.base)
     logger.info("Merged model written to %s", path)
     return 0

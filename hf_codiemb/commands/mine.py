@@ -1,4 +1,4 @@
-"""``codiemb mine``: hard negatives for a BEIR split, mined with a given model (see hf_codiemb.beir).
+"""``codiemb mine``: hard negatives for a BEIR split, mined with a given model (see hf_codiemb.mining).
 
 Mines the queries of a BEIR split with sentence-transformers' ``util.mine_hard_negatives`` (qrels positives always
 excluded) and writes the IR JSON Lines the trainer reads plus a summary. Example::
@@ -64,16 +64,44 @@ def build_parser() -> CommandParser:
     return CommandParser([MineArguments], prog="codiemb mine", description=__doc__)
 
 
+def check_output_path(output: str, beir: str, model_path: str) -> None:
+    """Refuse an ``--output`` (or its summary files) that is an input or lies inside one: the BEIR folder or the
+    model folder (writing there would replace or add to what is read).
+
+    Raises:
+        UsageError: naming the output and the input.
+    """
+    from pathlib import Path
+
+    from hf_codiemb.errors import UsageError
+    from hf_codiemb.mining import mining_summary_paths
+    from hf_codiemb.output_paths import overlapping_input
+
+    inputs = [("BEIR folder", beir), ("model folder", model_path if Path(model_path).is_dir() else None)]
+    for target in (Path(output), *mining_summary_paths(output)):
+        problem = overlapping_input(target, inputs)
+        if problem is not None:
+            raise UsageError(f"--output {target} {problem}: it would change an input of the mining; write it "
+                             "outside the BEIR and model folders (e.g. outputs/mined/...)")  # fmt: skip
+    if Path(output).is_dir():
+        raise UsageError(f"--output {output} is a folder; give the JSON Lines file to write")
+
+
 def run(argv: list[str]) -> int:
     """Run ``codiemb mine ARGV``; return the process exit code."""
     (args,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
     from sentence_transformers import SentenceTransformer
 
-    from hf_codiemb.beir import load_beir, mine_beir_hard_negatives, write_mining_output
+    from hf_codiemb.data.beir import load_beir
+    from hf_codiemb.failures import declare_output
+    from hf_codiemb.mining import mine_beir_hard_negatives, write_mining_output
     from hf_codiemb.models import resolve_model_path
+    from hf_codiemb.output_lock import acquire_output_lock
 
-    dataset = load_beir(args.beir, args.split)
     path = resolve_model_path(args.model)
+    check_output_path(args.output, args.beir, path)
+    acquire_output_lock(args.output, "mining")  # released when the command ends
+    dataset = load_beir(args.beir, args.split)
     model = SentenceTransformer(path)
     if args.max_seq_length:
         model.max_seq_length = args.max_seq_length
@@ -94,5 +122,6 @@ def run(argv: list[str]) -> int:
         model_id=path,
         seed=args.seed,
     )
+    declare_output(args.output)
     write_mining_output(result, args.output)
     return 0

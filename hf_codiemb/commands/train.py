@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def dry_run(model_args, data_args, training_args) -> int:
         prepare_output_dir,
         validate_training_dataset,
     )
+    from hf_codiemb.training_args import num_negatives_for
 
     # The output folder and the resume value, as the real run checks them (nothing is deleted here).
     resume_from = prepare_output_dir(training_args, dry_run=True)
@@ -51,9 +53,11 @@ def dry_run(model_args, data_args, training_args) -> int:
     if Path(path).is_dir():
         config = AutoConfig.from_pretrained(path)
         logger.info("Model config %s: %s, hidden %s", path, config.model_type, getattr(config, "hidden_size", "?"))
-    datasets, tasks, _ = load_training_data(data_args, training_args.num_negatives)
+    data = load_training_data(data_args, training_args.num_negatives)
+    datasets, tasks, _ = data
+    training_args.dataset_num_negatives = {**data.num_negatives, **(training_args.dataset_num_negatives or {})}
     for name, dataset in datasets.items():
-        validate_training_dataset(name, tasks[name], dataset, training_args.num_negatives)
+        validate_training_dataset(name, tasks[name], dataset, num_negatives_for(training_args, name))
     sampler = build_task_sampler(datasets, tasks, training_args)
     sts_sets, ir_sets = load_eval_sets(data_args, model_args)
     evaluator = training_evaluator(data_args, training_args, sts_sets, ir_sets, model_args.effective_sts_prompt)
@@ -112,29 +116,81 @@ def training_evaluator(data_args, training_args, sts_sets: dict, ir_sets: dict, 
     )
 
 
+RESUME_FLAGS = ("--resume_from_checkpoint", "--resume-from-checkpoint")
+
+
+def resume_command(argv: list[str], checkpoint: str | Path) -> str:
+    """The ``codiemb train`` command line of ``argv`` that resumes from ``checkpoint`` (a resume flag of ``argv``
+    replaced), quoted for a POSIX shell."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in RESUME_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in RESUME_FLAGS)):
+            kept.append(arg)
+    return shlex.join(["codiemb", "train", *kept, "--resume_from_checkpoint", str(checkpoint)])
+
+
+def resume_note(argv: list[str], output_dir: Path) -> str:
+    """What a stopped run keeps: its latest complete checkpoint and the command that resumes from it, or that none
+    was saved yet (the trainer's warnings about incomplete checkpoints are left out: the note is one line)."""
+    from hf_codiemb.trainer import latest_complete_checkpoint, list_checkpoints
+
+    trainer_logger = logging.getLogger("hf_codiemb.trainer")
+    level = trainer_logger.level
+    trainer_logger.setLevel(logging.ERROR)
+    try:
+        checkpoint = latest_complete_checkpoint(output_dir)
+    finally:
+        trainer_logger.setLevel(level)
+    if checkpoint is None:
+        again = shlex.join(["codiemb", "train", *argv])
+        if list_checkpoints(output_dir):
+            again += " --overwrite_output_dir"
+        return f"training stopped before a complete checkpoint was saved in {output_dir}; start again with: {again}"
+    return (
+        f"training stopped; the checkpoints are fine: {checkpoint} is complete; resume with: "
+        f"{resume_command(argv, checkpoint)}"
+    )
+
+
 def run(argv: list[str]) -> int:
     """Entry point of `codiemb train`."""
     from sentence_transformers import SentenceTransformer
 
     from hf_codiemb.evaluation import evaluate_model, format_before_after_table, write_results
+    from hf_codiemb.failures import declare_output
     from hf_codiemb.model_card import record_final_evaluation
     from hf_codiemb.models import load_lora_model, load_model
     from hf_codiemb.pipeline import load_eval_sets, load_training_data, training_prompts
     from hf_codiemb.recipe import parse_recipe
-    from hf_codiemb.trainer import CoDiEmbTrainer, check_model_selection, prepare_output_dir
+    from hf_codiemb.trainer import (
+        CoDiEmbTrainer,
+        check_model_selection,
+        delete_previous_checkpoints,
+        prepare_output_dir,
+    )
 
     model_args, data_args, training_args, run_args = parse_recipe(argv)
     if run_args.dry_run:
         return dry_run(model_args, data_args, training_args)
     output_dir = Path(training_args.output_dir)
-    # Before any work: resume from the latest complete checkpoint, or refuse to overwrite a used output_dir.
+    # Before any work: lock output_dir, resume from the latest complete checkpoint, or refuse to overwrite a used
+    # output_dir (with --overwrite_output_dir its old checkpoints are deleted only once everything is checked).
     resume_from = prepare_output_dir(training_args)
+    # Ctrl-C or a full disk from here on: one line naming the complete checkpoint and the command that resumes.
+    declare_output(output_dir, kept=lambda: resume_note(argv, output_dir.absolute()))
     # Under DDP the local main process reads and validates the files first (into the datasets cache); the other
     # ranks wait, then load the memory-mapped cache instead of reading every file again.
     with training_args.main_process_first(desc="loading and validating the data"):
-        datasets, tasks, instructions = load_training_data(data_args, training_args.num_negatives)
+        data = load_training_data(data_args, training_args.num_negatives)
         sts_sets, ir_sets = load_eval_sets(data_args, model_args)
+    datasets, tasks, instructions = data
     training_args.dataset_tasks = tasks
+    training_args.dataset_num_negatives = {**data.num_negatives, **(training_args.dataset_num_negatives or {})}
     training_args.prompts = training_prompts(model_args, datasets, tasks, instructions, training_args)
     sts_prompt = model_args.effective_sts_prompt
     eval_batch_size = training_args.per_device_eval_batch_size  # the same in the log and in the final table
@@ -153,6 +209,7 @@ def run(argv: list[str]) -> int:
         # The card's Evaluation section is for the final model; the before scores stay in its training logs (step 0).
         model.model_card_data.eval_results_dict = {}
     trainer = CoDiEmbTrainer(model=model, args=training_args, train_dataset=datasets, evaluator=evaluator)
+    delete_previous_checkpoints(training_args, resume_from)  # --overwrite_output_dir, once everything is checked
     trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(output_dir))
     if not trainer.is_world_process_zero():

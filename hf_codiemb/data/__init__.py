@@ -23,6 +23,8 @@ Modules (one job each):
 - :mod:`~hf_codiemb.data.loaders`: :func:`load_ir_dataset`, :func:`load_sts_dataset`;
 - :mod:`~hf_codiemb.data.suspicious`: the one count of valid but probably wrong records;
 - :mod:`~hf_codiemb.data.derived`: tasks derived from STS pairs or IR records;
+- :mod:`~hf_codiemb.data.beir`: BEIR / MTEB folders (mining: :mod:`hf_codiemb.mining`);
+- :mod:`~hf_codiemb.data.names`: dataset names;
 - :mod:`~hf_codiemb.data.eval_sets`: :class:`IREvalSet`, :class:`STSEvalSet`;
 - :mod:`~hf_codiemb.data.demo`: the demo data shipped with the package.
 """
@@ -34,7 +36,6 @@ from hf_codiemb.data.eval_sets import IREvalSet, STSEvalSet
 from hf_codiemb.data.loaders import load_dataset_for_task, load_ir_dataset, load_sts_dataset
 from hf_codiemb.data.rules import DataFormatError
 from hf_codiemb.data.suspicious import suspicious_record_counts, warn_suspicious_records
-from hf_codiemb.data.text_files import iter_jsonl as _iter_jsonl  # noqa: F401  (beir.py, until it moves here)
 
 __all__ = [
     "IR_COLUMNS",

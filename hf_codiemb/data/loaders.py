@@ -8,10 +8,11 @@ records are counted once (:mod:`hf_codiemb.data.suspicious`) and logged once per
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from datasets import Dataset
@@ -80,8 +81,12 @@ def _log_instructions(instructions: set[str], name: str) -> None:
                     next(iter(sorted(instructions))))  # fmt: skip
 
 
-def _finish_records(records: list[dict[str, Any]], task: str, optional: list[str], name: str) -> Dataset:
-    """The dataset of records read line by line (columns, instructions, suspicious records logged)."""
+def _finish_records(
+    rows: Iterable[dict[str, Any]], task: str, optional: list[str], name: str, max_records: int | None, refused: str | None
+) -> Dataset:
+    """The dataset of the first ``max_records`` records read line by line (columns, instructions, suspicious records
+    logged; ``refused``: why the Arrow reader refused the file, logged once it is known to be valid)."""
+    records = list(itertools.islice(rows, max_records))
     if not records:
         raise DataFormatError(name, None, None, "contains no records")
     present = {column: sum(column in record for record in records) for column in optional}
@@ -89,6 +94,8 @@ def _finish_records(records: list[dict[str, Any]], task: str, optional: list[str
     _log_instructions({record["instruction"] for record in records if "instruction" in record}, name)
     dataset = Dataset.from_dict({column: [record[column] for record in records] for column in columns})
     warn_suspicious_records(dataset, task, name)
+    if refused is not None:
+        _warn_line_by_line(name, refused)
     return dataset
 
 
@@ -193,14 +200,9 @@ def load_ir_dataset(
     if dataset is not None:
         dataset = _finish_arrow(dataset, "ir", optional, source_name)
     else:
-        records: list[dict[str, Any]] = []
-        for line, raw, layout in _iter_ir_records(source, record_format, source_name):
-            records.append(rules.parse_ir_record(raw, layout, source_name, line))
-            if max_records is not None and len(records) >= max_records:
-                break
-        dataset = _finish_records(records, "ir", optional, source_name)
-        if refused is not None:
-            _warn_line_by_line(source_name, refused)
+        records = (rules.parse_ir_record(raw, layout, source_name, line)
+                   for line, raw, layout in _iter_ir_records(source, record_format, source_name))  # fmt: skip
+        dataset = _finish_records(records, "ir", optional, source_name, max_records, refused)
     logger.info("Loaded %d IR records from %s", dataset.num_rows, source_name)
     return dataset
 
@@ -303,14 +305,8 @@ def load_sts_dataset(
     if dataset is not None:
         dataset = _finish_arrow(dataset, "sts", optional, source_name)
     else:
-        pairs: list[dict[str, Any]] = []
-        for pair in _iter_sts_pairs(source, record_format, source_name, score_range):
-            pairs.append(pair)
-            if max_records is not None and len(pairs) >= max_records:
-                break
-        dataset = _finish_records(pairs, "sts", optional, source_name)
-        if refused is not None:
-            _warn_line_by_line(source_name, refused)
+        pairs = _iter_sts_pairs(source, record_format, source_name, score_range)
+        dataset = _finish_records(pairs, "sts", optional, source_name, max_records, refused)
     logger.info("Loaded %d STS pairs from %s", dataset.num_rows, source_name)
     return dataset
 

@@ -56,12 +56,38 @@ def _maybe_progress(lines: Iterable[bytes], path: pathlib.Path) -> Iterable[byte
     return tqdm(lines, desc=f"Reading {path.name}", unit=" lines")
 
 
-def iter_text_lines(path: pathlib.Path, name: str, progress: bool = True) -> Iterator[tuple[int, str]]:
+def _field_of_bad_bytes(raw: bytes, columns: tuple[str, ...] | None) -> str | None:
+    """The field of a line that holds its first byte that is not UTF-8: the key of a JSON object line, else the
+    tab-separated column (named by ``columns``, or ``"column N"``); ``None`` when it cannot be told."""
+    text = raw.decode("utf-8", "surrogateescape")  # each bad byte becomes one character U+DC80..U+DCFF
+
+    def escaped(value: Any) -> bool:
+        return isinstance(value, str) and any("\udc80" <= char <= "\udcff" for char in value)
+
+    if columns is None:
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            for key, value in record.items():
+                if escaped(key) or escaped(value) or (isinstance(value, list) and any(map(escaped, value))):
+                    return str(key)
+            return None
+    first = next(index for index, char in enumerate(text) if "\udc80" <= char <= "\udcff")
+    column = text[:first].count("\t")
+    return columns[column] if columns and column < len(columns) else f"column {column + 1}"
+
+
+def iter_text_lines(
+    path: pathlib.Path, name: str, progress: bool = True, columns: tuple[str, ...] | None = None
+) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for every line of a UTF-8 text file, without its line terminator.
 
     gzip-compressed files (detected from their first bytes, whatever their suffix) are decompressed on the fly and
     numbered by their decompressed lines; a UTF-8 byte order mark at the start is skipped. Bytes that are not
-    UTF-8 and a corrupt or truncated gzip stream raise :class:`DataFormatError` naming the file and the line.
+    UTF-8 and a corrupt or truncated gzip stream raise :class:`DataFormatError` naming the file and the line; for
+    bytes that are not UTF-8 also the field (``columns`` names a tab-separated file's columns).
     """
     compressed = is_gzip(path)
     line_number = 0
@@ -76,7 +102,7 @@ def iter_text_lines(path: pathlib.Path, name: str, progress: bool = True) -> Ite
                     raise DataFormatError(
                         name,
                         line_number,
-                        None,
+                        _field_of_bad_bytes(raw, columns),
                         f"is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line); "
                         "save the file as UTF-8",
                     ) from None

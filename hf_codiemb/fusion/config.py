@@ -97,14 +97,15 @@ class FuseConfig:
         Raises:
             ValueError: a ``--param`` that is not ``NAME=VALUE``, or ``parameters`` that is not a mapping.
         """
-        import yaml
+        from hf_codiemb.errors import RecipeError
+        from hf_codiemb.yaml_loader import load_yaml
 
         parameters = self.parameters
-        if isinstance(parameters, str):  # from the command line: a YAML / JSON mapping
+        if isinstance(parameters, str):  # from the command line: a YAML / JSON mapping, read with the bounded loader
             try:
-                parameters = yaml.safe_load(parameters)
-            except yaml.YAMLError:
-                pass
+                parameters = load_yaml(parameters, "--parameters")[0]
+            except RecipeError as error:
+                raise ValueError(f"parameters: {error}") from None
         if parameters is not None and not isinstance(parameters, dict):
             raise ValueError(f"parameters must be a mapping of name: value, got {self.parameters!r}")
         params = dict(parameters or {})
@@ -112,5 +113,8 @@ class FuseConfig:
             name, sep, value = item.partition("=")
             if not sep or not name.strip():
                 raise ValueError(f"--param {item!r}: expected NAME=VALUE, e.g. --param p=2")
-            params[name.strip()] = yaml.safe_load(value)
+            try:
+                params[name.strip()] = load_yaml(value, f"--param {name.strip()}")[0]
+            except RecipeError as error:
+                raise ValueError(f"--param {item!r}: {error}") from None
         return params

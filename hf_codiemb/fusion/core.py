@@ -20,6 +20,7 @@ from hf_codiemb.fusion.stats import WeightStatistics, preload_plotting
 from hf_codiemb.fusion.streaming import merge_weights
 from hf_codiemb.fusion.validate import FusionPlan, build_plan
 from hf_codiemb.model_card import public_model_name
+from hf_codiemb.output_lock import acquire_output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +121,9 @@ def fuse(
     tensors, like TIES, get whole tensors). Inputs are validated (architecture, weight files, tensor names, shapes,
     dtypes) before anything is written; the output is built in a hidden sibling folder and renamed into place,
     so an interrupted fusion leaves no partial model at ``output_dir``; the hidden folders that killed runs left
-    behind are removed by the next run into the same place. An ``output_dir`` that is (or contains) one of the
-    inputs is refused, even with ``overwrite``. Weights holding NaN/inf are refused, naming the input, the tensor
+    behind are removed by the next run into the same place. An ``output_dir`` that is, lies inside or contains one
+    of the inputs is refused, even with ``overwrite``; one that another live process fuses into is refused at once
+    (:mod:`hf_codiemb.output_lock`); an input whose tokenizer differs from the base's is refused. Weights holding NaN/inf are refused, naming the input, the tensor
     and the count.
 
     Args:
@@ -164,6 +166,7 @@ def fuse(
     ]
     check_not_an_input(output_dir, specs)
     check_output(output_dir, overwrite)
+    lock = acquire_output_lock(output_dir, "fusion")  # a second fusion into the same place is refused at once
 
     resolved: list[ResolvedModel] = []
     try:
@@ -191,6 +194,7 @@ def fuse(
     finally:
         for model in resolved:
             model.cleanup()
+        lock.release()
 
 
 def _write_output(

@@ -66,11 +66,16 @@ def resolve_model(spec: str | Path, role: str, lora_base: ResolvedModel | None =
     """
     from hf_codiemb.errors import ModelLoadError
     from hf_codiemb.fusion.errors import FusionError
-    from hf_codiemb.models import resolve_model_path
+    from hf_codiemb.models import check_model_folder, resolve_model_path
 
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir() and (path / ADAPTER_CONFIG).is_file():  # a raw peft adapter has no config.json of its own
+        if (path / "modules.json").is_file():  # a LoRA-trained sentence-transformers folder: check it whole
+            try:
+                check_model_folder(path)
+            except ModelLoadError as exc:
+                raise FusionError(f"The {role}: {exc}") from exc
         return _merge_lora(text, path, role, lora_base)
     name, revision = text, None
     if not path.exists() and "@" in text:  # owner/name@revision
@@ -82,6 +87,12 @@ def resolve_model(spec: str | Path, role: str, lora_base: ResolvedModel | None =
     path = Path(located)
     if not path.is_dir():  # a Hub id
         path = _download(located, revision or None, role)
+        if (path / ADAPTER_CONFIG).is_file() and not (path / "modules.json").is_file():
+            return _merge_lora(text, path, role, lora_base)
+        try:
+            check_model_folder(path)  # the downloaded snapshot, as a local folder is checked
+        except ModelLoadError as exc:
+            raise FusionError(f"The {role} {text}: {exc}") from exc
         if (path / ADAPTER_CONFIG).is_file():
             return _merge_lora(text, path, role, lora_base)
     return ResolvedModel(spec=text, path=path, role=role, template=path)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hf_codiemb.fusion.errors import FusionError, FusionWriteError
+from hf_codiemb.output_paths import overlapping_input
 
 
 def check_output(output_dir: Path, overwrite: bool) -> None:
@@ -25,8 +26,9 @@ def check_output(output_dir: Path, overwrite: bool) -> None:
 
 
 def check_not_an_input(output_dir: Path, inputs: Iterable[tuple[str, str | Path]]) -> None:
-    """Refuse an output folder that is one of the inputs, or contains one, whatever path leads there (symlinks,
-    relative paths): writing the fused model there (``overwrite``) would replace that input.
+    """Refuse an output folder that is one of the inputs, lies inside one (writing there would add a folder to
+    that input, read by every later fusion of it) or contains one, whatever path leads there (symlinks, relative
+    paths), using :func:`hf_codiemb.output_paths.overlapping_input`.
 
     Args:
         output_dir: the requested output folder.
@@ -35,19 +37,9 @@ def check_not_an_input(output_dir: Path, inputs: Iterable[tuple[str, str | Path]
     Raises:
         FusionError: naming the input and both paths.
     """
-    target = output_dir.expanduser().resolve()
-    for label, path in inputs:
-        candidate = Path(path).expanduser()
-        if not candidate.exists():
-            continue
-        resolved = candidate.resolve()
-        if resolved == target:
-            raise FusionError(
-                f"The output folder {output_dir} is the {label} ({resolved}): the fused model would replace that "
-                "input. Choose another --output-dir"
-            )
-        if target in resolved.parents:
-            raise FusionError(
-                f"The output folder {output_dir} contains the {label} ({resolved}): the fused model would replace "
-                "that input. Choose another --output-dir"
-            )
+    problem = overlapping_input(output_dir, inputs)
+    if problem is not None:
+        raise FusionError(
+            f"The output folder {output_dir} {problem}: writing the fused model there would change that input. "
+            "Choose another --output-dir outside every input"
+        )

@@ -6,6 +6,7 @@ Each method lives in its own module under :mod:`hf_codiemb.fusion.methods` and r
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,10 +86,14 @@ class MethodParameter:
             raise ValueError(f"fusion method {method!r}: parameter {self.name!r} must be a number, got {value!r}")
         try:
             converted = self.type(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(
                 f"fusion method {method!r}: parameter {self.name!r} must be {self.type.__name__}, got {value!r}"
             ) from None
+        if self.type is float and not math.isfinite(converted):
+            raise ValueError(
+                f"fusion method {method!r}: parameter {self.name!r} must be a finite number, got {value!r}"
+            )
         if self.type is int and isinstance(value, float) and value != converted:
             raise ValueError(f"fusion method {method!r}: parameter {self.name!r} must be an integer, got {value!r}")
         if self.choices is not None and converted not in self.choices:

@@ -38,6 +38,32 @@ def model_weight_groups(model: ResolvedModel) -> dict[str, dict[str, TensorInfo]
     return groups
 
 
+def check_same_tokenizer(reference: ResolvedModel, models: Sequence[ResolvedModel]) -> None:
+    """Refuse an input whose tokenizer vocabulary differs from ``reference``'s
+    (:func:`hf_codiemb.model_folder.tokenizer_fingerprint`): its weights were trained on other token ids, and the
+    fused model gets one tokenizer only. Inputs without tokenizer files are not compared."""
+    from hf_codiemb.errors import ModelLoadError
+    from hf_codiemb.model_folder import tokenizer_fingerprint, transformer_module_dir
+
+    def fingerprint(model: ResolvedModel) -> str | None:
+        try:
+            return tokenizer_fingerprint(model.template)
+        except ModelLoadError as exc:
+            raise FusionError(f"The {model.label}: {exc}") from None
+
+    expected = fingerprint(reference)
+    if expected is None:
+        return
+    for model in models:
+        found = fingerprint(model)
+        if found is not None and found != expected:
+            raise FusionError(
+                f"The {model.label} has a different tokenizer ({transformer_module_dir(model.template)}) from the "
+                f"{reference.label} ({transformer_module_dir(reference.template)}): its weights belong to other "
+                "token ids; fuse checkpoints trained from the same base"
+            )
+
+
 def build_plan(reference: ResolvedModel, inputs: Sequence[ResolvedModel], checkpoints: Sequence[ResolvedModel]) -> FusionPlan:
     """Check that every input matches ``reference`` and return the per-tensor plan.
 
@@ -54,6 +80,7 @@ def build_plan(reference: ResolvedModel, inputs: Sequence[ResolvedModel], checkp
                 f"{reference.label} has model_type={reference_arch[0]!r} architectures={list(reference_arch[1])}"
             )
 
+    check_same_tokenizer(reference, inputs[1:])
     reference_groups = model_weight_groups(reference)
     checkpoint_groups = [model_weight_groups(model) for model in checkpoints]
     plan: FusionPlan = {}

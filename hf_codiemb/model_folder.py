@@ -1,0 +1,267 @@
+"""The one check of a local model folder as a whole (weights, config, tokenizer, modules), without loading it.
+
+Every command that reads a model folder (``train``, ``evaluate``, ``mine``, ``fuse`` inputs and base, ``push``,
+``merge-lora``) calls :func:`check_model_folder`, directly or through :func:`hf_codiemb.models.resolve_model_path`:
+a folder that would load wrongly (no tokenizer: transformers then makes a 5-token vocabulary of special tokens and
+every word becomes ``[UNK]``) or not at all is refused with one line naming the folder and what is missing.
+:func:`tokenizer_fingerprint` tells whether two folders tokenize alike (fusion refuses inputs that do not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from hf_codiemb.errors import ModelLoadError
+
+# Files that hold the weights of a transformers model folder (plain, sharded, or a peft adapter).
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+# The vocabulary files of the slow tokenizers (BERT, GPT-2/RoBERTa, SentencePiece models); a tokenizer.json replaces
+# them all.
+TOKENIZER_VOCAB_FILES = (
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "sentencepiece.model",
+    "tokenizer.model",
+)
+# Modules that load files from their folder (sentence-transformers' Normalize, for instance, reads nothing).
+MODULES_WITH_FILES = ("Transformer", "Pooling", "Dense", "Router", "StaticEmbedding", "LayerNorm", "WordWeights")
+# Tokens transformers and tokenizers use as special tokens: a vocabulary made of these only is the fallback
+# vocabulary of a folder whose tokenizer files are missing.
+SPECIAL_TOKENS = frozenset(
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>", "<unk>", "<pad>", "<mask>", "<eos>", "<bos>"]
+)
+
+
+def check_model_folder(folder: str | Path) -> None:
+    """Check, without loading weights, that ``folder`` is a complete, loadable model folder.
+
+    - it holds ``modules.json`` (sentence-transformers) or ``config.json`` (transformers);
+    - every module ``modules.json`` lists that reads files has its folder (a Pooling or Dense module its
+      ``config.json``);
+    - the transformers module (the folder with the model's ``config.json``, or a LoRA ``adapter_config.json``) holds
+      weights (:data:`WEIGHT_FILES`) and a tokenizer: ``tokenizer.json`` or a vocabulary file
+      (:data:`TOKENIZER_VOCAB_FILES`), readable and not made of special tokens only;
+    - every ``*.safetensors`` file of the folder and of its modules has a valid header covering the whole file.
+
+    Raises:
+        ModelLoadError: one line naming the folder and what is missing or broken.
+    """
+    folder = Path(folder)
+    where = os.path.abspath(folder)
+    modules_file = folder / "modules.json"
+    if modules_file.is_file():
+        modules = _read_modules(modules_file, where)
+        module_dirs = _check_modules(folder, modules, where)
+        transformer_dirs = [
+            path for module, path in module_dirs if _is_transformer_module(module) or is_transformers_folder(path)
+        ]
+    elif (folder / "config.json").is_file():
+        module_dirs, transformer_dirs = [], [folder]
+    else:
+        raise ModelLoadError(
+            f"{where} is not a model folder: it has neither modules.json (sentence-transformers) nor config.json "
+            "(transformers)"
+        )
+    for module_dir in dict.fromkeys([*transformer_dirs, *(path for _, path in module_dirs)]):
+        _check_weights(module_dir, where, needs_weights=module_dir in transformer_dirs)
+    for module_dir in dict.fromkeys(transformer_dirs):
+        _check_transformer_module(module_dir, where)
+    if folder not in {path for _, path in module_dirs} and folder not in transformer_dirs:
+        _check_weights(folder, where, needs_weights=False)
+
+
+def _read_modules(modules_file: Path, where: str) -> list[dict[str, Any]]:
+    """The entries of ``modules.json``, checked to be a list of objects."""
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelLoadError(f"Model folder {where}: modules.json is not valid ({error})") from None
+    if not isinstance(modules, list) or not all(isinstance(module, dict) for module in modules):
+        raise ModelLoadError(f"Model folder {where}: modules.json is not valid (not a list of modules)")
+    if not modules:
+        raise ModelLoadError(f"Model folder {where}: modules.json lists no module")
+    return modules
+
+
+def _check_modules(folder: Path, modules: list[dict[str, Any]], where: str) -> list[tuple[dict[str, Any], Path]]:
+    """``(module entry, its folder)`` of every module that has a folder; a missing folder of a module that reads
+    files (:data:`MODULES_WITH_FILES`), or its missing config, is an error."""
+    found = []
+    for index, module in enumerate(modules):
+        path = folder / str(module.get("path") or "")
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1] or "?"
+        if not path.is_dir():
+            if kind not in MODULES_WITH_FILES:  # e.g. Normalize: nothing to read (older saves make no folder)
+                continue
+            raise ModelLoadError(
+                f"Model folder {where}: module {index} ({kind}) has no folder {module.get('path')!r} "
+                "(modules.json lists it)"
+            )
+        if kind in ("Pooling", "Dense", "LayerNorm") and not (path / "config.json").is_file():
+            raise ModelLoadError(f"Model folder {where}: module {index} ({kind}) has no config.json in {path}")
+        found.append((module, path))
+    return found
+
+
+def _is_transformer_module(module: dict[str, Any]) -> bool:
+    return str(module.get("type", "")).rsplit(".", 1)[-1] == "Transformer"
+
+
+def is_transformers_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a transformers model config (not the config.json of a Pooling or Dense module)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
+
+
+def _check_weights(module_dir: Path, where: str, needs_weights: bool) -> None:
+    """Weights present (when ``needs_weights``) and every safetensors file readable."""
+    from safetensors import SafetensorError, safe_open
+
+    if needs_weights and not any((module_dir / name).is_file() for name in WEIGHT_FILES):
+        raise ModelLoadError(
+            f"Model folder {os.path.abspath(module_dir)} has a config.json but no weights "
+            f"(none of {', '.join(WEIGHT_FILES)}); an interrupted save?"
+        )
+    for index_file in sorted(module_dir.glob("*.index.json")):
+        try:
+            shards = set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ModelLoadError(
+                f"Model folder {where}: {os.path.abspath(index_file)} is unreadable ({error})"
+            ) from None
+        missing = sorted(str(shard) for shard in shards if not (module_dir / str(shard)).is_file())
+        if missing:
+            raise ModelLoadError(
+                f"Model folder {where}: {os.path.abspath(index_file)} lists missing weight shard(s) {missing}"
+            )
+    pickled = [p for p in module_dir.glob("*.bin") if p.name.startswith(("pytorch_model", "adapter_model"))]
+    for weights in sorted(pickled):
+        if not zipfile.is_zipfile(weights):
+            raise ModelLoadError(
+                f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or not a torch.save file"
+            )
+    for weights in sorted(module_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ModelLoadError(
+                f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or corrupt ({error})"
+            ) from None
+
+
+def _check_transformer_module(module_dir: Path, where: str) -> None:
+    """The transformers module has a config (model or LoRA adapter) and a real tokenizer."""
+    if not (module_dir / "config.json").is_file() and not (module_dir / "adapter_config.json").is_file():
+        raise ModelLoadError(f"Model folder {where}: the transformer module {module_dir} has no config.json")
+    vocabulary = tokenizer_vocabulary(module_dir)
+    if vocabulary is None:
+        raise ModelLoadError(
+            f"Model folder {where}: no tokenizer in {os.path.abspath(module_dir)} (neither tokenizer.json nor "
+            f"{' / '.join(TOKENIZER_VOCAB_FILES)}); an incomplete copy? Every text would be tokenized as [UNK]"
+        )
+    if vocabulary and set(vocabulary) <= SPECIAL_TOKENS:
+        raise ModelLoadError(
+            f"Model folder {where}: the tokenizer in {os.path.abspath(module_dir)} has only {len(vocabulary)} "
+            f"special tokens ({', '.join(sorted(vocabulary))}), the fallback vocabulary of a folder without its "
+            "tokenizer files: every word would be [UNK]"
+        )
+
+
+def tokenizer_vocabulary(module_dir: str | Path) -> list[str] | None:
+    """The tokens of the tokenizer in ``module_dir`` (``[]`` for a SentencePiece model, which is not parsed), or
+    ``None`` when it has no tokenizer file.
+
+    Raises:
+        ModelLoadError: a tokenizer file that cannot be read.
+    """
+    module_dir = Path(module_dir)
+    tokenizer_file = module_dir / "tokenizer.json"
+    if tokenizer_file.is_file():
+        model = _read_json(tokenizer_file).get("model") or {}
+        vocab = model.get("vocab") if isinstance(model, dict) else None
+        if isinstance(vocab, dict):  # token -> id
+            return sorted(vocab, key=lambda token: vocab[token] if isinstance(vocab[token], int) else -1)
+        if isinstance(vocab, list):  # Unigram: [[token, score], ...]
+            return [entry[0] if isinstance(entry, list) and entry else str(entry) for entry in vocab]
+        return []
+    if (module_dir / "vocab.txt").is_file():
+        try:
+            return (module_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ModelLoadError(f"Tokenizer file {module_dir / 'vocab.txt'} cannot be read ({error})") from None
+    if (module_dir / "vocab.json").is_file():
+        vocab = _read_json(module_dir / "vocab.json")
+        return sorted(vocab, key=lambda token: vocab[token] if isinstance(vocab[token], int) else -1)
+    if any((module_dir / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        return []
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelLoadError(f"Tokenizer file {os.path.abspath(path)} cannot be read ({error})") from None
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"Tokenizer file {os.path.abspath(path)} is not a JSON object")
+    return value
+
+
+def transformer_module_dir(folder: str | Path) -> Path:
+    """The folder of ``folder``'s transformers module (where its tokenizer is): the first module of
+    ``modules.json`` that is a Transformer, else ``folder`` itself."""
+    folder = Path(folder)
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return folder
+    if isinstance(modules, list):
+        for module in modules:
+            if isinstance(module, dict) and _is_transformer_module(module):
+                return folder / str(module.get("path") or "")
+    return folder
+
+
+def tokenizer_fingerprint(folder: str | Path) -> str | None:
+    """A hash of the vocabulary of ``folder``'s tokenizer (its tokens in id order, the same whether read from
+    ``tokenizer.json`` or ``vocab.txt`` / ``vocab.json``, plus BPE merges), or of its SentencePiece model file;
+    ``None`` when the folder has no tokenizer file. Two folders with different fingerprints map text to
+    different token ids."""
+    module_dir = transformer_module_dir(folder)
+    vocabulary = tokenizer_vocabulary(module_dir)
+    if vocabulary is None:
+        return None
+    digest = hashlib.sha256()
+    if vocabulary:
+        digest.update(json.dumps(vocabulary, ensure_ascii=False).encode("utf-8"))
+        tokenizer_file = module_dir / "tokenizer.json"
+        merges = (_read_json(tokenizer_file).get("model") or {}).get("merges") if tokenizer_file.is_file() else None
+        if not merges and (module_dir / "merges.txt").is_file():
+            lines = (module_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
+            merges = [line for line in lines if line and not line.startswith("#version")]
+        if merges:  # "a b" strings (older files) or [a, b] pairs
+            pairs = [merge.split(" ") if isinstance(merge, str) else list(merge) for merge in merges]
+            digest.update(json.dumps(pairs, ensure_ascii=False).encode("utf-8"))
+        return digest.hexdigest()
+    for name in TOKENIZER_VOCAB_FILES:
+        if (module_dir / name).is_file():
+            digest.update((module_dir / name).read_bytes())
+    return digest.hexdigest()
