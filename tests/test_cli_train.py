@@ -111,4 +111,4 @@ def test_full_default_on_stsb_english_improves_dev_spearman(tmp_path):
         os.chdir(cwd)
     before = json.loads((out / "eval_before.json").read_text())
     after = json.loads((out / "eval_results.json").read_text())
-    assert after["sts"]["dev"]["spearman_cosine"] > before["sts"]["dev"]["spearman_cosine"]
+    assert after["sts"]["stsb-en_dev"]["spearman_cosine"] > before["sts"]["stsb-en_dev"]["spearman_cosine"]

@@ -278,16 +278,27 @@ def detect_ir_record_format(record: Mapping[str, Any], name: str, line: int | No
     )
 
 
+def _query_and_texts(
+    record: Mapping[str, Any], task: str, fields: tuple[str, str], name: str, line: int | None, *, reference: bool
+) -> tuple[Mapping[str, Any], str, list[str], list[str]]:
+    """``(record in the unified layout, query, positives, negatives)`` of a record of ``task``: the task checked,
+    the query a non-blank string, at least one positive, the negatives possibly absent (``fields``: their names)."""
+    if reference:
+        check_task(record, task, name, line, "task_type")
+        record = unified_from_reference(record, name, line)
+    check_task(record, task, name, line)
+    query = require_text(record, "query", name, line)
+    positives = require_text_list(record, fields[0], name, line, allow_empty=False, default_empty=False)
+    negatives = require_text_list(record, fields[1], name, line, allow_empty=True, default_empty=True)
+    return record, query, positives, negatives
+
+
 def parse_ir_record(record: Mapping[str, Any], record_format: str, name: str, line: int | None) -> dict[str, Any]:
     """Validate one IR record of ``record_format`` and return it in the unified columns."""
-    if record_format == "reference":
-        check_task(record, "ir", name, line, "task_type")
-        record = unified_from_reference(record, name, line)
     pos_field, neg_field, pos_scores_field, neg_scores_field, instruction_field = IR_FIELDS[record_format]
-    check_task(record, "ir", name, line)
-    query = require_text(record, "query", name, line)
-    positives = require_text_list(record, pos_field, name, line, allow_empty=False, default_empty=False)
-    negatives = require_text_list(record, neg_field, name, line, allow_empty=True, default_empty=True)
+    record, query, positives, negatives = _query_and_texts(
+        record, "ir", (pos_field, neg_field), name, line, reference=record_format == "reference"
+    )
     parsed: dict[str, Any] = {"query": query, "positives": positives, "negatives": negatives}
     for field, key, texts in ((pos_scores_field, "positive_scores", positives),
                               (neg_scores_field, "negative_scores", negatives)):  # fmt: skip
@@ -308,13 +319,9 @@ def sts_pairs_from_record(
     ``query=s1, positives=[s2], positive_scores=[y]`` is one pair; several positives (and negatives with
     ``negative_scores``) give one pair each.
     """
-    if is_reference_record(record):
-        check_task(record, "sts", name, line, "task_type")
-        record = unified_from_reference(record, name, line)
-    check_task(record, "sts", name, line)
-    sentence1 = require_text(record, "query", name, line)
-    positives = require_text_list(record, "positives", name, line, allow_empty=False, default_empty=False)
-    negatives = require_text_list(record, "negatives", name, line, allow_empty=True, default_empty=True)
+    record, sentence1, positives, negatives = _query_and_texts(
+        record, "sts", ("positives", "negatives"), name, line, reference=is_reference_record(record)
+    )
     pairs = []
     for texts, field in ((positives, "positive_scores"), (negatives, "negative_scores")):
         if not texts:
