@@ -131,6 +131,20 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             "forward pass). Unset = the uncached MultiPositiveInfoNCELoss."
         },
     )
+    query_max_seq_length: Union[int, None] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "Token limit of IR queries (prompt included; the reference's and FlagEmbedding's query_max_len). "
+            "Unset = the model's max_seq_length. At most max_seq_length."
+        },
+    )
+    passage_max_seq_length: Union[int, None] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "Token limit of IR positives and negatives (FlagEmbedding's passage_max_len). Unset = the model's "
+            "max_seq_length. At most max_seq_length. STS sentences always use max_seq_length."
+        },
+    )
     multi_layer_weight: float = field(
         default=1.0,
         metadata={
@@ -231,8 +245,9 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
         for name in ("ir_batch_size", "sts_batch_size", "num_positives"):
             _check_int(self, name, minimum=1)
         _check_int(self, "num_negatives", minimum=0)
-        if self.ir_mini_batch_size is not None:
-            _check_int(self, "ir_mini_batch_size", minimum=1)
+        for name in ("ir_mini_batch_size", "query_max_seq_length", "passage_max_seq_length"):
+            if getattr(self, name) is not None:
+                _check_int(self, name, minimum=1)
         if self.in_batch_positives not in ("slot", "all"):
             raise RecipeError(
                 f"must be 'slot' (the reference) or 'all', got {self.in_batch_positives!r}", "in_batch_positives"
