@@ -51,3 +51,31 @@ def test_tiny_run_compares_both_losses_with_plain_sentence_transformers(tmp_path
     assert re.search(r"tiny IR ckpt off CoDiEmb: tokens/s x\d+\.\d{3}", result.stdout)
     assert re.search(r"tiny STS ckpt off CoDiEmb: tokens/s x\d+\.\d{3}", result.stdout)
     assert re.search(r"\| tiny \| IR \| off \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+% \|", text)
+
+
+def test_paper_configs_have_the_published_sizes_and_recipe_batches():
+    """The committed architecture configs give the published parameter counts (built on the meta device), and the
+    batch settings come from each recipe."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_gpu_step
+
+    published = {  # total parameters (MiniCPM: 2.4B without the 283M embedding matrix, as its model card counts)
+        "bge-large-zh-v1.5": (326e6, 0.0),
+        "multilingual-e5-large-instruct": (560e6, 0.0),
+        "minicpm-embedding": (2.44e9, 122753 * 2304),
+    }
+    batches = {"bge-large-zh-v1.5": (64, 512), "multilingual-e5-large-instruct": (64, 512), "minicpm-embedding": (28, 1024)}
+    for name in bench_gpu_step.PAPER_ENCODERS:
+        encoder = bench_gpu_step.load_encoder(name)
+        config = dict(encoder.config)
+        with torch.device("meta"):
+            model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+        size, embedding = published[name]
+        counted = sum(p.numel() for p in model.parameters()) - embedding
+        assert abs(counted - size) / size < 0.02, (name, counted)
+        settings = encoder.settings
+        assert (settings["ir_batch_size"], settings["max_seq_length"]) == batches[name]
+        assert (settings["num_positives"], settings["num_negatives"], settings["sts_batch_size"]) == (2, 4, 32)

@@ -33,6 +33,7 @@ skipped is listed); the parts run in the order of the list above, encoder by enc
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -362,8 +363,11 @@ def compare_rows(encoder: Encoder, task: str, checkpointing: bool, variants: lis
     logger.info("%s", "\n".join(report.rows[-len(variants):]))
 
 
-def measure_encoder(encoder: Encoder, opts: argparse.Namespace, device: str, workdir: Path, report: Report, clock) -> None:
-    """The comparisons of one encoder: checkpointing on then off; IR (plain, cached, query limit) and STS."""
+def measure_encoder(
+    encoder: Encoder, checkpointing: bool, opts: argparse.Namespace, device: str, workdir: Path, report: Report, clock
+) -> None:
+    """The comparisons of one encoder at one checkpointing setting: IR (plain, query limit, GradCache), STS, and
+    (GPU, checkpointing on) the largest-batch search."""
     from sentence_transformers.base.data_collator import BaseDataCollator
 
     from hf_codiemb.collator import CoDiEmbDataCollator
@@ -373,87 +377,87 @@ def measure_encoder(encoder: Encoder, opts: argparse.Namespace, device: str, wor
     ir_batch, sts_batch = settings["ir_batch_size"], settings["sts_batch_size"]
     count = opts.warmup + opts.steps
     vocab = encoder.config["vocab_size"]
-    for checkpointing in opts.checkpointing:
-        name = f"{encoder.name} ckpt {'on' if checkpointing else 'off'}"
-        if clock.spent():
-            report.skipped.append(f"{name} (time budget)")
-            continue
-        model = build_model(encoder, opts.tokenizer, device, workdir, checkpointing)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-        codiemb, plain, args = make_trainers(model, encoder, device, workdir, None)
-        collator = CoDiEmbDataCollator(
-            preprocess_fn=model.preprocess, num_positives=args.num_positives, num_negatives=args.num_negatives, seed=1
+    name = f"{encoder.name} ckpt {'on' if checkpointing else 'off'}"
+    if clock.spent():
+        report.skipped.append(f"{name} (time budget)")
+        return
+    model = build_model(encoder, opts.tokenizer, device, workdir, checkpointing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    codiemb, plain, args = make_trainers(model, encoder, device, workdir, None)
+    collator = CoDiEmbDataCollator(
+        preprocess_fn=model.preprocess, num_positives=args.num_positives, num_negatives=args.num_negatives, seed=1
+    )
+    rows = ir_rows(ir_batch * count, lengths, seed=1)
+    ir_batches, ir_collate = collate_batches(collator, rows, ir_batch, count, vocab)
+    for batch in ir_batches:
+        batch["dataset_name"] = "ir"
+    variants = [
+        Variant("CoDiEmb", loss_label(codiemb, "ir"), codiemb, ir_batches, "codiemb"),
+        Variant("plain ST", loss_label(plain, "ir"), plain, ir_batches, "plain"),
+    ]
+    if opts.query_limit:
+        limited = CoDiEmbDataCollator(
+            preprocess_fn=model.preprocess, num_positives=args.num_positives, num_negatives=args.num_negatives,
+            seed=1, query_max_length=opts.query_limit,
         )
-        rows = ir_rows(ir_batch * count, lengths, seed=1)
-        ir_batches, ir_collate = collate_batches(collator, rows, ir_batch, count, vocab)
-        for batch in ir_batches:
+        limit_batches, _ = collate_batches(limited, rows, ir_batch, count, vocab)
+        for batch in limit_batches:
             batch["dataset_name"] = "ir"
+        variants.append(Variant(f"CoDiEmb, query limit {opts.query_limit}", loss_label(codiemb, "ir"), codiemb,
+                                limit_batches, "codiemb"))
+    run_alternating(variants, optimizer, device, opts.steps, opts.warmup)
+    compare_rows(encoder, "IR", checkpointing, variants, report)
+    k_pos, k_neg = args.num_positives, args.num_negatives
+    flat = [  # the same number of columns, already sampled (what a plain ST dataset would hold)
+        {"anchor": r["query"], **{f"positive_{i}": p for i, p in enumerate(r["positives"][:k_pos])},
+         **{f"negative_{i}": n for i, n in enumerate(r["negatives"][:k_neg])}}
+        for r in rows[:ir_batch]
+    ]
+    plain_collator = BaseDataCollator(preprocess_fn=model.preprocess)
+    start = time.perf_counter()
+    plain_collator(flat)
+    plain_collate = time.perf_counter() - start
+    step = statistics.median(variants[0].times) if variants[0].times else float("nan")
+    report.collator_rows.append(
+        f"| {encoder.name} | IR | {'on' if checkpointing else 'off'} | {1000 * ir_collate:.1f} | "
+        f"{1000 * plain_collate:.1f} | {1000 * step:.1f} | {100 * ir_collate / (ir_collate + step):.1f}% |"
+    )
+
+    if opts.mini_batch and not clock.spent():
+        cached, cached_plain, _ = make_trainers(model, encoder, device, workdir, opts.mini_batch)
         variants = [
-            Variant("CoDiEmb", loss_label(codiemb, "ir"), codiemb, ir_batches, "codiemb"),
-            Variant("plain ST", loss_label(plain, "ir"), plain, ir_batches, "plain"),
+            Variant(f"CoDiEmb, mini-batch {opts.mini_batch}", loss_label(cached, "ir"), cached, ir_batches, "codiemb"),
+            Variant(f"plain ST, mini-batch {opts.mini_batch}", loss_label(cached_plain, "ir"), cached_plain,
+                    ir_batches, "plain"),
         ]
-        if opts.query_limit:
-            limited = CoDiEmbDataCollator(
-                preprocess_fn=model.preprocess, num_positives=args.num_positives, num_negatives=args.num_negatives,
-                seed=1, query_max_length=opts.query_limit,
-            )
-            limit_batches, _ = collate_batches(limited, rows, ir_batch, count, vocab)
-            for batch in limit_batches:
-                batch["dataset_name"] = "ir"
-            variants.append(Variant(f"CoDiEmb, query limit {opts.query_limit}", loss_label(codiemb, "ir"), codiemb,
-                                    limit_batches, "codiemb"))
         run_alternating(variants, optimizer, device, opts.steps, opts.warmup)
         compare_rows(encoder, "IR", checkpointing, variants, report)
-        k_pos, k_neg = args.num_positives, args.num_negatives
-        flat = [  # the same number of columns, already sampled (what a plain ST dataset would hold)
-            {"anchor": r["query"], **{f"positive_{i}": p for i, p in enumerate(r["positives"][:k_pos])},
-             **{f"negative_{i}": n for i, n in enumerate(r["negatives"][:k_neg])}}
-            for r in rows[:ir_batch]
+    elif opts.mini_batch:
+        report.skipped.append(f"{name} IR GradCache (time budget)")
+
+    if clock.spent():
+        report.skipped.append(f"{name} STS (time budget)")
+    else:
+        sts_batches, sts_collate = collate_batches(collator, sts_rows(sts_batch * count, lengths, 2), sts_batch, count, vocab)
+        for batch in sts_batches:
+            batch["dataset_name"] = "sts"
+        variants = [
+            Variant("CoDiEmb", loss_label(codiemb, "sts"), codiemb, sts_batches, "codiemb"),
+            Variant("plain ST", loss_label(plain, "sts"), plain, sts_batches, "plain"),
         ]
-        plain_collator = BaseDataCollator(preprocess_fn=model.preprocess)
-        start = time.perf_counter()
-        plain_collator(flat)
-        plain_collate = time.perf_counter() - start
+        run_alternating(variants, optimizer, device, opts.steps, opts.warmup)
+        compare_rows(encoder, "STS", checkpointing, variants, report)
         step = statistics.median(variants[0].times) if variants[0].times else float("nan")
         report.collator_rows.append(
-            f"| {encoder.name} | IR | {'on' if checkpointing else 'off'} | {1000 * ir_collate:.1f} | "
-            f"{1000 * plain_collate:.1f} | {1000 * step:.1f} | {100 * ir_collate / (ir_collate + step):.1f}% |"
+            f"| {encoder.name} | STS | {'on' if checkpointing else 'off'} | {1000 * sts_collate:.1f} | - | "
+            f"{1000 * step:.1f} | {100 * sts_collate / (sts_collate + step):.1f}% |"
         )
-
-        if opts.mini_batch and not clock.spent():
-            cached, cached_plain, _ = make_trainers(model, encoder, device, workdir, opts.mini_batch)
-            variants = [
-                Variant(f"CoDiEmb, mini-batch {opts.mini_batch}", loss_label(cached, "ir"), cached, ir_batches, "codiemb"),
-                Variant(f"plain ST, mini-batch {opts.mini_batch}", loss_label(cached_plain, "ir"), cached_plain,
-                        ir_batches, "plain"),
-            ]
-            run_alternating(variants, optimizer, device, opts.steps, opts.warmup)
-            compare_rows(encoder, "IR", checkpointing, variants, report)
-        elif opts.mini_batch:
-            report.skipped.append(f"{name} IR GradCache (time budget)")
-
-        if clock.spent():
-            report.skipped.append(f"{name} STS (time budget)")
-        else:
-            sts_batches, sts_collate = collate_batches(collator, sts_rows(sts_batch * count, lengths, 2), sts_batch, count, vocab)
-            for batch in sts_batches:
-                batch["dataset_name"] = "sts"
-            variants = [
-                Variant("CoDiEmb", loss_label(codiemb, "sts"), codiemb, sts_batches, "codiemb"),
-                Variant("plain ST", loss_label(plain, "sts"), plain, sts_batches, "plain"),
-            ]
-            run_alternating(variants, optimizer, device, opts.steps, opts.warmup)
-            compare_rows(encoder, "STS", checkpointing, variants, report)
-            step = statistics.median(variants[0].times) if variants[0].times else float("nan")
-            report.collator_rows.append(
-                f"| {encoder.name} | STS | {'on' if checkpointing else 'off'} | {1000 * sts_collate:.1f} | - | "
-                f"{1000 * step:.1f} | {100 * sts_collate / (sts_collate + step):.1f}% |"
-            )
-        if device.startswith("cuda") and checkpointing and opts.search and not clock.spent():
-            search_batch(encoder, model, optimizer, device, workdir, opts, report, clock)
-        del model, optimizer, codiemb, plain, variants
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+    if device.startswith("cuda") and checkpointing and opts.search and not clock.spent():
+        search_batch(encoder, model, optimizer, device, workdir, opts, report, clock)
+    del model, optimizer, codiemb, plain, variants
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def search_batch(encoder: Encoder, model, optimizer, device: str, workdir: Path, opts, report: Report, clock) -> None:
@@ -606,6 +610,15 @@ def render(report: Report, opts, device: str, command: str, seconds: float) -> s
     return "\n".join(lines) + "\n"
 
 
+def write_table(report: Report, opts: argparse.Namespace, command: str, clock: Clock) -> str:
+    """The Markdown of what was measured so far, written to ``opts.output`` when set."""
+    text = render(report, opts, opts.device, command.strip(), time.monotonic() - clock.start)
+    if opts.output:
+        opts.output.parent.mkdir(parents=True, exist_ok=True)
+        opts.output.write_text(text, encoding="utf-8")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="the tiny config on the CPU (the test's run)")
@@ -620,7 +633,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--query-limit", type=int, default=64, help="query_max_seq_length of the extra IR variant (0 = skip)")
     parser.add_argument("--long-query-share", type=float, default=0.05, help="share of queries of 100-300 words")
     parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True, help="largest-batch search (GPU)")
-    parser.add_argument("--search-cap", type=int, default=1024)
+    parser.add_argument("--search-cap", type=int, default=256, help="largest IR batch tried (queries)")
     parser.add_argument("--zero1", action=argparse.BooleanOptionalAction, default=True, help="the ZeRO-1 step (GPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (1: a shared machine's "
                         "second thread made every step wait, see bench_cached_info_nce.py)")
@@ -653,16 +666,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python tests/benchmarks/bench_gpu_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
     clock, report = Clock(opts.time_budget), Report()
     with tempfile.TemporaryDirectory() as workdir:
-        for name in opts.encoders:
-            encoder = load_encoder(name)
-            measure_encoder(encoder, opts, opts.device, Path(workdir), report, clock)
+        for checkpointing in opts.checkpointing:  # every encoder with the recipe's setting first, then the other
+            for name in opts.encoders:
+                measure_encoder(load_encoder(name), checkpointing, opts, opts.device, Path(workdir), report, clock)
+                write_table(report, opts, command, clock)  # after every part: a run stopped by force keeps its rows
     if opts.device.startswith("cuda") and opts.zero1:
         for name in opts.encoders:
             zero1_step(load_encoder(name), opts, report, clock)
-    text = render(report, opts, opts.device, command.strip(), time.monotonic() - clock.start)
-    if opts.output:
-        opts.output.parent.mkdir(parents=True, exist_ok=True)
-        opts.output.write_text(text, encoding="utf-8")
+    text = write_table(report, opts, command, clock)
     sys.stdout.write(text)
     sys.stdout.write("\n".join(["", "CoDiEmb / plain:", *report.ratios, ""]))
     return 0
