@@ -44,10 +44,17 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
     accounted for (batch ``i`` of an epoch goes to worker ``i % num_workers``). Evaluation batches are sampled from a
     separate stream (:meth:`evaluation_sampling`) that restarts at every evaluation and never moves the training one.
 
+    Token limits per column (FlagEmbedding's ``query_max_len`` / ``passage_max_len``): ``query_max_length``
+    truncates the IR ``query`` column, ``passage_max_length`` the ``positive_*`` / ``negative_*`` columns; each
+    column is still tokenized in one batch call, and a column without a limit (STS sentences, or a limit left
+    unset) gets the model's ``max_seq_length`` as before.
+
     Args:
         num_positives: Positives per IR query and step.
         num_negatives: Hard negatives per IR query and step (0 = in-batch negatives only).
         seed: Seed of the sampling.
+        query_max_length: Token limit of IR queries (prompt included); None = the model's max_seq_length.
+        passage_max_length: Token limit of IR positives and negatives; None = the model's max_seq_length.
     """
 
     num_positives: int = 2
@@ -55,6 +62,9 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
     #: Hard negatives per query of named datasets (a row's ``dataset_name``), overriding ``num_negatives``.
     dataset_num_negatives: dict[str, int] = field(default_factory=dict)
     seed: int = 0
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
+    _column: str | None = field(default=None, init=False, repr=False)
     _rng: random.Random = field(init=False, repr=False)
     _epoch: int = field(default=0, init=False, repr=False)
     _first_batch: int = field(default=0, init=False, repr=False)
@@ -124,6 +134,23 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
         for i, text in enumerate(sample_texts(list(negatives), num_negatives, self._rng)):
             expanded[f"negative_{i}"] = text
         return expanded
+
+    def column_max_length(self, column: str) -> int | None:
+        """The token limit of ``column``: the query or passage limit for IR columns, None (the model's) otherwise."""
+        if column == "query":
+            return self.query_max_length
+        if column.startswith(("positive_", "negative_")):
+            return self.passage_max_length
+        return None
+
+    def _get_task_for_column(self, column_name: str, column_position: int, router_mapping: dict[str, str]) -> str | None:
+        # The parent resolves a column's task, then its max length (from the task only): remember the column.
+        self._column = column_name
+        return super()._get_task_for_column(column_name, column_position, router_mapping)
+
+    def _get_max_length_for_task(self, task: str | None) -> int | None:
+        limit = self.column_max_length(self._column) if self._column is not None else None
+        return limit if limit is not None else super()._get_max_length_for_task(task)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         self._rng = self._next_batch_rng()

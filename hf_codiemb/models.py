@@ -480,15 +480,15 @@ def read_adapter_settings(folder: str | Path) -> tuple[Path, dict[str, Any]]:
         ModelLoadError: no adapter, an invalid ``adapter_config.json``, missing or truncated adapter weights.
     """
     config_file, settings = read_adapter_config(folder)
-    check_model_folder(folder)
     weights = [config_file.parent / name for name in ADAPTER_WEIGHT_FILES if (config_file.parent / name).is_file()]
-    if not weights:
+    if not weights:  # before the whole-folder check: the adapter's own file is the more precise message
         raise ModelLoadError(
             f"LoRA folder {os.path.abspath(folder)}: no adapter weights next to {os.path.abspath(config_file)} (none "
             f"of {', '.join(ADAPTER_WEIGHT_FILES)}); an interrupted save?"
         )
     if weights[0].suffix == ".safetensors":
         check_safetensors_file(weights[0], os.path.abspath(folder))
+    check_model_folder(folder)
     return config_file, settings
 
 

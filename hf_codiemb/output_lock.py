@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import json
 import logging
@@ -39,6 +40,10 @@ logger = logging.getLogger(__name__)
 LOCK_SUFFIX = ".codiemb-lock"
 # Locks this process holds, by lock-file path: taking one again (a second run in the same process) reuses it.
 _HELD: dict[str, OutputLock] = {}
+
+
+#: errno values of a write the disk or the permissions refuse (the lock's folder is the output's folder).
+_REFUSED_WRITES = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT})
 
 
 def lock_path(output: str | Path) -> Path:
@@ -133,6 +138,10 @@ def acquire_output_lock(output: str | Path, purpose: str = "writing") -> OutputL
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            if exc.errno in _REFUSED_WRITES:  # the output's folder is not writable: say so of the output itself
+                raise OutputWriteError(
+                    f"cannot write {output}: {os.strerror(exc.errno)}; nothing was written there"
+                ) from None
             raise OutputWriteError(f"Cannot create the lock file {path} of {output}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

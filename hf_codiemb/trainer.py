@@ -369,6 +369,22 @@ def loss_task(loss: Any) -> str | None:
     return None
 
 
+def check_column_length(args: CoDiEmbTrainingArguments, name: str, model: SentenceTransformer | None) -> int | None:
+    """The token limit ``args.<name>`` (``query_max_seq_length`` / ``passage_max_seq_length``), refused when above
+    the model's ``max_seq_length`` (texts would be longer than the positions the model was loaded for).
+
+    Raises:
+        RecipeError: naming the field, its value and the model's limit.
+    """
+    value = getattr(args, name)
+    limit = getattr(model, "max_seq_length", None) if model is not None else None
+    if value is not None and limit is not None and value > limit:
+        raise RecipeError(
+            f"is {value}, above the model's max_seq_length {limit}: raise max_seq_length or lower {name}", name
+        )
+    return value
+
+
 def check_loss_tasks(losses: Mapping[str, Any], tasks: Mapping[str, str]) -> None:
     """Refuse a loss written for one task given to a dataset of the other (it would fail at that dataset's first step).
 
@@ -734,6 +750,8 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         collator.num_negatives = args.num_negatives
         collator.dataset_num_negatives = dict(args.dataset_num_negatives or {})
         collator.seed = args.seed
+        collator.query_max_length = check_column_length(args, "query_max_seq_length", model)
+        collator.passage_max_length = check_column_length(args, "passage_max_seq_length", model)
         collator.__post_init__()
         return collator
 

@@ -142,6 +142,20 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             "forward pass). Unset = the uncached MultiPositiveInfoNCELoss."
         },
     )
+    query_max_seq_length: Union[int, None] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "Token limit of IR queries (prompt included; the reference's and FlagEmbedding's query_max_len). "
+            "Unset = the model's max_seq_length. At most max_seq_length."
+        },
+    )
+    passage_max_seq_length: Union[int, None] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "Token limit of IR positives and negatives (FlagEmbedding's passage_max_len). Unset = the model's "
+            "max_seq_length. At most max_seq_length. STS sentences always use max_seq_length."
+        },
+    )
     multi_layer_weight: float = field(
         default=1.0,
         metadata={
@@ -247,8 +261,9 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
         for name, count in (self.dataset_num_negatives or {}).items():
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise RecipeError(f"dataset {name!r}: must be an integer >= 0, got {count!r}", "dataset_num_negatives")
-        if self.ir_mini_batch_size is not None:
-            _check_int(self, "ir_mini_batch_size", minimum=1)
+        for name in ("ir_mini_batch_size", "query_max_seq_length", "passage_max_seq_length"):
+            if getattr(self, name) is not None:
+                _check_int(self, name, minimum=1)
         if self.in_batch_positives not in ("slot", "all"):
             raise RecipeError(
                 f"must be 'slot' (the reference) or 'all', got {self.in_batch_positives!r}", "in_batch_positives"

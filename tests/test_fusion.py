@@ -293,7 +293,7 @@ def test_missing_base(tmp_path):
     _assert_nothing_written(tmp_path / "out")
 
 
-def test_fuse_command_takes_packaged_and_prepared_names(tmp_path, monkeypatch, caplog):
+def test_fuse_command_takes_packaged_and_prepared_names(tmp_path, monkeypatch, capsys):
     """`--base packaged:NAME` is resolved like every other model name (hf_codiemb.models.resolve_model_path)."""
     from hf_codiemb.cli import main
 
@@ -308,13 +308,13 @@ def test_fuse_command_takes_packaged_and_prepared_names(tmp_path, monkeypatch, c
     np.testing.assert_allclose(load_file(output / "model.safetensors")[name].numpy(), expected, rtol=1e-5, atol=1e-6)
     # Names that do not resolve fail before anything is written, with resolve_model_path's message.
     monkeypatch.setenv("HF_CODIEMB_MODELS", str(tmp_path / "no-cache"))
-    with caplog.at_level("ERROR"):
-        assert main(["fuse", "--base", "prepared:paraphrase-minilm-l3-v2", "--checkpoints", str(checkpoint),
-                     "--output-dir", str(tmp_path / "out2")]) == 2
-        assert main(["fuse", "--base", "packaged:no-such-model", "--checkpoints", str(checkpoint),
-                     "--output-dir", str(tmp_path / "out3")]) == 2
-    assert "codiemb prepare-models paraphrase-minilm-l3-v2" in caplog.text
-    assert "Unknown packaged model 'no-such-model'" in caplog.text
+    capsys.readouterr()
+    assert main(["fuse", "--base", "prepared:paraphrase-minilm-l3-v2", "--checkpoints", str(checkpoint),
+                 "--output-dir", str(tmp_path / "out2")]) == 2
+    assert "codiemb prepare-models paraphrase-minilm-l3-v2" in capsys.readouterr().err
+    assert main(["fuse", "--base", "packaged:no-such-model", "--checkpoints", str(checkpoint),
+                 "--output-dir", str(tmp_path / "out3")]) == 2
+    assert "Unknown packaged model 'no-such-model'" in capsys.readouterr().err
     _assert_nothing_written(tmp_path / "out2")
 
 
@@ -507,12 +507,13 @@ def test_non_finite_input_is_found_when_the_method_drops_it(tmp_path):
     _assert_nothing_written(tmp_path / "out")
 
 
-def test_non_finite_input_fails_the_command(tmp_path, caplog):
+def test_non_finite_input_fails_the_command(tmp_path, capsys):
     base = tiny_hf_model(tmp_path / "base")
     checkpoints = [perturbed_copy(base, tmp_path / f"ck{seed}", seed=seed) for seed in (1, 2)]
     _plant(checkpoints[1], NAN_TENSOR, {7: float("nan")})
     assert _fuse(["--base", str(base), "--checkpoints", *map(str, checkpoints), "--output-dir", str(tmp_path / "out")]) != 0
-    assert f"'{NAN_TENSOR}'" in caplog.text and "checkpoint 2" in caplog.text and "1 non-finite" in caplog.text
+    err = capsys.readouterr().err  # one line: codiemb fuse: error: ...
+    assert f"'{NAN_TENSOR}'" in err and "checkpoint 2" in err and "1 non-finite" in err
     _assert_nothing_written(tmp_path / "out")
 
 
