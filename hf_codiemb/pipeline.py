@@ -122,26 +122,6 @@ def load_training_data(data_args: DataArguments, num_negatives: int) -> Training
     return TrainingData(split, split_tasks, instructions, negatives)
 
 
-def ir_eval_set_from_ir_dataset(dataset: Dataset) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
-    """An IR evaluation task from IR records: corpus = every positive and negative, relevant = the positives."""
-    corpus_ids: dict[str, str] = {}
-    queries: dict[str, str] = {}
-    relevant: dict[str, set[str]] = {}
-
-    def doc_id(text: str) -> str:
-        if text not in corpus_ids:
-            corpus_ids[text] = f"d{len(corpus_ids)}"
-        return corpus_ids[text]
-
-    for i, row in enumerate(dataset):
-        qid = f"q{i}"
-        queries[qid] = row["query"]
-        relevant[qid] = {doc_id(text) for text in row["positives"]}
-        for text in row.get("negatives") or []:
-            doc_id(text)
-    return queries, {cid: text for text, cid in corpus_ids.items()}, relevant
-
-
 def check_sts_eval_set(sts: Dataset, path: str | os.PathLike[str], max_records: int | None) -> None:
     """An STS evaluation set must have a Spearman correlation: at least 2 pairs and gold scores that are not all
     equal (else scipy's correlation is undefined and the evaluation fails after training).
@@ -173,6 +153,7 @@ def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, STSE
     """
     from hf_codiemb.data import ir_task_from_sts_pairs, load_ir_dataset, load_sts_dataset
     from hf_codiemb.data.beir import beir_ir_eval_set, load_beir, parse_beir_spec
+    from hf_codiemb.data.derived import ir_eval_set_from_ir_dataset
     from hf_codiemb.data.names import split_named_entry
     from hf_codiemb.instructions import dataset_instruction, task_prompts
 

@@ -36,8 +36,8 @@ def test_the_base_model_is_far_from_saturated_on_the_dev_set():
     from sentence_transformers import SentenceTransformer
     from tiny_models import packaged_minilm_path
 
+    from hf_codiemb.data.derived import ir_eval_set_from_ir_dataset
     from hf_codiemb.evaluation import evaluate_ir
-    from hf_codiemb.pipeline import ir_eval_set_from_ir_dataset
 
     queries, corpus, relevant = ir_eval_set_from_ir_dataset(load_ir_dataset(demo_data_path("ir_dev.jsonl")))
     model = SentenceTransformer(str(packaged_minilm_path()), device="cpu")

@@ -22,7 +22,7 @@ Modules (one job each):
 - :mod:`~hf_codiemb.data.arrow_reader`: the fast, cached path (a vectorised screen; the rules re-check suspects);
 - :mod:`~hf_codiemb.data.loaders`: :func:`load_ir_dataset`, :func:`load_sts_dataset`;
 - :mod:`~hf_codiemb.data.suspicious`: the one count of valid but probably wrong records;
-- :mod:`~hf_codiemb.data.derived`: tasks derived from STS pairs or IR records;
+- :mod:`~hf_codiemb.data.derived`: tasks derived from STS pairs or IR records (IR evaluation tasks, training records, pairs);
 - :mod:`~hf_codiemb.data.beir`: BEIR / MTEB folders (mining: :mod:`hf_codiemb.mining`);
 - :mod:`~hf_codiemb.data.names`: dataset names;
 - :mod:`~hf_codiemb.data.eval_sets`: :class:`IREvalSet`, :class:`STSEvalSet`;

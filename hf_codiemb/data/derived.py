@@ -1,4 +1,5 @@
-"""Tasks derived from other tasks: STS pairs -> an IR evaluation task or IR training records, IR records -> pairs.
+"""Tasks derived from other tasks: STS pairs -> an IR evaluation task or IR training records, IR records -> an IR
+evaluation task or pairs.
 
 These are *constructed* tasks (paraphrase retrieval from STS Benchmark, relevance as a binary score), used where a
 real dataset of the task is missing and by the study's single-loss baselines.
@@ -159,3 +160,23 @@ def _draw_negatives(
             chosen.add(text)
             available -= 1
     return negatives
+
+
+def ir_eval_set_from_ir_dataset(dataset: Dataset) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """An IR evaluation task from IR records: corpus = every positive and negative, relevant = the positives."""
+    corpus_ids: dict[str, str] = {}
+    queries: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+
+    def doc_id(text: str) -> str:
+        if text not in corpus_ids:
+            corpus_ids[text] = f"d{len(corpus_ids)}"
+        return corpus_ids[text]
+
+    for i, row in enumerate(dataset):
+        qid = f"q{i}"
+        queries[qid] = row["query"]
+        relevant[qid] = {doc_id(text) for text in row["positives"]}
+        for text in row.get("negatives") or []:
+            doc_id(text)
+    return queries, {cid: text for text, cid in corpus_ids.items()}, relevant
