@@ -434,3 +434,26 @@ def test_lock_is_taken_by_rank_0_only(tmp_path, monkeypatch, lock_holder):
         prepare_output_dir(args)  # as rank 0 of another launch
     monkeypatch.setattr(type(args), "process_index", property(lambda self: 1))
     assert prepare_output_dir(args) is None  # rank 1 takes no lock, so it does not fail
+
+
+@pytest.mark.parametrize("where", ["inside the base model", "containing a data file"])
+def test_train_output_dir_overlapping_an_input_is_refused_before_any_work(tmp_path, tiny_model_dir, capsys, where):
+    """`codiemb train` (and its dry run) refuses an output_dir inside its base model folder or holding its data."""
+    from hf_codiemb.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "hf_codiemb" / "demo_data" / "sts_train.jsonl", data)
+    output = model / "run" if where == "inside the base model" else data
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    argv = ["train", "--model_name_or_path", str(model), "--sts_train", str(data / "sts_train.jsonl"),
+            "--output_dir", str(output), "--max_steps", "1", "--use_cpu", "true", "--report_to", "none"]  # fmt: skip
+    for extra in ([], ["--dry_run"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        label = "base model" if where == "inside the base model" else "sts_train file"
+        assert err.startswith(f"codiemb train: error: output_dir {output}") and err.count("\n") == 1
+        assert f"the {label} (" in err and "choose an output_dir outside it" in err
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -48,6 +49,7 @@ def dry_run(model_args, data_args, training_args) -> int:
     from hf_codiemb.training_args import num_negatives_for
 
     # The output folder and the resume value, as the real run checks them (nothing is deleted here).
+    check_output_outside_inputs(model_args, data_args, training_args)
     resume_from = prepare_output_dir(training_args, dry_run=True)
     path = resolve_model_path(model_args.model_name_or_path)
     if Path(path).is_dir():
@@ -84,6 +86,40 @@ def dry_run(model_args, data_args, training_args) -> int:
         plan["lora"] = lora_plan(model_args, path)
     sys.stdout.write(json.dumps(plan, indent=2) + "\n")
     return 0
+
+
+def check_output_outside_inputs(model_args, data_args, training_args) -> None:
+    """``output_dir`` may not be, lie inside or contain the base model folder or a data file/folder of the recipe.
+
+    A run saved into its base model folder would replace the weights the next run (and every fusion that names it as
+    its base) starts from; one saved over a data folder would mix checkpoints with the data.
+
+    Raises:
+        UsageError: naming the input and the output.
+    """
+    from hf_codiemb.data.names import split_named_entry
+    from hf_codiemb.errors import UsageError
+    from hf_codiemb.output_paths import overlapping_input
+    from hf_codiemb.recipe import resolve_data_path
+
+    spec = model_args.model_name_or_path
+    model = None
+    if spec.startswith(("packaged:", "prepared:")) or Path(spec).expanduser().is_dir():
+        from hf_codiemb.models import resolve_model_path
+
+        model = resolve_model_path(spec, check_hub=False)
+    inputs: list[tuple[str, str | Path | None]] = [("base model", model)]
+    for field_name in ("ir_train", "sts_train", "ir_train_from_sts", "ir_eval", "sts_eval"):
+        for entry in getattr(data_args, field_name):
+            inputs.append((f"{field_name} file", resolve_data_path(split_named_entry(entry)[1])))
+    for field_name in ("ir_train_beir", "ir_eval_beir"):
+        for entry in getattr(data_args, field_name):
+            inputs.append((f"{field_name} folder", split_named_entry(entry)[1].split(":")[0]))
+    problem = overlapping_input(training_args.output_dir, inputs)
+    if problem is not None:
+        raise UsageError(
+            f"output_dir {os.path.abspath(training_args.output_dir)} {problem}; choose an output_dir outside it"
+        )
 
 
 def training_evaluator(data_args, training_args, sts_sets: dict, ir_sets: dict, sts_prompt: str | None):
@@ -180,6 +216,7 @@ def run(argv: list[str]) -> int:
     output_dir = Path(training_args.output_dir)
     # Before any work: lock output_dir, resume from the latest complete checkpoint, or refuse to overwrite a used
     # output_dir (with --overwrite_output_dir its old checkpoints are deleted only once everything is checked).
+    check_output_outside_inputs(model_args, data_args, training_args)
     resume_from = prepare_output_dir(training_args)
     # Ctrl-C or a full disk from here on: one line naming the complete checkpoint and the command that resumes.
     declare_output(output_dir, kept=lambda: resume_note(argv, output_dir.absolute()))
