@@ -111,10 +111,14 @@ def check_output_outside_inputs(model_args, data_args, training_args) -> None:
     inputs: list[tuple[str, str | Path | None]] = [("base model", model)]
     for field_name in ("ir_train", "sts_train", "ir_train_from_sts", "ir_eval", "sts_eval"):
         for entry in getattr(data_args, field_name):
-            inputs.append((f"{field_name} file", resolve_data_path(split_named_entry(entry)[1])))
+            path = resolve_data_path(split_named_entry(entry)[1])
+            if path.is_file():  # anything else is the data loader's to name (a folder given as a file, ...)
+                inputs.append((f"{field_name} file", path))
     for field_name in ("ir_train_beir", "ir_eval_beir"):
         for entry in getattr(data_args, field_name):
-            inputs.append((f"{field_name} folder", split_named_entry(entry)[1].split(":")[0]))
+            folder = Path(split_named_entry(entry)[1].split(":")[0])
+            if folder.is_dir():
+                inputs.append((f"{field_name} folder", folder))
     problem = overlapping_input(training_args.output_dir, inputs)
     if problem is not None:
         raise UsageError(
