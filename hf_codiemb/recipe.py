@@ -167,4 +167,18 @@ def parse_recipe(argv: list[str] | None = None):
         RecipeError: an unknown key or flag (with the closest known one), a value of the wrong type or out of
             range; the message names the recipe file and line, or the command line, and the key.
     """
-    return build_recipe_parser().parse(argv)
+    model_args, data_args, training_args, run_args = build_recipe_parser().parse(argv)
+    apply_relative_threshold(training_args, data_args)
+    return model_args, data_args, training_args, run_args
+
+
+def apply_relative_threshold(training_args: CoDiEmbTrainingArguments, data_args: DataArguments) -> None:
+    """``multi_layer_threshold_fraction`` f (ours): set ``multi_layer_threshold`` to ``low + f * (high - low)`` of
+    the recipe's ``sts_score_range``, so the middle-layer InfoNCE's positives are the same share of the scale on 0/1,
+    0-1 and 0-5 data (the reference's absolute 1.0 was written for 0/1 labels: on 0-5 STS-B it takes pairs scored
+    1-3.9 as positives too)."""
+    fraction = training_args.multi_layer_threshold_fraction
+    if fraction is None:
+        return
+    low, high = (float(value) for value in data_args.sts_score_range)
+    training_args.multi_layer_threshold = low + float(fraction) * (high - low)

@@ -170,6 +170,14 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     multi_layer_threshold: float = field(
         default=1.0, metadata={"help": "STS pairs with gold >= this are rows of the middle-layer InfoNCE (reference)."}
     )
+    multi_layer_threshold_fraction: Union[float, None] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "[ours] The middle-layer threshold as a share f of the recipe's sts_score_range: threshold = low + "
+            "f * (high - low) (e.g. 0.8 = 4.0 on 0-5 STS-B), overriding multi_layer_threshold. Unset = the "
+            "reference's absolute multi_layer_threshold."
+        },
+    )
     multi_layer_temperature: Union[float, None] = field(  # noqa: UP007
         default=None,
         metadata={"help": "Temperature of the middle-layer InfoNCE; unset = `temperature` (the reference's choice)."},
@@ -273,6 +281,11 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
                 f"must be 'uniform_target' (the reference) or 'zero', got {self.rank_kl_all_equal_gold!r}",
                 "rank_kl_all_equal_gold",
             )
+        fraction = self.multi_layer_threshold_fraction
+        if fraction is not None and (
+            isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0
+        ):
+            raise RecipeError(f"must be a number within [0, 1], got {fraction!r}", "multi_layer_threshold_fraction")
         if self.multi_layer_temperature is None:
             self.multi_layer_temperature = self.temperature
         for name in ("temperature", "sts_temperature", "sampling_temperature"):

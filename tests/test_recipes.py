@@ -187,3 +187,21 @@ def test_the_recipes_on_packaged_data_never_skip_for_want_of_shared_data():
     for name in ("default/config.yaml", "small/minilm-l6/lora.yaml"):
         assert not reads_shared_data(REPO / "recipes" / name), name
     assert reads_shared_data(REPO / "recipes" / "default" / "stsb_en.yaml")  # the check does look at the data
+
+
+@pytest.mark.parametrize(("score_range", "fraction", "threshold"), [((0, 5), 0.8, 4.0), ((0, 1), 0.8, 0.8), ((1, 5), 0.5, 3.0)])
+def test_relative_middle_layer_threshold_reaches_the_sts_loss(tmp_path, tiny_model_dir, score_range, fraction, threshold):
+    """multi_layer_threshold_fraction (ours) sets the middle-layer threshold from the declared score range; the STS
+    loss the trainer builds uses it; unset keeps the reference's absolute 1.0."""
+    from sentence_transformers import SentenceTransformer
+
+    from hf_codiemb.recipe import parse_recipe
+    from hf_codiemb.trainer import CoDiEmbTrainer
+
+    base = ["--model_name_or_path", str(tiny_model_dir), "--sts_train", "demo:sts_train.jsonl",
+            "--sts_score_range", *map(str, score_range), "--output_dir", str(tmp_path / "o")]  # fmt: skip
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    for extra, expected in (([], 1.0), (["--multi_layer_threshold_fraction", str(fraction)], threshold)):
+        _, _, training_args, _ = parse_recipe([*base, *extra])
+        loss = CoDiEmbTrainer.default_loss_factory("sts", training_args)(model)
+        assert loss.multi_layer_threshold == pytest.approx(expected)
