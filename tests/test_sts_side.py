@@ -8,9 +8,11 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tiny_models import make_tiny_model
 
+from codiemb_study.runner import device_description
 from codiemb_study.sts_side import VARIANTS, run_variants, sts_only_recipe
 from codiemb_study.sts_side_report import paired_difference, write_report
 from hf_codiemb.recipe import parse_recipe
@@ -69,7 +71,8 @@ def test_variants_run_with_their_overrides_and_the_table_is_built_from_the_run_f
     assert (results / "base" / "tiny-encoder" / "runs" / "base.json").is_file()
     # Pearson only: its loss is 2 * (1 - pearson) alone, unlike the reference mix's (the overrides took effect)
     assert runs["b_pearson_only", 1]["train_loss"] != pytest.approx(runs["b", 1]["train_loss"])
-    assert json.loads((results / "machines" / "tiny-encoder.json").read_text())["cpu_count"] >= 1
+    kind = "gpu" if torch.cuda.is_available() else "cpu"
+    assert json.loads((results / "machines" / f"tiny-encoder-{kind}.json").read_text())["device"] == device_description()
 
     summary = write_report(results).read_text()
     key = "sts/sts_dev/spearman_cosine"

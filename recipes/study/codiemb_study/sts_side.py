@@ -91,6 +91,8 @@ def machine_description() -> dict[str, Any]:
     import torch
     import transformers
 
+    from codiemb_study.runner import device_description
+
     cpu = platform.processor() or "unknown"
     try:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -99,6 +101,7 @@ def machine_description() -> dict[str, Any]:
     except OSError:
         pass
     return {
+        "device": device_description(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -132,7 +135,9 @@ def run_variants(
     derived = sts_only_recipe(recipe, root / "recipes")
     study = Study(str(derived), overrides, max_steps, root / BASE_VARIANT, work_dir)
     study.command = " ".join(["python", "recipes/study/run_sts_side.py", *sys.argv[1:]])  # the run files' command
-    write_text_atomically(root / "machines" / f"{study.encoder}.json", json.dumps(machine_description(), indent=2) + "\n")
+    machine = machine_description()
+    kind = "gpu" if machine["device"].startswith("cuda") else "cpu"
+    write_text_atomically(root / "machines" / f"{study.encoder}-{kind}.json", json.dumps(machine, indent=2) + "\n")
     results = [study.run_base()]
     for seed in seeds:
         for key in variants:

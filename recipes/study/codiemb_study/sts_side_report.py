@@ -38,6 +38,31 @@ def paired_difference(runs: Sequence[Mapping[str, Any]], reference: Sequence[Map
     return f"{100 * statistics.fmean(diffs):+.2f}"
 
 
+#: Middle-layer thresholds whose share of positives :func:`threshold_shares` reports (the variants' values).
+THRESHOLDS = (1.0, 2.5, 4.0)
+
+
+def threshold_shares(recipe: str | Path, thresholds: Sequence[float] = THRESHOLDS) -> str:
+    """How many of the recipe's STS training pairs the middle-layer InfoNCE keeps as rows (gold ``>=`` threshold)
+    at each threshold, read from its ``sts_train`` files, e.g. ``"1.0: 4,812 of 5,749 (83.7%); ..."``."""
+    from hf_codiemb.data import load_sts_dataset
+    from hf_codiemb.recipe import parse_recipe, resolve_data_path
+
+    _, data_args, _, _ = parse_recipe(["--config", str(recipe)])
+    scores = [
+        float(score)
+        for path in data_args.sts_train
+        for score in load_sts_dataset(resolve_data_path(path), score_range=tuple(data_args.sts_score_range))["score"]
+    ]
+    low, high = data_args.sts_score_range
+    cells = []
+    for threshold in thresholds:
+        kept = sum(score >= threshold for score in scores)
+        fraction = (threshold - low) / (high - low)
+        cells.append(f"{threshold:g} ({fraction:.1f} of the range): {kept:,} of {len(scores):,} ({100 * kept / len(scores):.1f}%)")
+    return "; ".join(cells)
+
+
 def encoder_section(encoder: str, groups: Mapping[str, Sequence[Mapping[str, Any]]], results_dir: Path) -> str:
     """The Markdown section of one encoder: the table, the machine, the devices and the commands."""
     every = [run for group in groups.values() for run in group]
@@ -72,13 +97,17 @@ def encoder_section(encoder: str, groups: Mapping[str, Sequence[Mapping[str, Any
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Runs: {len(every)}; devices: {devices_line(every)}."]
-    machine = results_dir / "machines" / f"{encoder}.json"
-    if machine.is_file():
+    recipe = every[0].get("recipe")
+    if recipe and Path(recipe).is_file():
+        lines.append(f"STS training pairs the middle-layer InfoNCE treats as positives, per threshold: "
+                     f"{threshold_shares(recipe)}.")  # fmt: skip
+    for machine in sorted((results_dir / "machines").glob(f"{encoder}-*.json")):
         info = json.loads(machine.read_text())
         lines.append(
-            f"Machine: {info['cpu']}, {info['cpu_count']} cores shared with other developers' work (train times are "
-            f"a ranking, not a benchmark); torch {info['torch']}, transformers {info['transformers']}, "
-            f"sentence-transformers {info['sentence_transformers']}, Python {info['python']}."
+            f"Machine ({info['device']}): {info['cpu']}, {info['cpu_count']} cores (the CPU machine is shared with "
+            f"other developers' work: its train times are a ranking, not a benchmark); torch {info['torch']}, "
+            f"transformers {info['transformers']}, sentence-transformers {info['sentence_transformers']}, "
+            f"Python {info['python']}."
         )
     commands = sorted({run["command"] for run in every if run.get("command")})
     lines += ["", "Commands:", "", "```bash", *commands, "```", ""]
