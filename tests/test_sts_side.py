@@ -92,3 +92,25 @@ def test_paired_difference_uses_only_the_shared_seeds():
     runs, reference = [run(1, 0.80), run(2, 0.90), run(3, 0.50)], [run(1, 0.70), run(2, 0.70)]
     assert paired_difference(runs, reference, "sts/dev/spearman_cosine") == "+15.00"
     assert paired_difference(runs, [], "sts/dev/spearman_cosine") == "-"
+
+
+def test_reference_rows_and_dagger_differences_come_from_the_reference_folder(tmp_path):
+    def store(path: Path, method: str, seed: int, value: float, device: str) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        run = {"encoder": "enc", "method": method, "seed": seed, "max_steps": 5, "train_runtime_s": 1.0,
+               "device": device, "command": "cmd", "recipe": "",
+               "metrics": {"sts/dev/spearman_cosine": value, "sts/dev/pearson_cosine": value}}  # fmt: skip
+        (path / f"{method}-seed{seed}.json").write_text(json.dumps(run))
+
+    results, reference = tmp_path / "results", tmp_path / "scifact"
+    for seed, value in ((42, 0.80), (43, 0.82)):
+        store(results / "b" / "enc" / "runs", "sts_only", seed, value, "cpu: 2 threads")
+        store(reference / "enc" / "runs", "sts_cosine", seed, value + 0.01 * (seed - 41), "cuda: GPU")
+    store(reference / "enc" / "runs", "sts_only", 42, 0.5, "cuda: GPU")  # this folder has (b): never compared with
+    lines = write_report(results, reference).read_text().splitlines()
+    b_row = next(line for line in lines if line.startswith("| `b`:"))
+    assert "| 0.8100 ± 0.0141 | - | -1.50 † |" in b_row  # (0.80 - 0.81 + 0.82 - 0.84) / 2, against the reference (b2)
+    b2_ref = next(line for line in lines if line.startswith("| (b2) as stored in"))
+    assert "| +1.50 | - |" in b2_ref  # against this folder's (b), not the reference folder's 0.5
+    assert any("cuda: GPU (3 runs)" in line for line in lines)
+    assert not any("as stored in" in line for line in write_report(results, None).read_text().splitlines())

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     report = commands.add_parser("report", help="the table from the stored runs")
     report.add_argument("--results-dir", default=DEFAULT_RESULTS)
+    report.add_argument("--reference-dir", default="recipes/study/results-scifact",
+                        help="a study results folder whose (b) / (b2) runs get rows of their own ('' = none)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("sentence_transformers", "transformers", "datasets", "httpx"):
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from codiemb_study.sts_side_report import write_report
 
-    write_report(args.results_dir)
+    write_report(args.results_dir, args.reference_dir or None)
     return 0
 
 

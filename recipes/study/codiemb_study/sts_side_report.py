@@ -17,6 +17,9 @@ from codiemb_study.report import devices_line, format_cell, metric_keys
 from codiemb_study.sts_side import BASE_VARIANT, VARIANTS
 
 REFERENCES = ("b", "b2")
+#: The study runs that are (b) and (b2) in another results folder (the SciFact study): ``{variant: method}``.
+REFERENCE_METHODS = {"b": "sts_only", "b2": "sts_cosine"}
+DEFAULT_REFERENCE_DIR = "recipes/study/results-scifact"
 
 
 def load_variant_runs(results_dir: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -27,6 +30,16 @@ def load_variant_runs(results_dir: Path) -> dict[str, dict[str, list[dict[str, A
             run = json.loads(path.read_text())
             runs.setdefault(run["encoder"], {}).setdefault(variant, []).append(run)
     return runs
+
+
+def load_reference_runs(reference_dir: Path, encoder: str) -> dict[str, list[dict[str, Any]]]:
+    """The (b) and (b2) runs of ``encoder`` stored by the study in ``reference_dir`` (``{variant: [run, ...]}``)."""
+    found = {}
+    for variant, method in REFERENCE_METHODS.items():
+        paths = sorted((reference_dir / encoder / "runs").glob(f"{method}-seed*.json"))
+        if paths:
+            found[variant] = [json.loads(path.read_text()) for path in paths]
+    return found
 
 
 def paired_difference(runs: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]], metric: str) -> str:
@@ -59,12 +72,23 @@ def threshold_shares(recipe: str | Path, thresholds: Sequence[float] = THRESHOLD
     for threshold in thresholds:
         kept = sum(score >= threshold for score in scores)
         fraction = (threshold - low) / (high - low)
-        cells.append(f"{threshold:g} ({fraction:.1f} of the range): {kept:,} of {len(scores):,} ({100 * kept / len(scores):.1f}%)")
+        cells.append(f"{threshold:.1f} ({fraction:.1f} of the range): {kept:,} of {len(scores):,} ({100 * kept / len(scores):.1f}%)")
     return "; ".join(cells)
 
 
-def encoder_section(encoder: str, groups: Mapping[str, Sequence[Mapping[str, Any]]], results_dir: Path) -> str:
-    """The Markdown section of one encoder: the table, the machine, the devices and the commands."""
+def encoder_section(
+    encoder: str,
+    groups: Mapping[str, Sequence[Mapping[str, Any]]],
+    results_dir: Path,
+    reference: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    reference_name: str = "",
+) -> str:
+    """The Markdown section of one encoder: the table, the machine, the devices and the commands.
+
+    ``reference``: (b) / (b2) runs from another results folder (``reference_name``), shown as their own rows and
+    used for the 'vs' columns (marked †) where this folder has no run of that variant.
+    """
+    reference = reference or {}
     every = [run for group in groups.values() for run in group]
     spearman = metric_keys(every)[0][0]  # the recipe's (first) STS dev set
     pearson = spearman.replace("/spearman_cosine", "/pearson_cosine")
@@ -80,15 +104,25 @@ def encoder_section(encoder: str, groups: Mapping[str, Sequence[Mapping[str, Any
     if base:
         lines.append(f"| base encoder (no training) | {format_cell([r['metrics'][spearman] for r in base])} | - | - "
                      f"| {format_cell([r['metrics'][pearson] for r in base])} | - | - |")  # fmt: skip
-    for key, variant in VARIANTS.items():
-        group = sorted(groups.get(key, []), key=lambda run: run["seed"])
+    rows = [(f"`{key}`: {variant.label}", key, groups.get(key, [])) for key, variant in VARIANTS.items()]
+    rows += [(f"{VARIANTS[key].label.split(' ')[0]} as stored in `{reference_name}`", f"ref-{key}", runs)
+             for key, runs in reference.items()]  # fmt: skip
+    for label, key, group in rows:
+        group = sorted(group, key=lambda run: run["seed"])
         if not group:
             continue
-        diffs = [
-            "-" if ref == key or ref not in groups else paired_difference(group, groups[ref], spearman) for ref in REFERENCES
-        ]
+        diffs = []
+        for ref in REFERENCES:
+            if key in (ref, f"ref-{ref}"):
+                diffs.append("-")
+            elif groups.get(ref):
+                diffs.append(paired_difference(group, groups[ref], spearman))
+            elif reference.get(ref):
+                diffs.append(paired_difference(group, reference[ref], spearman) + " †")
+            else:
+                diffs.append("-")
         cells = [
-            f"`{key}`: {variant.label}",
+            label,
             format_cell([run["metrics"][spearman] for run in group]),
             *diffs,
             format_cell([run["metrics"][pearson] for run in group]),
@@ -97,6 +131,10 @@ def encoder_section(encoder: str, groups: Mapping[str, Sequence[Mapping[str, Any
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Runs: {len(every)}; devices: {devices_line(every)}."]
+    if reference:
+        shown = [run for runs in reference.values() for run in runs]
+        lines.append(f"Rows from `{reference_name}`: {len(shown)} runs; devices: {devices_line(shown)}; † = the "
+                     f"difference is against those runs (same seeds), this folder having no run of that variant.")  # fmt: skip
     recipe = every[0].get("recipe")
     if recipe and Path(recipe).is_file():
         lines.append(f"STS training pairs the middle-layer InfoNCE treats as positives, per threshold: "
@@ -114,9 +152,11 @@ def encoder_section(encoder: str, groups: Mapping[str, Sequence[Mapping[str, Any
     return "\n".join(lines)
 
 
-def write_report(results_dir: str | Path) -> Path:
-    """Write ``<results_dir>/summary.md`` from the stored runs and return its path."""
+def write_report(results_dir: str | Path, reference_dir: str | Path | None = DEFAULT_REFERENCE_DIR) -> Path:
+    """Write ``<results_dir>/summary.md`` from the stored runs and return its path; the (b) / (b2) runs of the same
+    encoders stored in ``reference_dir`` (the SciFact study) get rows of their own (``None``: no such rows)."""
     root = Path(results_dir)
+    ref_root = Path(reference_dir) if reference_dir else None
     runs = load_variant_runs(root)
     if not runs:
         raise FileNotFoundError(f"No run files under {root}/<variant>/<encoder>/runs: run the variants first")
@@ -129,7 +169,16 @@ def write_report(results_dir: str | Path) -> Path:
             "columns: mean over the shared seeds of the per-seed difference, in Spearman points (x100)."
         ),
         "",
-        *[encoder_section(encoder, groups, root) for encoder, groups in sorted(runs.items())],
+        *[
+            encoder_section(
+                encoder,
+                groups,
+                root,
+                load_reference_runs(ref_root, encoder) if ref_root else None,
+                ref_root.as_posix() if ref_root else "",
+            )
+            for encoder, groups in sorted(runs.items())
+        ],
     ]
     path = root / "summary.md"
     path.write_text("\n".join(parts), encoding="utf-8")
