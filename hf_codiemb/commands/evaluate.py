@@ -4,6 +4,10 @@ Example::
 
     codiemb evaluate --model outputs/default --sts_eval demo:sts_dev.jsonl --output_dir outputs/default-eval
     codiemb evaluate --model packaged:all-minilm-l6-v2 --ir_eval_beir ../shared/data/scifact:dev --output_dir eval
+    # a trained model with its recipe's model settings (pooling, dtype, max length, prompts) and dev sets:
+    codiemb evaluate --recipe recipes/small/minilm-l6/scifact_stsb.yaml --model outputs/run --output_dir eval
+
+Models are loaded by :func:`hf_codiemb.models.load_model`, as ``codiemb train`` loads them.
 """
 
 from __future__ import annotations
@@ -21,8 +25,20 @@ logger = logging.getLogger(__name__)
 class EvaluateArguments:
     """Configuration of ``codiemb evaluate``."""
 
-    model: str = field(metadata={"help": "Model folder, Hub id, packaged:NAME or prepared:NAME."})
     output_dir: str = field(metadata={"help": "Where eval_results.json and eval_results.md go."})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Model folder, Hub id, packaged:NAME or prepared:NAME (unset: the recipe's model)."},
+    )
+    recipe: str | None = field(
+        default=None,
+        metadata={
+            "help": "A training recipe (YAML): its model settings (pooling, torch_dtype, max_seq_length, "
+            "trust_remote_code, prompts, pooling_include_prompt) are applied to --model, and its dev sets (sts_eval, "
+            "ir_eval, ir_eval_beir, ir_eval_from_sts, sts_score_range, max_eval_records) are evaluated unless eval "
+            "flags are given here."
+        },
+    )
     sts_eval: list[str] = field(
         default_factory=list, metadata={"help": "STS files (jsonl or tsv; demo:NAME for demo data)."}
     )
@@ -48,32 +64,60 @@ def build_parser() -> CommandParser:
     return CommandParser([EvaluateArguments], prog="codiemb evaluate", description=__doc__)
 
 
-def run(argv: list[str]) -> int:
-    """Run ``codiemb evaluate ARGV``; return the process exit code."""
-    (args,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
-    from sentence_transformers import SentenceTransformer
+def _recipe_arguments(args: EvaluateArguments):
+    """Model and data arguments: the recipe's (its model settings, and its dev sets unless flags give some), or the
+    flags' alone."""
+    from hf_codiemb.models import ModelArguments
+    from hf_codiemb.recipe import DataArguments, parse_recipe
 
-    from hf_codiemb.errors import UsageError
-    from hf_codiemb.evaluation import evaluate_model, format_results_table, write_results
-    from hf_codiemb.failures import declare_output
-    from hf_codiemb.models import ModelArguments, resolve_model_path
-    from hf_codiemb.pipeline import load_eval_sets
-    from hf_codiemb.recipe import DataArguments
+    eval_flags = bool(args.sts_eval or args.ir_eval or args.ir_eval_beir)
+    if args.recipe is not None:
+        model_args, data_args, _, _ = parse_recipe([args.recipe])
+        model_args.lora_r = 0  # evaluate the given model as it is: no new adapters
+        if args.model is not None:
+            model_args.model_name_or_path = args.model
+        for name in ("query_prompt", "passage_prompt"):
+            if getattr(args, name) is not None:
+                setattr(model_args, name, getattr(args, name))
+        if not eval_flags:
+            return model_args, data_args
+    else:
+        if args.model is None:
+            from hf_codiemb.errors import UsageError
 
-    if not (args.sts_eval or args.ir_eval or args.ir_eval_beir):
-        raise UsageError("Nothing to evaluate: give --sts_eval, --ir_eval and/or --ir_eval_beir")
+            raise UsageError("Give --model (and/or --recipe, whose model is used)")
+        model_args = ModelArguments(
+            model_name_or_path=args.model, query_prompt=args.query_prompt, passage_prompt=args.passage_prompt
+        )
     data_args = DataArguments(
         sts_eval=args.sts_eval, ir_eval=args.ir_eval, ir_eval_beir=args.ir_eval_beir,
         ir_eval_from_sts=args.ir_eval_from_sts, sts_score_range=list(args.sts_score_range),
         max_eval_records=args.max_eval_records,
     )  # fmt: skip
-    model_args = ModelArguments(
-        model_name_or_path=args.model, query_prompt=args.query_prompt, passage_prompt=args.passage_prompt
-    )
-    model_path = resolve_model_path(args.model)  # fails at once on a bad path, before the data is read
+    return model_args, data_args
+
+
+def run(argv: list[str]) -> int:
+    """Run ``codiemb evaluate ARGV``; return the process exit code."""
+    (args,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
+    from pathlib import Path
+
+    from hf_codiemb.errors import UsageError
+    from hf_codiemb.evaluation import evaluate_model, format_results_table, write_results
+    from hf_codiemb.failures import declare_output
+    from hf_codiemb.models import load_lora_model, load_model, resolve_model_path
+    from hf_codiemb.pipeline import load_eval_sets
+
+    model_args, data_args = _recipe_arguments(args)
+    if not (data_args.sts_eval or data_args.ir_eval or data_args.ir_eval_beir):
+        raise UsageError("Nothing to evaluate: give --sts_eval, --ir_eval and/or --ir_eval_beir (or a --recipe with dev sets)")
+    model_path = resolve_model_path(model_args.model_name_or_path)  # fails at once on a bad path, before the data
     sts_sets, ir_sets = load_eval_sets(data_args, model_args)
-    model = SentenceTransformer(model_path)
-    results = evaluate_model(model, sts_sets, ir_sets, sts_prompt=args.query_prompt)
+    if Path(model_path).is_dir() and any(Path(model_path).rglob("adapter_config.json")):
+        model = load_lora_model(model_path)  # a LoRA-trained folder: its adapters on its base
+    else:
+        model = load_model(model_args)  # the one loader: pooling, dtype, max length, remote code, prompt pooling
+    results = evaluate_model(model, sts_sets, ir_sets, sts_prompt=model_args.effective_sts_prompt)
     declare_output(args.output_dir)
     write_results(results, args.output_dir)
     sys.stdout.write(format_results_table(results) + "\n")
