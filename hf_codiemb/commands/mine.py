@@ -90,21 +90,18 @@ def check_output_path(output: str, beir: str, model_path: str) -> None:
 def run(argv: list[str]) -> int:
     """Run ``codiemb mine ARGV``; return the process exit code."""
     (args,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
-    from sentence_transformers import SentenceTransformer
-
     from hf_codiemb.data.beir import load_beir
     from hf_codiemb.failures import declare_output
     from hf_codiemb.mining import mine_beir_hard_negatives, write_mining_output
-    from hf_codiemb.models import resolve_model_path
+    from hf_codiemb.models import ModelArguments, load_model, resolve_model_path
     from hf_codiemb.output_lock import acquire_output_lock
 
     path = resolve_model_path(args.model)
     check_output_path(args.output, args.beir, path)
     acquire_output_lock(args.output, "mining")  # released when the command ends
     dataset = load_beir(args.beir, args.split)
-    model = SentenceTransformer(path)
-    if args.max_seq_length:
-        model.max_seq_length = args.max_seq_length
+    # The one loader, as train and evaluate use it (dtype, max length; the model's own pooling).
+    model = load_model(ModelArguments(model_name_or_path=args.model, max_seq_length=args.max_seq_length))
     result = mine_beir_hard_negatives(
         model,
         dataset,
