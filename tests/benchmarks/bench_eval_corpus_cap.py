@@ -76,7 +76,7 @@ def main() -> None:
         "# In-training IR evaluation: whole corpus vs `eval_max_corpus`",
         "",
         (
-            f"SciFact dev ({len(spec['queries'])} queries), all-MiniLM-L6-v2 at {args.max_seq_length} tokens, "
+            f"SciFact dev ({len(spec.queries)} queries), all-MiniLM-L6-v2 at {args.max_seq_length} tokens, "
             f"encoding batch 32, torch {torch.__version__} CPU threads {torch.get_num_threads()}, "
             f"{platform.machine()} {os.cpu_count()} cores, {date.today()}; median of {args.rounds} alternating rounds "
             f"in one process; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other jobs on the "
