@@ -255,7 +255,10 @@ def _summary(args: TradeoffArguments, selections: list[Any], result: Any, comman
         "",
         f"Command: `{command}`",
         "",
-        "| run | task_ratio | chosen checkpoint | by | dev IR | dev STS |",
+        "Dev scores of the chosen checkpoints as logged during training (IR on the capped corpus when "
+        "`eval_max_corpus` is set); the fusion's candidates on the whole dev sets are in `model/fusion_search.md`.",
+        "",
+        "| run | task_ratio | chosen checkpoint | by | dev IR (logged) | dev STS (logged) |",
         "|---|---|---|---|---|---|",
     ]
     for name, ratio, selected in zip(RUN_NAMES, (args.ir_heavy_ratio, args.sts_heavy_ratio), selections):
