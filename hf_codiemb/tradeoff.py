@@ -255,8 +255,10 @@ def _summary(args: TradeoffArguments, selections: list[Any], result: Any, comman
         "",
         f"Command: `{command}`",
         "",
-        "Dev scores of the chosen checkpoints as logged during training (IR on the capped corpus when "
-        "`eval_max_corpus` is set); the fusion's candidates on the whole dev sets are in `model/fusion_search.md`.",
+        (
+            "Dev scores of the chosen checkpoints as logged during training (IR on the capped corpus when "
+            "`eval_max_corpus` is set); the fusion's candidates on the whole dev sets are in `model/fusion_search.md`."
+        ),
         "",
         "| run | task_ratio | chosen checkpoint | by | dev IR (logged) | dev STS (logged) |",
         "|---|---|---|---|---|---|",
