@@ -132,8 +132,6 @@ def is_transformers_folder(folder: Path) -> bool:
 
 def _check_weights(module_dir: Path, where: str, needs_weights: bool) -> None:
     """Weights present (when ``needs_weights``) and every safetensors file readable."""
-    from safetensors import SafetensorError, safe_open
-
     if needs_weights and not any((module_dir / name).is_file() for name in WEIGHT_FILES):
         raise ModelLoadError(
             f"Model folder {os.path.abspath(module_dir)} has a config.json but no weights "
@@ -158,13 +156,24 @@ def _check_weights(module_dir: Path, where: str, needs_weights: bool) -> None:
                 f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or not a torch.save file"
             )
     for weights in sorted(module_dir.glob("*.safetensors")):
-        try:
-            with safe_open(str(weights), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as error:
-            raise ModelLoadError(
-                f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or corrupt ({error})"
-            ) from None
+        check_safetensors_file(weights, where)
+
+
+def check_safetensors_file(weights: str | Path, where: str) -> None:
+    """Check that the header of the safetensors file ``weights`` is valid and covers the whole file.
+
+    Raises:
+        ModelLoadError: naming ``where`` (the user's folder) and the file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(
+            f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or corrupt ({error})"
+        ) from None
 
 
 def _check_transformer_module(module_dir: Path, where: str) -> None:

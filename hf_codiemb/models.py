@@ -16,7 +16,12 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from hf_codiemb.errors import ModelLoadError, OutputExistsError, RecipeError
-from hf_codiemb.model_folder import WEIGHT_FILES, check_model_folder, is_transformers_folder  # noqa: F401
+from hf_codiemb.model_folder import (  # noqa: F401
+    WEIGHT_FILES,
+    check_model_folder,
+    check_safetensors_file,
+    is_transformers_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -209,23 +214,6 @@ def check_hub_model(repo_id: str) -> None:
         raise ModelLoadError(
             f"Model {repo_id!r} is not a local folder and the Hub ({constants.ENDPOINT}) cannot be reached "
             f"({type(error).__name__}: {error}); give a local model folder, or a cached model with HF_HUB_OFFLINE=1"
-        ) from None
-
-
-def check_safetensors_file(weights: str | Path, where: str) -> None:
-    """Check that the header of the safetensors file ``weights`` is valid and covers the whole file.
-
-    Raises:
-        ModelLoadError: naming ``where`` (the user's folder) and the file.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(weights), framework="pt"):
-            pass
-    except (SafetensorError, OSError) as error:
-        raise ModelLoadError(
-            f"Model folder {where}: weights file {os.path.abspath(weights)} is truncated or corrupt ({error})"
         ) from None
 
 

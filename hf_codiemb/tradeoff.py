@@ -120,6 +120,7 @@ def _check_recipe(args: TradeoffArguments):
     from transformers.trainer_utils import IntervalStrategy
 
     from hf_codiemb.recipe import parse_recipe
+    from hf_codiemb.training_args import parse_task_ratio
 
     model_args, data_args, training_args, _ = parse_recipe([args.recipe, *args.train_args])
     if training_args.eval_strategy == IntervalStrategy.NO:
@@ -133,15 +134,12 @@ def _check_recipe(args: TradeoffArguments):
             "the trade-off set-up keeps every evaluated checkpoint to choose from: unset save_total_limit",
             "save_total_limit",
         )
-    for name in ("parallel",):
-        value = getattr(args, name)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= len(RUN_NAMES):
-            raise RecipeError(f"must be 1 or 2, got {value!r}", name)
+    parallel = args.parallel
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= len(RUN_NAMES):
+        raise RecipeError(f"must be 1 or 2, got {parallel!r}", "parallel")
     if args.ir_weight is not None and not 0.0 <= args.ir_weight <= 1.0:
         raise RecipeError(f"must lie in [0, 1], got {args.ir_weight}", "ir_weight")
     for name in ("ir_heavy_ratio", "sts_heavy_ratio"):
-        from hf_codiemb.training_args import parse_task_ratio
-
         try:
             parse_task_ratio(getattr(args, name))
         except (TypeError, ValueError) as exc:
