@@ -13,7 +13,7 @@ _LAZY = {
     "DatasetSpec": "sampler",
     "TaskBalancedBatchSampler": "sampler",
     "CoDiEmbTrainer": "trainer",
-    "TrainingDataError": "trainer",
+    "TrainingDataError": "errors",
     "CoDiEmbTrainingArguments": "training_args",
 }
 

@@ -21,6 +21,7 @@ __all__ = [
     "OutputInUseError",
     "OutputWriteError",
     "RecipeError",
+    "TrainingDataError",
     "UsageError",
     "unknown_arguments_message",
 ]
@@ -87,6 +88,11 @@ class OutputInUseError(CoDiEmbUserError, BlockingIOError):
 
 class OutputWriteError(CoDiEmbUserError, OSError):
     """An output folder that cannot be created or written (a file in the way, no write permission)."""
+
+
+class TrainingDataError(CoDiEmbUserError, ValueError):
+    """A training dataset that cannot be trained on as configured (raised before training starts): a missing
+    column, an empty positive list, a loss of the other task, too few examples for one optimizer update."""
 
 
 class UsageError(CoDiEmbUserError, ValueError):

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from sentence_transformers.base.sampler import SetEpochMixin
 from torch.utils.data import BatchSampler, ConcatDataset
+
+from hf_codiemb.errors import TrainingDataError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from hf_codiemb.training_args import CoDiEmbTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +96,46 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
                 )
             self.available_blocks.append(blocks)
         self.blocks_per_epoch = self._target_blocks(dataset_weights)
+
+    @classmethod
+    def from_args(
+        cls,
+        train_dataset: Mapping[str, Dataset],
+        tasks: Mapping[str, str],
+        args: CoDiEmbTrainingArguments,
+        concatenated: ConcatDataset | None = None,
+    ) -> TaskBalancedBatchSampler:
+        """The sampler of named training datasets, configured from the training arguments: each task's batch size
+        (``ir_batch_size`` / ``sts_batch_size``), ``task_ratio`` and ``sampling_temperature``, the world size,
+        gradient accumulation and seed.
+
+        Args:
+            train_dataset: The training datasets by name, in training order.
+            tasks: The task (``ir`` / ``sts``) of every dataset.
+            args: The run's :class:`~hf_codiemb.training_args.CoDiEmbTrainingArguments`.
+            concatenated: Their concatenation, when one exists already (the Trainer's); built otherwise.
+
+        Raises:
+            TrainingDataError: a dataset smaller than one optimizer update, a ratio that names a task without data.
+        """
+        specs = [
+            DatasetSpec(name, tasks[name], len(dataset), args.batch_size_for_task(tasks[name]))
+            for name, dataset in train_dataset.items()
+        ]
+        try:
+            weights = dataset_weights_from_task_ratio(
+                specs, args.task_ratio, args.sampling_temperature, args.world_size, args.gradient_accumulation_steps
+            )
+            return cls(
+                concatenated if concatenated is not None else ConcatDataset(list(train_dataset.values())),
+                specs,
+                world_size=args.world_size,
+                gradient_accumulation_steps=args.gradient_accumulation_steps,
+                dataset_weights=weights,
+                seed=args.seed,
+            )
+        except ValueError as error:  # a dataset smaller than one update, a ratio without data: the recipe's to fix
+            raise TrainingDataError(str(error)) from error
 
     def _target_blocks(self, dataset_weights: dict[str, float] | None) -> list[int]:
         """Blocks per epoch of each dataset: all available ones, or the weighted share of the same total."""

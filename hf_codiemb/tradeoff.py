@@ -198,7 +198,7 @@ def _gpu_count() -> int:
 
 def train_runs(args: TradeoffArguments, runs: Sequence[TrainingRun]) -> None:
     """Train the runs that have not finished, ``args.parallel`` at a time; each run's output goes to its log."""
-    from hf_codiemb.trainer import latest_complete_checkpoint
+    from hf_codiemb.checkpoints import latest_complete_checkpoint
 
     pending = [run for run in runs if not _finished(args, run)]
     for run in runs:

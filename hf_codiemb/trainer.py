@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import re
-import struct
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,12 +15,13 @@ from datasets import Dataset, DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from torch.utils.data import BatchSampler, ConcatDataset
 from transformers import EarlyStoppingCallback, TrainerCallback
-from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
+from transformers.trainer import OPTIMIZER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hf_codiemb.checkpoints import resolve_resume_checkpoint
 from hf_codiemb.collator import CoDiEmbDataCollator
-from hf_codiemb.columns import IR_REQUIRED_COLUMNS, STS_COLUMNS, TASKS
-from hf_codiemb.errors import CoDiEmbUserError, RecipeError
+from hf_codiemb.columns import TASKS
+from hf_codiemb.errors import CoDiEmbUserError, TrainingDataError
 from hf_codiemb.hub import (
     TRAINER_UPLOAD_IGNORE_PATTERNS,
     CredentialFinding,
@@ -32,422 +29,21 @@ from hf_codiemb.hub import (
     upload_folder_credentials,
 )
 from hf_codiemb.model_card import describe_loss, use_codiemb_card_data
-from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
+from hf_codiemb.sampler import TaskBalancedBatchSampler
 from hf_codiemb.training_args import CoDiEmbTrainingArguments, num_negatives_for
+from hf_codiemb.training_checks import (
+    check_column_length,
+    check_loss_tasks,
+    check_model_selection,
+    resolve_dataset_tasks,
+    validate_training_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class TrainingDataError(CoDiEmbUserError, ValueError):
-    """A training dataset that cannot be trained on as configured (raised before training starts)."""
-
-
-class CheckpointError(CoDiEmbUserError, ValueError):
-    """A checkpoint that cannot be resumed from: missing, incomplete, or none at all in the output folder."""
-
-
 class NonFiniteLossError(CoDiEmbUserError, FloatingPointError):
     """A training loss that is NaN or infinite (the message names the step, the dataset and the loss component)."""
-
-
-# ------------------------------------------------------------------------------------------------- checkpoints
-CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-MODEL_WEIGHT_NAMES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
-    "adapter_model.safetensors", "adapter_model.bin",
-)  # fmt: skip
-RESUME_LATEST = ("true", "last", "latest")
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """Why the safetensors file ``path`` is unreadable (truncated, bad header), or None when its size adds up."""
-    try:
-        with path.open("rb") as file:
-            prefix = file.read(8)
-            if len(prefix) < 8:
-                return f"{path.name} is truncated ({path.stat().st_size} bytes)"
-            (header_size,) = struct.unpack("<Q", prefix)
-            header = json.loads(file.read(header_size))
-    except (OSError, ValueError, struct.error) as error:
-        return f"{path.name} has no readable safetensors header ({error})"
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    expected = 8 + header_size + max(ends, default=0)
-    actual = path.stat().st_size
-    if actual != expected:
-        return f"{path.name} is truncated ({actual} of {expected} bytes)"
-    return None
-
-
-def checkpoint_problem(checkpoint: str | Path) -> str | None:
-    """Why ``checkpoint`` cannot be resumed from, or ``None`` when it is complete.
-
-    A complete checkpoint has ``trainer_state.json`` (the Trainer writes it last, so a save killed midway leaves none
-    or a truncated one), the model (``modules.json`` and readable weights of every module) and, unless it is a
-    model-only checkpoint (``save_only_model``), the optimizer and scheduler states, all readable. Files are checked
-    for their structure (safetensors sizes, zip directories of ``torch.save`` files), not loaded.
-
-    Args:
-        checkpoint: A ``checkpoint-N`` folder.
-
-    Returns:
-        A short reason (e.g. ``"no trainer_state.json (its save did not finish)"``) or ``None``.
-    """
-    path = Path(checkpoint)
-    if not path.is_dir():
-        return "not a folder" if path.exists() else "does not exist"
-    state_file = path / TRAINER_STATE_NAME
-    if not state_file.is_file():
-        return f"no {TRAINER_STATE_NAME} (its save did not finish)"
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return f"{TRAINER_STATE_NAME} is unreadable ({error})"
-    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
-        return f"{TRAINER_STATE_NAME} has no global_step"
-    try:
-        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
-        module_dirs = [path / module.get("path", "") for module in modules]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as error:
-        return f"modules.json is missing or unreadable ({error})"
-    if not any((folder / name).is_file() for folder in {path, *module_dirs} for name in MODEL_WEIGHT_NAMES):
-        return f"no model weights ({' / '.join(MODEL_WEIGHT_NAMES[::2])})"
-    for index in sorted(path.rglob("*.index.json")):
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            return f"{index.relative_to(path)} is unreadable ({error})"
-        missing_shards = sorted(shard for shard in shards if not (index.parent / shard).is_file())
-        if missing_shards:
-            return f"{index.relative_to(path)} lists missing shard(s) {missing_shards}"
-    for weights in sorted(path.rglob("*.safetensors")):
-        problem = _safetensors_problem(weights)
-        if problem:
-            return problem
-    for weights in sorted(path.rglob("*.bin")):
-        if weights.name != "training_args.bin" and not zipfile.is_zipfile(weights):
-            return f"{weights.relative_to(path)} is truncated or not a torch.save file"
-    training_state = [OPTIMIZER_NAME, SCHEDULER_NAME]
-    present = [name for name in training_state if (path / name).is_file()]
-    deepspeed = any(child.is_dir() and child.name.startswith("global_step") for child in path.iterdir())
-    if present and len(present) < len(training_state) and not deepspeed:
-        missing = sorted(set(training_state) - set(present))
-        return f"no {' / '.join(missing)} (its save did not finish)"
-    for name in [*present, *sorted(file.name for file in path.glob("rng_state*.pth"))]:
-        if not zipfile.is_zipfile(path / name):
-            return f"{name} is truncated or not a torch.save file"
-    return None
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """The ``checkpoint-N`` folders of ``output_dir``, oldest (lowest N) first; ``[]`` when it does not exist."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), child) for child in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(child.name))]
-    return [child for _, child in sorted(found) if child.is_dir()]
-
-
-def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete checkpoint of ``output_dir`` with the highest step; every newer incomplete one is logged."""
-    for checkpoint in reversed(list_checkpoints(output_dir)):
-        problem = checkpoint_problem(checkpoint)
-        if problem is None:
-            return checkpoint
-        logger.warning("Skipping incomplete checkpoint %s: %s", checkpoint, problem)
-    return None
-
-
-def resolve_resume_checkpoint(value: str | bool | os.PathLike | None, output_dir: str | Path) -> str | None:
-    """The checkpoint a run resumes from, given ``resume_from_checkpoint``.
-
-    Args:
-        value: ``None``/``False``/``""``/``"false"``: start a new run. ``True`` or ``"true"``/``"last"``/``"latest"``:
-            the latest complete checkpoint of ``output_dir``. A path: that checkpoint, or, for a run folder holding
-            ``checkpoint-N`` folders, its latest complete one.
-        output_dir: The run's output folder.
-
-    Returns:
-        The checkpoint folder, or ``None`` for a new run.
-
-    Raises:
-        CheckpointError: when there is nothing to resume from, or the given checkpoint is incomplete (the message
-            says what is missing and names the latest complete checkpoint, if any).
-    """
-    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "false", "no")):
-        return None
-    if value is True or (isinstance(value, str) and value.strip().lower() in RESUME_LATEST):
-        checkpoint = latest_complete_checkpoint(output_dir)
-        if checkpoint is None:
-            found = list_checkpoints(output_dir)
-            detail = f"none of its {len(found)} checkpoint(s) is complete" if found else "it holds no checkpoint-N folder"
-            raise CheckpointError(f"resume_from_checkpoint={value!s}: nothing to resume in {output_dir}: {detail}")
-        return str(checkpoint)
-    path = Path(value)
-    if path.is_dir() and not (path / TRAINER_STATE_NAME).exists() and list_checkpoints(path):
-        checkpoint = latest_complete_checkpoint(path)
-        if checkpoint is None:
-            raise CheckpointError(f"resume_from_checkpoint={path}: none of its checkpoint-N folders is complete")
-        return str(checkpoint)
-    problem = checkpoint_problem(path)
-    if problem is not None:
-        latest = latest_complete_checkpoint(path.parent) if path.parent != path else None
-        hint = f"; the latest complete checkpoint there is {latest}" if latest is not None else ""
-        raise CheckpointError(f"resume_from_checkpoint={path}: cannot resume from it: {problem}{hint}")
-    return str(path)
-
-
-def infer_task(name: str, dataset: Dataset) -> str:
-    """The task of a dataset from its columns: ``positives`` means IR, ``score`` means STS."""
-    columns = set(dataset.column_names)
-    if "positives" in columns:
-        return "ir"
-    if "score" in columns:
-        return "sts"
-    raise TrainingDataError(
-        f"Training dataset {name!r}: cannot tell its task from its columns {sorted(columns)}. IR data needs "
-        f"columns {list(IR_REQUIRED_COLUMNS)} (+ 'negatives'), STS data needs {list(STS_COLUMNS)}; or set "
-        f"dataset_tasks={{{name!r}: 'ir'|'sts'}}."
-    )
-
-
-def validate_training_dataset(name: str, task: str, dataset: Dataset, num_negatives: int) -> None:
-    """Check that ``dataset`` has what ``task`` needs; the error names the dataset, the row and the field."""
-    columns = set(dataset.column_names)
-    required = IR_REQUIRED_COLUMNS if task == "ir" else STS_COLUMNS
-    missing = [column for column in required if column not in columns]
-    if missing:
-        hint = " (STS data needs a gold similarity score per pair)" if "score" in missing else ""
-        raise TrainingDataError(
-            f"Training dataset {name!r} ({task}): missing column(s) {missing}{hint}; it has {sorted(columns)}."
-        )
-    if task == "ir":
-        for row, positives in enumerate(dataset["positives"]):
-            if not positives:
-                raise TrainingDataError(
-                    f"Training dataset {name!r} (ir), row {row}, field 'positives': empty; every IR query needs at "
-                    "least one positive."
-                )
-        if num_negatives > 0:
-            if "negatives" not in columns:
-                raise TrainingDataError(
-                    f"Training dataset {name!r} (ir): no 'negatives' column but num_negatives={num_negatives}; add "
-                    "mined hard negatives or set num_negatives=0."
-                )
-            for row, negatives in enumerate(dataset["negatives"]):
-                if not negatives:
-                    raise TrainingDataError(
-                        f"Training dataset {name!r} (ir), row {row}, field 'negatives': empty but "
-                        f"num_negatives={num_negatives}; add hard negatives or set num_negatives=0."
-                    )
-    else:
-        for row, score in enumerate(dataset["score"]):
-            if score is None or not isinstance(score, (int, float)) or math.isnan(score) or math.isinf(score):
-                raise TrainingDataError(
-                    f"Training dataset {name!r} (sts), row {row}, field 'score': {score!r} is not a finite number."
-                )
-
-
-def prepare_output_dir(args: CoDiEmbTrainingArguments, dry_run: bool = False) -> str | None:
-    """Where a run starts: the checkpoint it resumes from, or ``None`` for a new run into a safe ``output_dir``.
-
-    First takes the lock of ``output_dir`` (:func:`hf_codiemb.output_lock.acquire_output_lock`; only the process
-    that saves, rank 0 under torchrun, takes it): a second run into an ``output_dir`` another live process trains
-    into is refused at once. Then resolves ``args.resume_from_checkpoint`` (see :func:`resolve_resume_checkpoint`).
-    A new run into an ``output_dir`` that already holds ``checkpoint-N`` folders or a saved model is refused unless
-    ``args.overwrite_output_dir``; nothing is deleted here: :func:`delete_previous_checkpoints` does, once the data,
-    recipe and model have been checked. With ``dry_run`` the same checks run, the lock is only checked.
-
-    Raises:
-        OutputInUseError: another live process holds the lock of ``output_dir`` (the message names it).
-        OutputExistsError: a new run into a used ``output_dir`` without ``overwrite_output_dir``.
-        CheckpointError: a checkpoint to resume from that is missing or incomplete.
-    """
-    from hf_codiemb.errors import OutputExistsError
-    from hf_codiemb.output_lock import acquire_output_lock, check_output_unlocked
-
-    output_dir = Path(args.output_dir)
-    if dry_run:
-        check_output_unlocked(output_dir)
-    elif args.process_index == 0:  # one lock per run: rank 0 holds it for every rank of a launch
-        acquire_output_lock(output_dir, "training")
-    checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    if checkpoint is not None:
-        return checkpoint
-    checkpoints = list_checkpoints(output_dir)
-    held = _previous_run(output_dir)
-    if not held:
-        return None
-    if not args.overwrite_output_dir:
-        raise OutputExistsError(
-            f"output_dir {output_dir} already holds {held}: a new run would overwrite them. Resume with "
-            "--resume_from_checkpoint last (or a checkpoint path), choose another --output_dir, or pass "
-            "--overwrite_output_dir to start over (its checkpoints are then deleted)."
-        )
-    logger.warning("overwrite_output_dir: starting a new run in %s, which holds %s", output_dir, held)
-    if checkpoints and not dry_run:
-        logger.info("overwrite_output_dir: the %d old checkpoint(s) are deleted once the data and model are checked",
-                    len(checkpoints))  # fmt: skip
-    return None
-
-
-def _previous_run(output_dir: Path) -> str:
-    """What a previous run left in ``output_dir`` (``"2 checkpoint(s) (checkpoint-2, checkpoint-4) and a saved
-    model"``), or ``""``."""
-    checkpoints = list_checkpoints(output_dir)
-    saved_model = [name for name in ("modules.json", "adapter_config.json") if (output_dir / name).is_file()]
-    held = [f"{len(checkpoints)} checkpoint(s) ({', '.join(c.name for c in checkpoints[-3:])})"] if checkpoints else []
-    held += ["a saved model"] if saved_model else []
-    return " and ".join(held)
-
-
-def delete_previous_checkpoints(args: CoDiEmbTrainingArguments, resume_from: str | None) -> list[Path]:
-    """Delete the ``checkpoint-N`` folders of the previous run in ``output_dir`` for a new run with
-    ``overwrite_output_dir`` (so they cannot be mistaken for this run's), by the process that saves.
-
-    Call it after every check of the run passed (:func:`prepare_output_dir`, the data, the recipe, the model), just
-    before training: a mistake found by a check then costs nothing of the previous run.
-
-    Returns:
-        The folders deleted (none when resuming, without ``overwrite_output_dir`` or on the other ranks).
-    """
-    import shutil
-
-    if resume_from is not None or not args.overwrite_output_dir or not args.should_save:
-        return []
-    deleted = []
-    for old in list_checkpoints(args.output_dir):
-        logger.warning("overwrite_output_dir: deleting %s of the previous run", old)
-        shutil.rmtree(old)
-        deleted.append(old)
-    return deleted
-
-
-def loss_task(loss: Any) -> str | None:
-    """The task a loss is written for: ``"ir"`` (query, positives, negatives; no labels), ``"sts"`` (sentence pairs
-    with a gold score as label), or ``None`` for a loss this function does not know (it is then not checked).
-
-    Wrappers with an inner ``loss`` (``MatryoshkaLoss``, ``AdaptiveLayerLoss``) are looked through.
-    """
-    from sentence_transformers.sentence_transformer import losses as st_losses
-
-    from hf_codiemb.losses import (
-        CoDiEmbSTSLoss,
-        MultiPositiveInfoNCELoss,
-        PearsonLoss,
-        PROLoss,
-        RankKLLoss,
-        SoftSpearmanLoss,
-    )
-
-    ir_losses = (
-        MultiPositiveInfoNCELoss,
-        st_losses.MultipleNegativesRankingLoss,
-        st_losses.CachedMultipleNegativesRankingLoss,
-        st_losses.MultipleNegativesSymmetricRankingLoss,
-        st_losses.CachedMultipleNegativesSymmetricRankingLoss,
-        st_losses.GISTEmbedLoss,
-        st_losses.CachedGISTEmbedLoss,
-        st_losses.TripletLoss,
-        st_losses.MegaBatchMarginLoss,
-    )
-    sts_losses = (
-        CoDiEmbSTSLoss,
-        PearsonLoss,
-        PROLoss,
-        RankKLLoss,
-        SoftSpearmanLoss,
-        st_losses.CoSENTLoss,
-        st_losses.AnglELoss,
-        st_losses.CosineSimilarityLoss,
-    )
-    while isinstance(getattr(loss, "loss", None), torch.nn.Module):
-        loss = loss.loss
-    if isinstance(loss, ir_losses):
-        return "ir"
-    if isinstance(loss, sts_losses):
-        return "sts"
-    return None
-
-
-def check_column_length(args: CoDiEmbTrainingArguments, name: str, model: SentenceTransformer | None) -> int | None:
-    """The token limit ``args.<name>`` (``query_max_seq_length`` / ``passage_max_seq_length``), refused when above
-    the model's ``max_seq_length`` (texts would be longer than the positions the model was loaded for).
-
-    Raises:
-        RecipeError: naming the field, its value and the model's limit.
-    """
-    value = getattr(args, name)
-    limit = getattr(model, "max_seq_length", None) if model is not None else None
-    if value is not None and limit is not None and value > limit:
-        raise RecipeError(
-            f"is {value}, above the model's max_seq_length {limit}: raise max_seq_length or lower {name}", name
-        )
-    return value
-
-
-def check_loss_tasks(losses: Mapping[str, Any], tasks: Mapping[str, str]) -> None:
-    """Refuse a loss written for one task given to a dataset of the other (it would fail at that dataset's first step).
-
-    Raises:
-        TrainingDataError: naming the dataset, its task and the loss.
-    """
-    for name, loss in losses.items():
-        expected = loss_task(loss)
-        if expected is not None and name in tasks and tasks[name] != expected:
-            raise TrainingDataError(
-                f"Training dataset {name!r} ({tasks[name]}) is given {type(loss).__name__}, a loss for {expected} "
-                f"data; give it a {tasks[name]} loss (or pass loss=None for the CoDiEmb default of its task)."
-            )
-
-
-def check_model_selection(args: CoDiEmbTrainingArguments, has_evaluator: bool) -> None:
-    """Model selection (``load_best_model_at_end``, early stopping) needs evaluations that report its metric.
-
-    Fails before training, with the fix, where transformers would fail at the first evaluation (a ``KeyError`` on
-    the metric) or at the start of training (an ``AssertionError`` of ``EarlyStoppingCallback``).
-    """
-    if not (args.load_best_model_at_end or args.early_stopping_patience is not None):
-        return
-    if args.eval_strategy == IntervalStrategy.NO:
-        raise RecipeError(
-            "load_best_model_at_end and early_stopping_patience need evaluations during training: set eval_strategy "
-            "(steps or epoch; for steps also eval_steps)",
-            "eval_strategy",
-        )
-    metric = args.metric_for_best_model.removeprefix("eval_")
-    if metric.startswith("codiemb_") and not has_evaluator:
-        raise RecipeError(
-            f"metric_for_best_model {metric!r} is a score of the dev sets, but this run has none: give sts_eval, "
-            "ir_eval or ir_eval_beir (or pass a CoDiEmbEvaluator as evaluator=)",
-            "metric_for_best_model",
-        )
-
-
-def build_task_sampler(
-    train_dataset: Mapping[str, Dataset],
-    tasks: Mapping[str, str],
-    args: CoDiEmbTrainingArguments,
-    concatenated: ConcatDataset | None = None,
-) -> TaskBalancedBatchSampler:
-    """The task-balanced sampler of named training datasets, configured from ``args`` (batch sizes, ratio, DDP)."""
-    specs = [
-        DatasetSpec(name, tasks[name], len(dataset), args.batch_size_for_task(tasks[name]))
-        for name, dataset in train_dataset.items()
-    ]
-    try:
-        weights = dataset_weights_from_task_ratio(
-            specs, args.task_ratio, args.sampling_temperature, args.world_size, args.gradient_accumulation_steps
-        )
-        return TaskBalancedBatchSampler(
-            concatenated if concatenated is not None else ConcatDataset(list(train_dataset.values())),
-            specs,
-            world_size=args.world_size,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            dataset_weights=weights,
-            seed=args.seed,
-        )
-    except ValueError as error:  # a dataset smaller than one update, a ratio without data: the recipe's to fix
-        raise TrainingDataError(str(error)) from error
 
 
 class _SamplerEpochCallback(TrainerCallback):
@@ -582,15 +178,15 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
             train_dataset = {"train": train_dataset}
         if train_dataset is not None:
             train_dataset = DatasetDict(train_dataset)
-            self.dataset_tasks = self._resolve_tasks(train_dataset, args)
+            self.dataset_tasks = resolve_dataset_tasks(train_dataset, args.dataset_tasks)
             for name, dataset in train_dataset.items():
                 validate_training_dataset(name, self.dataset_tasks[name], dataset, num_negatives_for(args, name))
             loss = self._complete_losses(train_dataset, loss, args)
-            # Fail now, not at the first step, if a dataset cannot fill one optimizer update.
-            build_task_sampler(train_dataset, self.dataset_tasks, args)
+            # Built once, now: a dataset that cannot fill one optimizer update fails here, not at the first step.
+            self.task_batch_sampler = TaskBalancedBatchSampler.from_args(train_dataset, self.dataset_tasks, args)
         else:
             self.dataset_tasks = {}
-        self.task_batch_sampler: TaskBalancedBatchSampler | None = None
+            self.task_batch_sampler = None
         self._loss_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self.nonfinite_batches_skipped: Counter[str] = Counter()
         self._skip_this_update = False
@@ -670,23 +266,6 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         return path
 
     # ----------------------------------------------------------------------------------------------------- set-up
-    @staticmethod
-    def _resolve_tasks(train_dataset: DatasetDict, args: CoDiEmbTrainingArguments) -> dict[str, str]:
-        explicit = dict(args.dataset_tasks or {})
-        unknown = set(explicit) - set(train_dataset)
-        if unknown:
-            raise TrainingDataError(
-                f"dataset_tasks names dataset(s) {sorted(unknown)} that are not among the training datasets "
-                f"{list(train_dataset)}"
-            )
-        tasks = {}
-        for name, dataset in train_dataset.items():
-            task = explicit.get(name) or infer_task(name, dataset)
-            if task not in TASKS:
-                raise TrainingDataError(f"Training dataset {name!r}: unknown task {task!r}; use one of {TASKS}")
-            tasks[name] = task
-        return tasks
-
     def _complete_losses(
         self,
         train_dataset: DatasetDict,
@@ -783,9 +362,11 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         is_train = isinstance(self.train_dataset, DatasetDict) and len(dataset.datasets) == len(self.train_dataset) and all(
             a is b for a, b in zip(dataset.datasets, self.train_dataset.values())
         )
-        if not is_train:
+        if not is_train or self.task_batch_sampler is None:
             return super().get_multi_dataset_batch_sampler(dataset, batch_samplers, generator=generator, seed=seed)
-        self.task_batch_sampler = build_task_sampler(self.train_dataset, self.dataset_tasks, self.args, dataset)
+        # The sampler built in __init__ on the same datasets in the same order: only the concatenation is the
+        # Trainer's own.
+        self.task_batch_sampler.dataset = dataset
         if self.args.process_index == 0:
             self.log_batch_plan()
         return self.task_batch_sampler

@@ -425,7 +425,7 @@ def test_a_killed_or_failing_mine_write_leaves_the_previous_file(tmp_path, mode)
 def test_lock_is_taken_by_rank_0_only(tmp_path, monkeypatch, lock_holder):
     """Under torchrun only the process that saves holds the lock: another rank never fails on rank 0's lock."""
     from hf_codiemb import CoDiEmbTrainingArguments
-    from hf_codiemb.trainer import prepare_output_dir
+    from hf_codiemb.checkpoints import prepare_output_dir
 
     out = tmp_path / "run"
     holder = lock_holder(out)  # stands for rank 0 of the launch

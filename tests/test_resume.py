@@ -21,15 +21,15 @@ from sentence_transformers import SentenceTransformer
 from tiny_models import make_tiny_model
 
 from hf_codiemb import CoDiEmbTrainer, CoDiEmbTrainingArguments
-from hf_codiemb.collator import CoDiEmbDataCollator
-from hf_codiemb.errors import OutputExistsError
-from hf_codiemb.trainer import (
+from hf_codiemb.checkpoints import (
     CheckpointError,
     checkpoint_problem,
     delete_previous_checkpoints,
     prepare_output_dir,
     resolve_resume_checkpoint,
 )
+from hf_codiemb.collator import CoDiEmbDataCollator
+from hf_codiemb.errors import OutputExistsError
 
 TESTS = Path(__file__).resolve().parent
 KILL_SCRIPT = TESTS / "resume_scripts" / "train_killed_during_save.py"
@@ -226,7 +226,7 @@ def test_resume_last_skips_incomplete_checkpoints_and_says_why(complete_checkpoi
     shutil.copytree(complete_checkpoint, run / "checkpoint-100")
     truncate(run / "checkpoint-100" / "model.safetensors")
     (run / "checkpoint-not-a-step").mkdir()
-    with caplog.at_level(logging.WARNING, logger="hf_codiemb.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_codiemb.checkpoints"):
         for value in (True, "true", "last", "LAST", str(run)):
             assert resolve_resume_checkpoint(value, run) == str(run / "checkpoint-7")
     assert f"Skipping incomplete checkpoint {run / 'checkpoint-100'}: model.safetensors is truncated" in caplog.text
@@ -259,7 +259,7 @@ def test_new_run_into_a_used_output_dir_is_refused_unless_overwrite(tmp_path, ca
         prepare_output_dir(CoDiEmbTrainingArguments(output_dir=str(model_only), report_to=[], use_cpu=True))
     assert prepare_output_dir(CoDiEmbTrainingArguments(output_dir=str(tmp_path / "new"), report_to=[])) is None
     args = CoDiEmbTrainingArguments(output_dir=str(run), report_to=[], use_cpu=True, overwrite_output_dir=True)
-    with caplog.at_level(logging.WARNING, logger="hf_codiemb.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_codiemb.checkpoints"):
         assert prepare_output_dir(args) is None
         assert (run / "checkpoint-4").is_dir()  # deleted only once the data and model are checked:
         assert delete_previous_checkpoints(args, resume_from="x") == []  # not when resuming

@@ -33,20 +33,18 @@ def dry_run(model_args, data_args, training_args) -> int:
 
     The model is checked by :func:`hf_codiemb.models.resolve_model_path` (the real run's own check: folder, weights
     headers, Hub id offline/unreachable), the data by the loaders and the trainer's own
-    :func:`~hf_codiemb.trainer.validate_training_dataset`, the batch plan by the trainer's sampler.
+    :func:`~hf_codiemb.training_checks.validate_training_dataset`, the batch plan by the trainer's sampler
+    (:meth:`~hf_codiemb.sampler.TaskBalancedBatchSampler.from_args`).
     """
     from transformers import AutoConfig
 
+    from hf_codiemb.checkpoints import prepare_output_dir
     from hf_codiemb.model_card import infer_base_model_id
     from hf_codiemb.models import lora_plan, resolve_model_path
     from hf_codiemb.pipeline import load_eval_sets, load_training_data
-    from hf_codiemb.trainer import (
-        build_task_sampler,
-        check_model_selection,
-        prepare_output_dir,
-        validate_training_dataset,
-    )
+    from hf_codiemb.sampler import TaskBalancedBatchSampler
     from hf_codiemb.training_args import num_negatives_for
+    from hf_codiemb.training_checks import check_model_selection, validate_training_dataset
 
     # The output folder and the resume value, as the real run checks them (nothing is deleted here).
     check_output_outside_inputs(model_args, data_args, training_args)
@@ -60,7 +58,7 @@ def dry_run(model_args, data_args, training_args) -> int:
     training_args.dataset_num_negatives = {**data.num_negatives, **(training_args.dataset_num_negatives or {})}
     for name, dataset in datasets.items():
         validate_training_dataset(name, tasks[name], dataset, num_negatives_for(training_args, name))
-    sampler = build_task_sampler(datasets, tasks, training_args)
+    sampler = TaskBalancedBatchSampler.from_args(datasets, tasks, training_args)
     sts_sets, ir_sets = load_eval_sets(data_args, model_args)
     evaluator = training_evaluator(data_args, training_args, sts_sets, ir_sets, model_args.effective_sts_prompt)
     check_model_selection(training_args, has_evaluator=evaluator is not None)
@@ -177,15 +175,15 @@ def resume_command(argv: list[str], checkpoint: str | Path) -> str:
 def resume_note(argv: list[str], output_dir: Path) -> str:
     """What a stopped run keeps: its latest complete checkpoint and the command that resumes from it, or that none
     was saved yet (the trainer's warnings about incomplete checkpoints are left out: the note is one line)."""
-    from hf_codiemb.trainer import latest_complete_checkpoint, list_checkpoints
+    from hf_codiemb.checkpoints import latest_complete_checkpoint, list_checkpoints
 
-    trainer_logger = logging.getLogger("hf_codiemb.trainer")
-    level = trainer_logger.level
-    trainer_logger.setLevel(logging.ERROR)
+    checkpoints_logger = logging.getLogger("hf_codiemb.checkpoints")
+    level = checkpoints_logger.level
+    checkpoints_logger.setLevel(logging.ERROR)
     try:
         checkpoint = latest_complete_checkpoint(output_dir)
     finally:
-        trainer_logger.setLevel(level)
+        checkpoints_logger.setLevel(level)
     if checkpoint is None:
         again = shlex.join(["codiemb", "train", *argv])
         if list_checkpoints(output_dir):
@@ -201,18 +199,15 @@ def run(argv: list[str]) -> int:
     """Entry point of `codiemb train`."""
     from sentence_transformers import SentenceTransformer
 
+    from hf_codiemb.checkpoints import delete_previous_checkpoints, prepare_output_dir
     from hf_codiemb.evaluation import evaluate_model, format_before_after_table, write_results
     from hf_codiemb.failures import declare_output
     from hf_codiemb.model_card import record_final_evaluation
     from hf_codiemb.models import load_lora_model, load_model
     from hf_codiemb.pipeline import load_eval_sets, load_training_data, training_prompts
     from hf_codiemb.recipe import parse_recipe
-    from hf_codiemb.trainer import (
-        CoDiEmbTrainer,
-        check_model_selection,
-        delete_previous_checkpoints,
-        prepare_output_dir,
-    )
+    from hf_codiemb.trainer import CoDiEmbTrainer
+    from hf_codiemb.training_checks import check_model_selection
 
     model_args, data_args, training_args, run_args = parse_recipe(argv)
     if run_args.dry_run:

@@ -55,6 +55,8 @@ class PairScoreLoss(nn.Module):
     1-D tensors; :meth:`compute_from_scores` is the public entry point on scores computed elsewhere.
     """
 
+    task = "sts"  # the task whose columns it takes (hf_codiemb.training_checks.loss_task)
+
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         scores = embed_pair_scores(self.model, sentence_features, self.similarity_fct, type(self).__name__)
         return self.compute_from_scores(scores, labels)

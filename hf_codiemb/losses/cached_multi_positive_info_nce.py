@@ -30,6 +30,8 @@ GRADCACHE_CITATION = """
 
 
 class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
+    task = "ir"  # the task whose columns it takes (hf_codiemb.training_checks.loss_task)
+
     def __init__(
         self,
         model: SentenceTransformer,

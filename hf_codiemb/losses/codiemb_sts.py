@@ -19,6 +19,8 @@ from .rank_kl import check_rank_kl_options
 
 
 class CoDiEmbSTSLoss(nn.Module):
+    task = "sts"  # the task whose columns it takes (hf_codiemb.training_checks.loss_task)
+
     def __init__(
         self,
         model: SentenceTransformer | None,

@@ -124,6 +124,8 @@ def multi_positive_info_nce(
 
 
 class MultiPositiveInfoNCELoss(nn.Module):
+    task = "ir"  # the task whose columns it takes (hf_codiemb.training_checks.loss_task)
+
     def __init__(
         self,
         model: SentenceTransformer,

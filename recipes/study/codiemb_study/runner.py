@@ -56,9 +56,9 @@ def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
 
 def planned_updates(setup: MethodSetup, args) -> dict[str, int]:
     """Optimizer updates per task in the first ``args.max_steps`` steps, read off the sampler's schedule."""
-    from hf_codiemb.trainer import build_task_sampler
+    from hf_codiemb.sampler import TaskBalancedBatchSampler
 
-    sampler = build_task_sampler(setup.datasets, setup.tasks, args)
+    sampler = TaskBalancedBatchSampler.from_args(setup.datasets, setup.tasks, args)
     tasks = [spec.task for spec in sampler.specs]
     counts = dict.fromkeys(sorted(set(tasks)), 0)
     steps, epoch = 0, 0
