@@ -125,6 +125,12 @@ def _run(argv: list[str]) -> int:
     if argv and argv[0] in COMMANDS:
         from hf_codiemb.output_lock import release_all_locks
 
+        if argv[1:] in (["--help"], ["-h"]):  # a bare --help: from the parser's snapshot when it is current
+            from hf_codiemb.help_snapshot import print_snapshot_help
+
+            if print_snapshot_help(argv[0]):
+                return 0
+
         try:
             return int(command_module(argv[0]).run(argv[1:]) or 0)
         finally:  # the outputs the command locked (hf_codiemb.output_lock), whether it succeeded or failed

@@ -42,6 +42,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from hf_codiemb.errors import CoDiEmbUserError, RecipeError, unknown_arguments_message
+from hf_codiemb.help_snapshot import HelpFormatter
 from hf_codiemb.yaml_loader import load_yaml_file
 
 CONFIG_FIELD = "config"
@@ -52,10 +53,6 @@ class ConfigArguments:
     """The ``--config`` option every command has (dropped from the parsed result when no dataclass declares it)."""
 
     config: str | None = field(default=None, metadata={"help": "A YAML file of these options; flags override it."})
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Descriptions as written (examples keep their lines), defaults shown."""
 
 
 class _ReplaceThenExtend(argparse._StoreAction):
@@ -101,7 +98,7 @@ class CommandParser(HfArgumentParser):
         all_types = self.user_types if self.declares_config else (ConfigArguments, *self.user_types)
         self.config_positional = config_positional
         super().__init__(
-            all_types, prog=prog, description=description, allow_abbrev=False, formatter_class=_HelpFormatter
+            all_types, prog=prog, description=description, allow_abbrev=False, formatter_class=HelpFormatter
         )
         self._one_documented_spelling()
         for action in self._actions:

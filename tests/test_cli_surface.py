@@ -17,7 +17,7 @@ from hf_codiemb.recipe import parse_recipe
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["fuse", "--help"], ["push", "--help"], ["evaluate", "--help"],
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["fuse", "--help"], ["push", "--help"], ["evaluate", "--help"],
                                   ["prepare-models", "--help"], ["merge-lora", "--help"], ["mine", "--help"]])
 def test_help_is_fast_and_imports_no_heavy_library(argv):
     """`codiemb --help` imports nothing heavy (under 1 s); a command's help builds its parser (transformers'
@@ -40,11 +40,57 @@ def test_help_is_fast_and_imports_no_heavy_library(argv):
     wall = time.perf_counter() - started
     result = next(line for line in proc.stderr.splitlines() if line.startswith("RESULT"))
     _, elapsed, heavy = result.split(" ", 2)
-    heavy = [name for name in ast.literal_eval(heavy) if argv == ["--help"] or name != "transformers"]
+    # `codiemb train --help` is printed from its snapshot (hf_codiemb.help_snapshot): not even transformers.
+    heavy = [name for name in ast.literal_eval(heavy) if argv in (["--help"], ["train", "--help"]) or name != "transformers"]
     assert heavy == [], f"`codiemb {' '.join(argv)}` imported {heavy}"
     assert float(elapsed) < (1.0 if argv == ["--help"] else 2.0), result
     assert wall < 5.0  # interpreter start included, on a busy 2-core machine
     assert "usage: codiemb" in proc.stdout
+
+
+@pytest.mark.parametrize("columns", ["64", "150"])
+def test_train_help_snapshot_prints_what_the_live_parser_prints(columns, monkeypatch):
+    """The snapshot of `codiemb train --help` is current: rendered from it, the help is the live parser's, at any
+    terminal width. Regenerate it after changing an option: python -m hf_codiemb.help_snapshot"""
+    import contextlib
+    import io
+    import json
+
+    from hf_codiemb.commands.train import build_parser
+    from hf_codiemb.help_snapshot import parser_from_snapshot, snapshot_matches, snapshot_path
+
+    data = json.loads(snapshot_path("train").read_text(encoding="utf-8"))
+    regenerate = "stale snapshot: run `python -m hf_codiemb.help_snapshot` and commit the result"
+    assert snapshot_matches(data), regenerate
+    monkeypatch.setenv("COLUMNS", columns)
+    live = build_parser().format_help()
+    assert parser_from_snapshot(data["parser"]).format_help() == live, regenerate
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main_exit_code(["train", "--help"]) == 0
+    assert printed.getvalue() == live
+    assert "--ir_batch_size" in live and "--per_device_train_batch_size" not in live  # ignored options stay hidden
+
+
+def test_a_snapshot_of_other_versions_is_not_used(monkeypatch, capsys):
+    """A snapshot written against other library versions is ignored: the live parser answers."""
+    from hf_codiemb import help_snapshot
+
+    monkeypatch.setattr(help_snapshot, "version_key", lambda: {"hf_codiemb": "0.0.0"})
+    assert help_snapshot.print_snapshot_help("train") is False
+    assert capsys.readouterr().out == ""
+    assert main_exit_code(["train", "--help"]) == 0
+    assert "--ir_batch_size" in capsys.readouterr().out
+
+
+def main_exit_code(argv: list[str]) -> int:
+    """`codiemb ARGV`'s exit status (argparse's --help exits through SystemExit)."""
+    from hf_codiemb.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
 
 
 def test_recipe_as_positional_path_and_both_flag_spellings(monkeypatch):
