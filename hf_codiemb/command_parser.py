@@ -306,6 +306,8 @@ def _type_name(annotation: Any) -> str:
         return f"a list of {_type_name(args[0])}" if args else "a list"
     if origin is dict or annotation is dict:
         return "a mapping"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(annotation))
     names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
     if annotation in names:
         return names[annotation]

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Literal, Union
 
 from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -82,6 +82,109 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
 
     Credentials (``hub_token``) stay in memory: the pickled arguments (``training_args.bin`` in the output folder
     and in every checkpoint) hold ``None`` instead, see :meth:`__getstate__`.
+
+    Defaults are the reference code's (TencentCloudADP/youtu-embedding, ``training/CoDiEmb``); options marked
+    [ours] are not in it. Inherited options the task-balanced sampler does not use (``per_device_train_batch_size``,
+    ``batch_sampler``, ...; :data:`IGNORED_TRAINER_OPTIONS`) are refused with the option to set instead.
+
+    Parameters:
+        > Datasets and batches
+
+        dataset_tasks (`dict[str, str]` or `str`, *optional*, defaults to `None`):
+            Task (``"ir"`` or ``"sts"``) of each training dataset by name, e.g. ``{"msmarco": "ir", "stsb": "sts"}``
+            (or ``"msmarco:ir,stsb:sts"``). Unset: inferred from the columns (``positives``: IR, ``score``: STS).
+        ir_batch_size (`int`, *optional*, defaults to `16`):
+            Per-device batch size (queries) of IR datasets.
+        sts_batch_size (`int`, *optional*, defaults to `32`):
+            Per-device batch size (sentence pairs) of STS datasets.
+        num_positives (`int`, *optional*, defaults to `2`):
+            Positives sampled per IR query and step (with replacement when a query has fewer).
+        num_negatives (`int`, *optional*, defaults to `4`):
+            Hard negatives sampled per IR query and step (with replacement when a query has fewer).
+        dataset_num_negatives (`dict[str, int]` or `str`, *optional*, defaults to `None`):
+            Hard negatives per query of named IR datasets, overriding ``num_negatives`` (``0``: in-batch negatives
+            only; ``codiemb train`` sets it for a BEIR split given without mined negatives).
+        query_max_seq_length (`int`, *optional*, defaults to `None`):
+            Token limit of IR queries, prompt included. Unset: the model's ``max_seq_length``, which it cannot exceed.
+        passage_max_seq_length (`int`, *optional*, defaults to `None`):
+            Token limit of IR positives and negatives. Unset: the model's ``max_seq_length``.
+        per_device_eval_batch_size (`int`, *optional*, defaults to `32`):
+            Encoding batch size of every dev-set evaluation (transformers' default: 8).
+
+        > IR loss (`MultiPositiveInfoNCELoss`)
+
+        temperature (`float`, *optional*, defaults to `0.02`):
+            Temperature of the IR InfoNCE loss.
+        in_batch_negatives (`bool`, *optional*, defaults to `True`):
+            Use the passages of the batch's other queries as negatives.
+        in_batch_positives (`Literal["slot", "all"]`, *optional*, defaults to `"slot"`):
+            In-batch candidates of positive slot ``p``: ``"slot"`` every query's ``p``-th positive and every hard
+            negative (the reference); ``"all"`` every other query's positives of every slot [ours].
+        gather_across_devices (`bool`, *optional*, defaults to `True`):
+            All-gather the IR embeddings across ranks, with gradients, for more in-batch negatives.
+        ir_mini_batch_size (`int`, *optional*, defaults to `None`):
+            GradCache: embed the IR batch in mini-batches of this many rows (``CachedMultiPositiveInfoNCELoss``,
+            the same loss in the memory of a mini-batch) [ours]. Unset: the uncached loss.
+
+        > STS loss (`CoDiEmbSTSLoss`)
+
+        pearson_weight (`float`, *optional*, defaults to `2.0`):
+            Weight of the Pearson loss.
+        pro_weight (`float`, *optional*, defaults to `0.5`):
+            Weight of the PRO listwise loss.
+        rank_kl_weight (`float`, *optional*, defaults to `5.0`):
+            Weight of the rank-KL loss.
+        soft_spearman_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of the differentiable (soft-rank) Spearman loss [ours]; 0 is off, as in the paper.
+        sts_temperature (`float`, *optional*, defaults to `0.05`):
+            Temperature of the PRO and rank-KL losses.
+        rank_kl_all_equal_gold (`Literal["uniform_target", "zero"]`, *optional*, defaults to `"uniform_target"`):
+            Rank-KL on a batch whose gold scores are all equal: ``"uniform_target"`` pulls the predictions together
+            (the reference), ``"zero"`` skips it [ours].
+        multi_layer_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the reference's middle-layer InfoNCE on STS steps; 0 is off.
+        multi_layer_index (`int`, *optional*, defaults to `None`):
+            Hidden-state index of the middle layer (0: the embeddings). Unset: ``n // 2``, the reference's.
+        multi_layer_threshold (`float`, *optional*, defaults to `1.0`):
+            STS pairs with a gold score at or above it are the rows of the middle-layer InfoNCE (the reference).
+        multi_layer_threshold_fraction (`float`, *optional*, defaults to `None`):
+            The threshold as a share ``f`` of the recipe's ``sts_score_range`` (``low + f * (high - low)``),
+            overriding ``multi_layer_threshold`` [ours].
+        multi_layer_temperature (`float`, *optional*, defaults to `None`):
+            Temperature of the middle-layer InfoNCE. Unset: ``temperature`` (the reference's choice).
+        sts_gather_across_devices (`bool`, *optional*, defaults to `False`):
+            All-gather STS scores and middle-layer embeddings across ranks (the reference's option, off in its
+            scripts).
+
+        > Sampling of tasks
+
+        task_ratio (`dict[str, float]` or `str`, *optional*, defaults to `None`):
+            IR:STS share of optimizer updates, e.g. ``"ir:1,sts:1"``. Unset: proportional to the data (each batch
+            once per epoch, the reference's sampler).
+        sampling_temperature (`float`, *optional*, defaults to `1.0`):
+            Without ``task_ratio``: a dataset's share of updates is proportional to ``batches ** (1 / T)``.
+
+        > Run control
+
+        skip_nonfinite_batches (`bool`, *optional*, defaults to `False`):
+            On a NaN/inf training loss, skip the batch's optimizer update (counted in the logs) instead of stopping
+            with an error naming the step, dataset and loss component.
+        early_stopping_patience (`int`, *optional*, defaults to `None`):
+            Stop when ``metric_for_best_model`` has not improved for this many evaluations (transformers'
+            ``EarlyStoppingCallback``; needs ``eval_strategy`` and dev sets).
+        early_stopping_threshold (`float`, *optional*, defaults to `0.0`):
+            The least change of ``metric_for_best_model`` that counts as an improvement.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            ``codiemb train``: start a new run in an ``output_dir`` that holds a previous run, deleting its
+            checkpoints once every check has passed (transformers 5 dropped this flag).
+
+    Example::
+
+        from hf_codiemb import CoDiEmbTrainingArguments
+
+        args = CoDiEmbTrainingArguments(
+            output_dir="outputs/run", ir_batch_size=32, sts_batch_size=64, num_negatives=7, task_ratio="ir:3,sts:1"
+        )
     """
 
     _VALID_DICT_FIELDS: ClassVar[list[str]] = [
@@ -126,7 +229,7 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     soft_spearman_weight: float = field(
         default=0.0, metadata={"help": "Weight of the differentiable Spearman STS loss (0 = off, as in the paper)."}
     )
-    in_batch_positives: str = field(
+    in_batch_positives: Literal["slot", "all"] = field(
         default="slot",
         metadata={
             "help": "IR in-batch candidates of positive slot p: 'slot' = every query's p-th positive + all hard "
@@ -189,7 +292,7 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             "reference's sts_negatives_cross_device, off in its scripts)."
         },
     )
-    rank_kl_all_equal_gold: str = field(
+    rank_kl_all_equal_gold: Literal["uniform_target", "zero"] = field(
         default="uniform_target",
         metadata={
             "help": "Rank-KL on a batch whose gold scores are all equal: 'uniform_target' pulls the predictions "

@@ -177,3 +177,33 @@ def test_every_command_is_one_command_parser_with_both_flag_spellings(tmp_path):
     with pytest.raises(RecipeError, match="the following arguments are required: --model, --beir, --output"):
         command_module("mine").build_parser().parse([])
 
+
+
+def test_a_yaml_value_outside_a_literal_field_names_the_choices(tmp_path):
+    from hf_codiemb.errors import RecipeError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ir_train: [demo:ir_train.jsonl]\nin_batch_positives: both\n")
+    with pytest.raises(RecipeError, match=r"line 2, field 'in_batch_positives': must be one of 'slot', 'all', got 'both'"):
+        parse_recipe([str(recipe)])
+
+
+def test_every_codiemb_training_argument_is_documented_with_its_type_and_default():
+    """CoDiEmbTrainingArguments' docstring lists each of its own fields (TRL style: name (`type`, *optional*,
+    defaults to `value`)), with the default the field really has."""
+    import dataclasses
+    import re
+
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    from hf_codiemb.training_args import CoDiEmbTrainingArguments
+
+    parent = {item.name: item.default for item in dataclasses.fields(SentenceTransformerTrainingArguments)}
+    doc = CoDiEmbTrainingArguments.__doc__
+    own = [item for item in dataclasses.fields(CoDiEmbTrainingArguments)
+           if item.name not in parent or item.default != parent[item.name]]  # fmt: skip
+    assert len(own) >= 30
+    for item in own:
+        match = re.search(rf"^\s+{item.name} \(`[^`]+`(?: or `[^`]+`)?, \*optional\*, defaults to `([^`]*)`\):$", doc, re.MULTILINE)
+        assert match, f"{item.name} is not documented in CoDiEmbTrainingArguments' docstring"
+        assert match.group(1) == (f'"{item.default}"' if isinstance(item.default, str) else str(item.default)), item.name
