@@ -20,7 +20,7 @@ import torch
 
 from hf_codiemb.commands import prepare_models as command
 from hf_codiemb.errors import ModelLoadError
-from hf_codiemb.models import resolve_model_path
+from hf_codiemb.model_names import resolve_model_path
 from hf_codiemb.prepare_models import (
     CACHE_ENV_VAR,
     MARKER_FILE,

@@ -26,7 +26,8 @@ from hf_codiemb.data import (
     warn_suspicious_records,
 )
 from hf_codiemb.errors import CoDiEmbUserError, DataError, ModelLoadError, RecipeError
-from hf_codiemb.models import ModelArguments, load_model, resolve_model_path
+from hf_codiemb.model_names import resolve_model_path
+from hf_codiemb.models import ModelArguments, load_model
 from hf_codiemb.recipe import parse_recipe
 from hf_codiemb.trainer import TrainingDataError
 

@@ -87,7 +87,7 @@ def load_eval_results(path: str | Path) -> dict[str, dict[str, float]]:
 
 def public_names(specs: list[str]) -> list[str]:
     """The public names (Hub id or folder name) of fusion inputs, repeated names told apart (``name (2)``)."""
-    from hf_codiemb.model_card import public_model_name
+    from hf_codiemb.model_names import public_model_name
 
     return _unique([public_model_name(spec) for spec in specs])
 
@@ -146,9 +146,9 @@ def render_card(
 
     Args:
         base_model / checkpoints: the inputs as the user named them (paths, Hub ids, ``packaged:`` names); the card
-            shows their public names (:func:`hf_codiemb.model_card.public_model_name`: Hub id or folder name).
+            shows their public names (:func:`hf_codiemb.model_names.public_model_name`: Hub id or folder name).
         base_model_id: the YAML ``base_model`` field; default: the base's Hub id when it has one
-            (:func:`hf_codiemb.model_card.infer_base_model_id`), else the one the checkpoints' cards agree on.
+            (:func:`hf_codiemb.model_names.infer_base_model_id`), else the one the checkpoints' cards agree on.
         base_folder / checkpoint_folders: local folders of the inputs, whose cards (README.md) are read for their
             datasets, losses and evaluation (:func:`input_card_summary`).
         choice: how the inputs and settings were chosen (the "How this model was chosen" section):
@@ -158,7 +158,7 @@ def render_card(
     """
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    from hf_codiemb.model_card import infer_base_model_id, public_model_name
+    from hf_codiemb.model_names import infer_base_model_id, public_model_name
 
     environment = Environment(
         loader=FileSystemLoader(str(template_dir())),

@@ -19,7 +19,7 @@ from hf_codiemb.fusion.registry import FusionMethod, get_method
 from hf_codiemb.fusion.stats import WeightStatistics, preload_plotting
 from hf_codiemb.fusion.streaming import merge_weights
 from hf_codiemb.fusion.validate import FusionPlan, build_plan
-from hf_codiemb.model_card import public_model_name
+from hf_codiemb.model_names import public_model_name
 from hf_codiemb.output_lock import acquire_output_lock
 
 logger = logging.getLogger(__name__)

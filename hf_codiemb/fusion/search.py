@@ -193,7 +193,7 @@ def fusion_search(
         except ValueError as exc:
             raise SelectionError(f"Fusion search over {method!r}: {exc}") from None
 
-    from hf_codiemb.model_card import public_model_name
+    from hf_codiemb.model_names import public_model_name
 
     names = [public_model_name(str(checkpoint)) for checkpoint in checkpoints]
     plans: list[tuple[str, str, dict[str, Any], list[str | Path], str, dict[str, Any]]] = [
