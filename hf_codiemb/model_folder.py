@@ -30,14 +30,17 @@ CONFIG_FILE = "config.json"
 # The settings of a peft LoRA adapter (``base_model_name_or_path``, ``r``, ``target_modules``, ...).
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 # The weights of a peft LoRA adapter; every file whose name starts with ADAPTER_WEIGHT_PREFIX is adapter weights.
-ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+ADAPTER_SAFETENSORS_FILE = "adapter_model.safetensors"
+ADAPTER_WEIGHT_FILES = (ADAPTER_SAFETENSORS_FILE, "adapter_model.bin")
 ADAPTER_WEIGHT_PREFIX = "adapter_model"
 # The index of a sharded checkpoint: its ``weight_map`` names the shard files (see :func:`shard_files`).
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 SHARD_INDEX_FILES = (SAFETENSORS_INDEX_FILE, "pytorch_model.bin.index.json")
+# The weights of a transformers model (or of a sentence-transformers module: Dense, ...) in one safetensors file.
+SAFETENSORS_WEIGHTS_FILE = "model.safetensors"
 # Files that hold the weights of a transformers model folder (plain, sharded, or a peft adapter).
 WEIGHT_FILES = (
-    "model.safetensors",
+    SAFETENSORS_WEIGHTS_FILE,
     SAFETENSORS_INDEX_FILE,
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
@@ -45,6 +48,8 @@ WEIGHT_FILES = (
 )
 # Pickled weights, loaded by transformers only where a folder has no ``*.safetensors`` file (plain, shards, adapter).
 PICKLED_WEIGHT_PATTERNS = ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "adapter_model.bin")
+# The folders of the exports sentence-transformers loads with ``backend="onnx"`` / ``"openvino"`` (not the weights).
+BACKEND_EXPORT_FOLDERS = ("onnx", "openvino")
 # Configuration files read by SentenceTransformer / transformers / peft in a model folder and its module folders.
 CONFIG_FILES = frozenset({
     MODULES_FILE, "config_sentence_transformers.json", "sentence_bert_config.json", CONFIG_FILE,
