@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hf_codiemb.fusion.errors import FusionError
+
 TEMPLATE_NAME = "fusion.md.j2"
 
 
@@ -74,15 +76,22 @@ def input_card_summary(folder: str | Path | None) -> dict[str, Any] | None:
 
 
 def load_eval_results(path: str | Path) -> dict[str, dict[str, float]]:
-    """Read evaluation results: ``{"metric": value}`` (one row, "fused") or ``{"row": {"metric": value}}``."""
-    data = json.loads(Path(path).read_text())
+    """Read evaluation results: ``{"metric": value}`` (one row, "fused") or ``{"row": {"metric": value}}``.
+
+    Raises:
+        FusionError: the file cannot be read, is not JSON, or holds neither shape (the message names it).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise FusionError(f"Evaluation results {path} cannot be read ({error})") from None
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}: expected a JSON object of metrics or of rows of metrics")
+        raise FusionError(f"{path}: expected a JSON object of metrics or of rows of metrics")
     if all(isinstance(value, (int, float)) for value in data.values()):
         return {"fused": data}
     if all(isinstance(value, dict) for value in data.values()):
         return data
-    raise ValueError(f"{path}: expected {{metric: number}} or {{row: {{metric: number}}}}")
+    raise FusionError(f"{path}: expected {{metric: number}} or {{row: {{metric: number}}}}")
 
 
 def public_names(specs: list[str]) -> list[str]:
