@@ -21,7 +21,7 @@ from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_N
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_codiemb.errors import CoDiEmbUserError, ModelLoadError
-from hf_codiemb.model_folder import WEIGHT_FILES, check_safetensors_file
+from hf_codiemb.model_folder import ADAPTER_CONFIG_FILE, MODULES_FILE, WEIGHT_FILES, check_safetensors_file
 
 if TYPE_CHECKING:
     from hf_codiemb.training_args import CoDiEmbTrainingArguments
@@ -85,7 +85,7 @@ def checkpoint_problem(checkpoint: str | Path) -> str | None:
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         return f"{TRAINER_STATE_NAME} has no global_step"
     try:
-        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+        modules = json.loads((path / MODULES_FILE).read_text(encoding="utf-8"))
         module_dirs = [path / module.get("path", "") for module in modules]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as error:
         return f"modules.json is missing or unreadable ({error})"
@@ -223,7 +223,7 @@ def _previous_run(output_dir: Path) -> str:
     """What a previous run left in ``output_dir`` (``"2 checkpoint(s) (checkpoint-2, checkpoint-4) and a saved
     model"``), or ``""``."""
     checkpoints = list_checkpoints(output_dir)
-    saved_model = [name for name in ("modules.json", "adapter_config.json") if (output_dir / name).is_file()]
+    saved_model = [name for name in (MODULES_FILE, ADAPTER_CONFIG_FILE) if (output_dir / name).is_file()]
     held = [f"{len(checkpoints)} checkpoint(s) ({', '.join(c.name for c in checkpoints[-3:])})"] if checkpoints else []
     held += ["a saved model"] if saved_model else []
     return " and ".join(held)

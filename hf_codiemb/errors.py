@@ -16,6 +16,7 @@ __all__ = [
     "CoDiEmbUserError",
     "DataError",
     "DataFileNotFoundError",
+    "MissingDependencyError",
     "ModelLoadError",
     "OutputExistsError",
     "OutputInUseError",
@@ -72,6 +73,10 @@ class RecipeError(CoDiEmbUserError, ValueError):
 
     def __reduce__(self):  # keep the exception picklable
         return (type(self), (self.problem, self.field, self.source, self.line))
+
+
+class MissingDependencyError(CoDiEmbUserError, ImportError):
+    """An optional dependency that the chosen option needs is not installed (the message says what to install)."""
 
 
 class ModelLoadError(CoDiEmbUserError, OSError):

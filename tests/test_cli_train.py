@@ -13,7 +13,7 @@ from tiny_models import make_tiny_model
 
 from hf_codiemb.cli import main
 from hf_codiemb.data import demo_data_path
-from hf_codiemb.models import load_lora_model
+from hf_codiemb.lora import load_lora_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "recipes" / "default" / "config.yaml"

@@ -169,7 +169,7 @@ def test_non_finite_fusion_parameter_is_refused_by_name(tmp_path, capsys, tiny_m
                              str(tiny_model_dir), "--output-dir", str(tmp_path / "fused"), "--param", f"p={value}"],
                             capsys)  # fmt: skip
     assert code == 2
-    assert lines == [(f"codiemb fuse: error: Fusion failed: fusion method 'delta': parameter 'p' must be a finite "
+    assert lines == [(f"codiemb fuse: error: fusion method 'delta': parameter 'p' must be a finite "
                      f"number, got '{value}'")]  # fmt: skip
     assert not (tmp_path / "fused").exists()
 

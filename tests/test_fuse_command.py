@@ -81,3 +81,33 @@ def test_every_training_recipe_with_epoch_checkpoints_has_a_fusion_recipe():
     for training in sorted(REPO.glob("recipes/**/config.yaml")):
         if "save_strategy: epoch" in training.read_text():
             assert (training.parent / "fuse.yaml").is_file(), training
+
+
+def _error_lines(argv: list[str], capfd) -> tuple[int, list[str]]:
+    """Exit status and every stderr line of ``codiemb ARGV`` (the console entry itself, logs included)."""
+    capfd.readouterr()
+    code = main(argv)
+    return code, capfd.readouterr().err.splitlines()
+
+
+def test_a_refused_input_is_one_error_line_and_exit_status_2(tmp_path, capfd):
+    base = tiny_hf_model(tmp_path / "base")
+    checkpoint = perturbed_copy(base, tmp_path / "ck", seed=1)
+    missing = tmp_path / "no-such-checkpoint"
+    code, lines = _error_lines(["fuse", "--base", str(base), "--checkpoints", str(checkpoint), str(missing),
+                                "--output_dir", str(tmp_path / "out")], capfd)  # fmt: skip
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("codiemb fuse: error: The checkpoint 2: "), lines
+    assert str(missing) in lines[0] and "does not exist" in lines[0]
+    # An output folder that is one of the inputs.
+    code, lines = _error_lines(["fuse", "--base", str(base), "--checkpoints", str(checkpoint), str(base),
+                                "--output_dir", str(checkpoint), "--overwrite"], capfd)  # fmt: skip
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(f"codiemb fuse: error: The output folder {checkpoint} is the "), lines
+    # A value the method itself refuses, and a method that does not exist.
+    for param in (["--param", "p=-1"], ["--method", "no_such_method"]):
+        code, lines = _error_lines(["fuse", "--base", str(base), "--checkpoints", str(checkpoint), str(base),
+                                    "--output_dir", str(tmp_path / "out"), *param], capfd)  # fmt: skip
+        assert code == 2
+        assert len(lines) == 1 and lines[0].startswith("codiemb fuse: error: "), lines
+    assert not (tmp_path / "out").exists()

@@ -294,7 +294,7 @@ def test_missing_base(tmp_path):
 
 
 def test_fuse_command_takes_packaged_and_prepared_names(tmp_path, monkeypatch, capsys):
-    """`--base packaged:NAME` is resolved like every other model name (hf_codiemb.models.resolve_model_path)."""
+    """`--base packaged:NAME` is resolved like every other model name (hf_codiemb.model_names.resolve_model_path)."""
     from hf_codiemb.cli import main
 
     base = minilm_path()

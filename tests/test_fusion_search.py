@@ -171,7 +171,7 @@ def test_search_front_choice_weights_and_card(runs, tmp_path):
         "p=0, shares=0.3/0.7", "p=2, shares=0.3/0.7"]  # fmt: skip
 
     # The inputs' own scores, evaluated independently, are the candidates "input 1/2" of the front.
-    sts_sets, ir_sets = load_dev_sets(str(recipe))
+    sts_sets, ir_sets, _ = load_dev_sets(str(recipe))
     for candidate, folder in zip(candidates, (run_a / "checkpoint-20", run_b / "checkpoint-15")):
         results = evaluate_model(SentenceTransformer(str(folder)), sts_sets, ir_sets, geometry_texts=[])
         ir = np.mean([m["ndcg@10"] for m in results["ir"].values()])
@@ -225,3 +225,34 @@ def test_selection_and_search_settings_come_from_a_fusion_recipe(tmp_path):
         True, "dev.yaml", [0.0, 1.5], [0.5]
     )  # fmt: skip
     assert config.ir_weight == 0.75  # the command line overrides the recipe
+
+
+def test_search_loads_candidates_with_the_eval_recipes_model_settings(runs, tmp_path):
+    """As `codiemb evaluate` does (models.load_model): a CLS-pooled recipe's candidates are scored CLS-pooled."""
+    from sentence_transformers import SentenceTransformer
+
+    from hf_codiemb.commands.fuse import load_dev_sets
+    from hf_codiemb.evaluation import evaluate_model
+    from hf_codiemb.models import set_pooling
+
+    base, run_a, run_b = runs
+    recipe = tmp_path / "cls.yaml"
+    recipe.write_text(f"model_name_or_path: {base}\npooling: cls\nmax_seq_length: 32\nsts_eval: [demo:sts_dev.jsonl]\n"
+                      "ir_eval: [demo:ir_dev.jsonl]\nir_eval_from_sts: false\nmax_eval_records: 24\n")  # fmt: skip
+    inputs = [run_a / "checkpoint-20", run_b / "checkpoint-15"]
+    out = tmp_path / "fused"
+    assert main(["fuse", "--base", str(base), "--checkpoints", *map(str, inputs), "--search", "--eval_recipe",
+                 str(recipe), "--search_p", "1", "--search_shares", "0.5", "--output_dir", str(out)]) == 0  # fmt: skip
+    candidates = json.loads((out / "fusion_search.json").read_text())["candidates"]
+    sts_sets, _, model_args = load_dev_sets(str(recipe))
+    assert (model_args.pooling, model_args.max_seq_length) == ("cls", 32)
+    for candidate, folder in zip(candidates, inputs):
+        scores = {}
+        for pooling in ("cls", "mean"):
+            model = SentenceTransformer(str(folder), device="cpu")
+            set_pooling(model, pooling)
+            model.max_seq_length = 32
+            results = evaluate_model(model, sts_sets, None, geometry_texts=[])
+            scores[pooling] = np.mean([m["spearman_cosine"] for m in results["sts"].values()])
+        assert candidate["sts_score"] == pytest.approx(scores["cls"], abs=1e-6)
+        assert abs(scores["mean"] - scores["cls"]) > 1e-3  # the recipe's pooling made a difference

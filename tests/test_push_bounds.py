@@ -47,7 +47,7 @@ def stored_bytes(hub) -> bytes:
     return b"".join(path.read_bytes() for path in Path(hub.server.state.root).rglob("*") if path.is_file())
 
 
-def test_symlink_out_of_the_folder_is_refused_and_its_target_never_sent(hub_regular, folder, caplog):
+def test_symlink_out_of_the_folder_is_refused_and_its_target_never_sent(hub_regular, folder, caplog, capsys):
     outside = folder.parent / "private_notes.md"
     outside.write_text(f"# notes\n{SECRET}\n")
     (folder / "README.md").unlink()
@@ -55,8 +55,9 @@ def test_symlink_out_of_the_folder_is_refused_and_its_target_never_sent(hub_regu
     hub_regular.server.state.requests.clear()
     assert main(["push", str(folder), "--repo-id", "user/linked", "--force"]) == 2  # --force does not allow it
     message = f"{folder / 'README.md'} is a symbolic link to {outside.resolve()}, outside {folder.resolve()}"
-    assert message in caplog.text and "Nothing was uploaded" in caplog.text
-    assert SECRET not in caplog.text
+    [line] = capsys.readouterr().err.splitlines()  # codiemb push: error: ...
+    assert line.startswith("codiemb push: error: ") and message in line and "Nothing was uploaded" in line
+    assert SECRET not in line and SECRET not in caplog.text
     assert hub_regular.server.state.requests == []
     with pytest.raises(UnsafeFileError, match="README.md is a symbolic link to .*outside"):
         push_model_folder(folder, "user/linked", include=["*"])
@@ -169,15 +170,18 @@ CREDENTIALS = [
 
 
 @pytest.mark.parametrize(("name", "content", "rule"), CREDENTIALS, ids=[c[0] for c in CREDENTIALS])
-def test_credential_formats_are_refused_naming_file_and_rule(hub_regular, folder, caplog, name, content, rule):
+def test_credential_formats_are_refused_naming_file_and_rule(hub_regular, folder, caplog, capsys, name, content, rule):
     target = "README.md" if name.endswith(".md") else "config.json"
     (folder / target).write_text(content)
     hub_regular.server.state.requests.clear()
     assert main(["push", str(folder), "--repo-id", "user/leak"]) == 2
-    [line] = [line for line in caplog.text.splitlines() if f"{folder / target}: its content looks like" in line]
+    [error] = capsys.readouterr().err.splitlines()  # codiemb push: error: Refusing to push ...
+    assert error.startswith("codiemb push: error: Refusing to push")
+    # the finding: "PATH: its content looks like RULE (line N)", up to the remedy
+    line = error.split(f"{folder / target}: its content looks like", 1)[1].split(" Remove them", 1)[0]
     assert rule in line and "(line " in line
     secret_part = content.split()[-1].strip('"}')[-16:]  # the tail of the secret never appears
-    assert secret_part not in caplog.text
+    assert secret_part not in error and secret_part not in caplog.text
     assert hub_regular.server.state.requests == []
 
 

@@ -103,16 +103,18 @@ def test_push_uploads_only_model_files_and_the_model_loads_from_the_hub(hub, tra
     np.testing.assert_array_equal(remote.encode(SENTENCES), local.encode(SENTENCES))
 
 
-def test_credential_in_a_model_file_is_refused_before_anything_is_sent(hub_regular, training_folder, caplog):
+def test_credential_in_a_model_file_is_refused_before_anything_is_sent(hub_regular, training_folder, caplog, capsys):
     folder, expected = training_folder
     readme = folder / "README.md"
     readme.write_text(readme.read_text() + f"\nlogin with\n{TOKEN}\n")
     line = readme.read_text().splitlines().index(TOKEN) + 1
     hub_regular.server.state.requests.clear()
     assert main(["push", str(folder), "--repo-id", "user/refused"]) == 2
-    assert f"{readme}: its content looks like a Hugging Face token (hf_...) (line {line})" in caplog.text
-    assert "--force" in caplog.text
-    assert TOKEN not in caplog.text
+    err = capsys.readouterr().err  # one line: codiemb push: error: ...
+    assert err.startswith("codiemb push: error: Refusing to push") and err.count("\n") == 1
+    assert f"{readme}: its content looks like a Hugging Face token (hf_...) (line {line})" in err
+    assert "--force" in err
+    assert TOKEN not in err and TOKEN not in caplog.text
     assert hub_regular.server.state.requests == []  # not even the repository was created
     caplog.clear()
     assert main(["push", str(folder), "--repo-id", "user/refused", "--force"]) == 0
@@ -130,38 +132,61 @@ def test_credential_in_a_model_file_is_refused_before_anything_is_sent(hub_regul
         ("config.json", b'{"aws": "AKIAABCDEFGHIJKLMNOP"}', "an AWS access key id (line 1)"),
     ],
 )
-def test_module_folders_and_model_files_are_checked(hub_regular, training_folder, caplog, planted, content, reason):
+def test_module_folders_and_model_files_are_checked(hub_regular, training_folder, capsys, planted, content, reason):
     folder, _ = training_folder
     (folder / planted).write_bytes(content)
     assert main(["push", str(folder), "--repo-id", "user/refused"]) == 2
-    assert f"{folder / planted}: " in caplog.text and reason in caplog.text
+    err = capsys.readouterr().err
+    assert f"{folder / planted}: " in err and reason in err
     assert "user/refused" not in hub_regular.server.state.repos
 
 
-def test_include_adds_files_and_is_checked_too(hub_regular, training_folder, caplog):
+def test_include_adds_files_and_is_checked_too(hub_regular, training_folder, capsys):
     folder, expected = training_folder
     assert main(["push", str(folder), "--repo-id", "user/inc", "--include", "*.txt"]) == 2  # hf_token.txt
-    assert f"{folder / 'hf_token.txt'}: the name looks like a token file" in caplog.text
-    assert "notes.txt:" not in caplog.text
+    err = capsys.readouterr().err
+    assert f"{folder / 'hf_token.txt'}: the name looks like a token file" in err
+    assert "notes.txt:" not in err
     assert main(["push", str(folder), "--repo-id", "user/inc", "--include", "notes.txt",
                  "--include", "checkpoint-5/"]) == 0
     checkpoint = {f"checkpoint-5/{path}" for path in files_under(folder / "checkpoint-5")}
     assert repo_files("user/inc") == expected | {"notes.txt"} | checkpoint
 
 
-def test_dry_run_and_invalid_repo_id_send_nothing(hub_regular, training_folder, caplog):
+def test_dry_run_and_invalid_repo_id_send_nothing(hub_regular, training_folder, caplog, capsys):
     folder, expected = training_folder
     hub_regular.server.state.requests.clear()
     with caplog.at_level(logging.INFO, logger="hf_codiemb"):
         assert main(["push", str(folder), "--repo-id", "user/dry", "--dry-run"]) == 0
     assert f"Would push {folder} to user/dry: {len(expected)} file(s)" in caplog.text
+    capsys.readouterr()
     assert main(["push", str(folder), "--repo-id", "not a/valid//id"]) == 2
-    assert "Invalid Hub repo id 'not a/valid//id'" in caplog.text
+    assert "Invalid Hub repo id 'not a/valid//id'" in capsys.readouterr().err
     assert main(["push", str(folder / "absent"), "--repo-id", "user/x"]) == 2
     assert hub_regular.server.state.requests == []
 
 
-def test_fuse_push_goes_through_the_same_filter(hub_regular, tmp_path, caplog):
+def test_a_bad_folder_or_repo_id_is_one_error_line_and_exit_status_2(tmp_path, saved_model, capfd):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("no model here")
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_model, broken)
+    (broken / "modules.json").write_text("[{")
+    cases = [
+        ([str(tmp_path / "absent"), "--repo-id", "user/x"], f"Nothing to push: {tmp_path / 'absent'} is not a "),
+        ([str(tmp_path / "notes"), "--repo-id", "user/x"], f"Nothing to push: {tmp_path / 'notes'} holds no model "),
+        ([str(broken), "--repo-id", "user/x"], f"{broken / 'modules.json'}: not valid JSON"),
+        ([str(saved_model), "--repo-id", "not a/valid//id"], "Invalid Hub repo id 'not a/valid//id'"),
+        ([str(saved_model), "--repo-id", "user/x", "--revision", "dev", "--create-pr"], "create_pr opens a pull "),
+    ]
+    for argv, message in cases:
+        capfd.readouterr()
+        assert main(["push", *argv, "--dry-run"]) == 2, argv
+        lines = capfd.readouterr().err.splitlines()
+        assert lines == [lines[0]] and lines[0].startswith(f"codiemb push: error: {message}"), lines
+
+
+def test_fuse_push_goes_through_the_same_filter(hub_regular, tmp_path, capsys):
     base = hub_fixtures.tiny_hf_model(tmp_path / "base")
     checkpoints = [hub_fixtures.perturbed_copy(base, tmp_path / f"ck{s}", seed=s) for s in (1, 2)]
     (checkpoints[0] / "hf_token.txt").write_text(TOKEN)  # support files of the first checkpoint are copied
@@ -177,8 +202,12 @@ def test_fuse_push_goes_through_the_same_filter(hub_regular, tmp_path, caplog):
     assert "hf_token.txt" not in uploaded and "notes.txt" not in uploaded
     assert uploaded == {p for p in files_under(out) if p not in ("hf_token.txt", "notes.txt")}
     (checkpoints[0] / "special_tokens_map.json").write_text(f'{{"pad": "{TOKEN}"}}')
+    capsys.readouterr()
     assert fuse("out2", "user/fused2") == 2
-    assert f"{tmp_path / 'out2' / 'special_tokens_map.json'}: its content looks like a Hugging Face token" in caplog.text
+    [err] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("codiemb")]  # after tqdm's bar
+    assert err.startswith("codiemb fuse: error: Refusing to push")  # one line, saying where the fused model is
+    assert f"{tmp_path / 'out2' / 'special_tokens_map.json'}: its content looks like a Hugging Face token" in err
+    assert f"The fused model is in {tmp_path / 'out2'}; push it with `codiemb push` once fixed." in err
     assert "user/fused2" not in hub_regular.server.state.repos
     assert fuse("out3", "bad id//") == 2
     assert not (tmp_path / "out3").exists()  # refused before fusing

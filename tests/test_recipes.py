@@ -137,7 +137,7 @@ def mined_beir(tmp_path_factory, tiny_encoder):
 @pytest.mark.parametrize("recipe", RECIPES, ids=recipe_id)
 def test_recipe_dry_run(recipe, tmp_path, capsys, monkeypatch, mined_beir, tiny_encoder):
     from hf_codiemb.errors import ModelLoadError
-    from hf_codiemb.models import resolve_model_path
+    from hf_codiemb.model_names import resolve_model_path
 
     text = recipe.read_text()
     if reads_shared_data(recipe) and not SHARED_DATA.exists():

@@ -27,7 +27,8 @@ from hf_codiemb.data import (
     warn_suspicious_records,
 )
 from hf_codiemb.errors import CoDiEmbUserError, DataError, ModelLoadError, RecipeError, TrainingDataError
-from hf_codiemb.models import ModelArguments, load_model, resolve_model_path
+from hf_codiemb.model_names import resolve_model_path
+from hf_codiemb.models import ModelArguments, load_model
 from hf_codiemb.recipe import parse_recipe
 
 IR_RECORD = {"query": "how to bake bread", "positives": ["knead the dough"], "negatives": ["stock markets fell"]}

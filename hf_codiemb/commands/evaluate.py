@@ -105,7 +105,9 @@ def run(argv: list[str]) -> int:
     from hf_codiemb.errors import UsageError
     from hf_codiemb.evaluation import evaluate_model, format_results_table, write_results
     from hf_codiemb.failures import declare_output
-    from hf_codiemb.models import load_lora_model, load_model, resolve_model_path
+    from hf_codiemb.lora import load_lora_model
+    from hf_codiemb.model_names import resolve_model_path
+    from hf_codiemb.models import load_model
     from hf_codiemb.pipeline import load_eval_sets
 
     model_args, data_args = _recipe_arguments(args)

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from hf_codiemb.command_parser import CommandParser
-from hf_codiemb.errors import CoDiEmbUserError, UsageError
+from hf_codiemb.errors import UsageError
 from hf_codiemb.fusion.config import FuseConfig
+
+if TYPE_CHECKING:  # the model settings' module imports torch: `codiemb fuse --help` stays fast
+    from hf_codiemb.models import ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -58,22 +62,28 @@ def describe_methods() -> str:
     return "\n".join(lines)
 
 
-def load_dev_sets(recipe: str) -> tuple[dict, dict]:
-    """The STS and IR dev sets of a training recipe (its eval keys and prompts), as ``codiemb train`` evaluates."""
+def load_dev_sets(recipe: str) -> tuple[dict, dict, ModelArguments]:
+    """The STS and IR dev sets of a training recipe (its eval keys and prompts), as ``codiemb train`` evaluates, and
+    its model settings (pooling, dtype, max length, ...), with which the fusion search loads every candidate."""
     from hf_codiemb.pipeline import load_eval_sets
     from hf_codiemb.recipe import parse_recipe
 
     model_args, data_args, _, _ = parse_recipe([recipe])
-    return load_eval_sets(data_args, model_args)
+    sts_sets, ir_sets = load_eval_sets(data_args, model_args)
+    return sts_sets, ir_sets, model_args
 
 
 def run(argv: list[str]) -> int:
-    """Run ``codiemb fuse ARGV`` (the fusion, then the push); return the process exit code."""
+    """Run ``codiemb fuse ARGV`` (the fusion, then the push); return the process exit code (1: the Hub failed).
+
+    What the user gave wrong (a missing or incompatible input, an output folder that is an input, a bad parameter, a
+    bad repo id) raises a :class:`~hf_codiemb.errors.CoDiEmbUserError` (:class:`~hf_codiemb.fusion.FusionError`,
+    ...): one line from the console script, exit status 2.
+    """
     (config,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
     from hf_codiemb.failures import declare_output
-    from hf_codiemb.fusion import FusionError, FusionWriteError, fuse
-    from hf_codiemb.fusion.errors import SelectionError
-    from hf_codiemb.hub import HubPushError, PushRefusedError, check_repo_id, push_model_folder
+    from hf_codiemb.fusion import fuse
+    from hf_codiemb.hub import check_repo_id
 
     try:
         method_params = config.method_params()
@@ -100,71 +110,62 @@ def run(argv: list[str]) -> int:
     if config.search and not config.eval_recipe:
         raise UsageError("--search needs --eval_recipe RECIPE.yaml (the training recipe whose dev sets to evaluate on)")
     if config.push_to_hub:
-        try:
-            check_repo_id(config.push_to_hub)  # before the fusion, not after it
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        check_repo_id(config.push_to_hub)  # before the fusion, not after it
     output = os.path.abspath(config.output_dir)
     declare_output(output, kept=lambda: f"{output} is unchanged (nothing was written there)")
-    try:
-        if config.search:
-            from hf_codiemb.fusion.search import fusion_search
+    if config.search:
+        from hf_codiemb.fusion.search import fusion_search
 
-            sts_sets, ir_sets = load_dev_sets(config.eval_recipe)
-            result = fusion_search(
-                config.checkpoints,
-                config.output_dir,
-                base=config.base,
-                sts_sets=sts_sets,
-                ir_sets=ir_sets,
-                method=config.method,
-                method_params=method_params,
-                p_values=config.search_p,
-                shares=config.search_shares,
-                ir_weight=config.ir_weight,
-                selections=selections,
-                overwrite=config.overwrite,
-                model_id=config.push_to_hub,
-                base_model_id=config.base_model_id,
-            )
-            logger.info("Chosen by the fusion search: %s", result.chosen.label)
-        else:
-            result = fuse(
-                config.checkpoints,
-                config.output_dir,
-                base=config.base,
-                method=config.method,
-                method_params=method_params,
-                overwrite=config.overwrite,
-                eval_results=config.eval_results,
-                model_id=config.push_to_hub,
-                base_model_id=config.base_model_id,
-                choice={"selections": selections} if selections else None,
-            )
-    except SelectionError:
-        raise  # the user's to fix: one line from the console script
-    except FusionWriteError:  # the output cannot be written: one line and exit status 2 (hf_codiemb.cli)
-        raise
-    except (FusionError, ValueError) as exc:  # the inputs are refused: the user's to fix (one line, exit status 2)
-        raise CoDiEmbUserError(f"Fusion failed: {exc}") from exc
-    except ImportError as exc:
-        logger.error("Fusion failed: %s", exc)
-        return 1
+        sts_sets, ir_sets, model_args = load_dev_sets(config.eval_recipe)
+        result = fusion_search(
+            config.checkpoints,
+            config.output_dir,
+            base=config.base,
+            sts_sets=sts_sets,
+            ir_sets=ir_sets,
+            model_args=model_args,
+            method=config.method,
+            method_params=method_params,
+            p_values=config.search_p,
+            shares=config.search_shares,
+            ir_weight=config.ir_weight,
+            selections=selections,
+            overwrite=config.overwrite,
+            model_id=config.push_to_hub,
+            base_model_id=config.base_model_id,
+        )
+        logger.info("Chosen by the fusion search: %s", result.chosen.label)
+    else:
+        result = fuse(
+            config.checkpoints,
+            config.output_dir,
+            base=config.base,
+            method=config.method,
+            method_params=method_params,
+            overwrite=config.overwrite,
+            eval_results=config.eval_results,
+            model_id=config.push_to_hub,
+            base_model_id=config.base_model_id,
+            choice={"selections": selections} if selections else None,
+        )
     logger.info("Fused model: %s", result.output_dir)
-    if config.push_to_hub:
-        try:
-            url = push_model_folder(
-                result.output_dir,
-                config.push_to_hub,
-                private=config.private,
-                revision=config.revision,
-                create_pr=config.create_pr,
-            )
-        except PushRefusedError as exc:  # the same file selection and credential checks as `codiemb push`
-            logger.error("%s\nThe fused model is in %s; push it with `codiemb push` once fixed.", exc, result.output_dir)
-            return 2
-        except (HubPushError, FileNotFoundError, ValueError) as exc:
-            logger.error("%s", exc)
-            return 1
-        logger.info("Pushed to %s", url)
+    return push_fused_model(result.output_dir, config) if config.push_to_hub else 0
+
+
+def push_fused_model(folder: str | os.PathLike[str], config: FuseConfig) -> int:
+    """Push the fused ``folder`` to ``config.push_to_hub`` with ``codiemb push``'s file selection and checks; return
+    the exit code (1: the Hub failed; what the user can fix raises, saying where the fused model is)."""
+    from hf_codiemb.hub import PUSH_REMEDY, HubPushError, PushRefusedError, push_model_folder
+
+    try:
+        url = push_model_folder(
+            folder, config.push_to_hub, private=config.private, revision=config.revision, create_pr=config.create_pr
+        )
+    except PushRefusedError as exc:  # the same file selection and credential checks as `codiemb push`
+        remedy = f"{PUSH_REMEDY} The fused model is in {folder}; push it with `codiemb push` once fixed."
+        raise PushRefusedError(exc.folder, exc.findings, remedy) from None
+    except HubPushError as exc:  # not the user's input: the whole message, with the command to rerun
+        logger.error("%s", exc)
+        return 1
+    logger.info("Pushed to %s", url)
     return 0

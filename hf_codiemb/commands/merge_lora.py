@@ -44,7 +44,7 @@ def run(argv: list[str]) -> int:
     (args,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
     from hf_codiemb.errors import UsageError
     from hf_codiemb.failures import declare_output
-    from hf_codiemb.models import merge_lora_folder
+    from hf_codiemb.lora import merge_lora_folder
 
     if not args.adapter_dir or not args.output_dir:
         raise UsageError("merge-lora needs the adapter folder and the output folder: codiemb merge-lora ADAPTER_DIR "

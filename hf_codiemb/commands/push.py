@@ -30,9 +30,13 @@ def build_parser() -> CommandParser:
 
 
 def run(argv: list[str]) -> int:
-    """Run ``codiemb push ARGV``; return the process exit code (2: the user's input is wrong, 1: the Hub failed)."""
+    """Run ``codiemb push ARGV``; return the process exit code (1: the Hub failed).
+
+    What the user gave wrong (no model folder, a bad repo id, files that look like credentials) raises a
+    :class:`~hf_codiemb.errors.CoDiEmbUserError`: one line from the console script, exit status 2.
+    """
     (config,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
-    from hf_codiemb.hub import HubPushError, PushRefusedError, push_model_folder
+    from hf_codiemb.hub import HubPushError, push_model_folder
 
     if not config.folder or not config.repo_id:
         raise UsageError("push needs a folder and --repo_id")
@@ -48,12 +52,9 @@ def run(argv: list[str]) -> int:
             force=config.force,
             dry_run=config.dry_run,
         )
-    except HubPushError as exc:
+    except HubPushError as exc:  # not the user's input: the whole message, with the command to rerun
         logger.error("%s", exc)
         return 1
-    except (PushRefusedError, FileNotFoundError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
     if not config.dry_run:
         logger.info("Pushed %s to %s", config.folder, url)
     return 0

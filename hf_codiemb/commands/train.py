@@ -31,7 +31,7 @@ def dry_run(model_args, data_args, training_args) -> int:
     Prints the plan as JSON: the model and its Hub id, the datasets, the updates per task and epoch, and for a LoRA
     recipe the adapter set-up (r, alpha, dropout, target modules, trainable parameters counted on the meta device).
 
-    The model is checked by :func:`hf_codiemb.models.resolve_model_path` (the real run's own check: folder, weights
+    The model is checked by :func:`hf_codiemb.model_names.resolve_model_path` (the real run's own check: folder, weights
     headers, Hub id offline/unreachable), the data by the loaders and the trainer's own
     :func:`~hf_codiemb.training_checks.validate_training_dataset`, the batch plan by the trainer's sampler
     (:meth:`~hf_codiemb.sampler.TaskBalancedBatchSampler.from_args`).
@@ -39,8 +39,8 @@ def dry_run(model_args, data_args, training_args) -> int:
     from transformers import AutoConfig
 
     from hf_codiemb.checkpoints import prepare_output_dir
-    from hf_codiemb.model_card import infer_base_model_id
-    from hf_codiemb.models import lora_plan, resolve_model_path
+    from hf_codiemb.lora import lora_plan
+    from hf_codiemb.model_names import infer_base_model_id, resolve_model_path
     from hf_codiemb.pipeline import load_eval_sets, load_training_data
     from hf_codiemb.sampler import TaskBalancedBatchSampler
     from hf_codiemb.training_args import num_negatives_for
@@ -103,7 +103,7 @@ def check_output_outside_inputs(model_args, data_args, training_args) -> None:
     spec = model_args.model_name_or_path
     model = None
     if spec.startswith(("packaged:", "prepared:")) or Path(spec).expanduser().is_dir():
-        from hf_codiemb.models import resolve_model_path
+        from hf_codiemb.model_names import resolve_model_path
 
         model = resolve_model_path(spec, check_hub=False)
     inputs: list[tuple[str, str | Path | None]] = [("base model", model)]
@@ -202,8 +202,9 @@ def run(argv: list[str]) -> int:
     from hf_codiemb.checkpoints import delete_previous_checkpoints, prepare_output_dir
     from hf_codiemb.evaluation import evaluate_model, format_before_after_table, write_results
     from hf_codiemb.failures import declare_output
+    from hf_codiemb.lora import load_lora_model
     from hf_codiemb.model_card import record_final_evaluation
-    from hf_codiemb.models import load_lora_model, load_model
+    from hf_codiemb.models import load_model
     from hf_codiemb.pipeline import load_eval_sets, load_training_data, training_prompts
     from hf_codiemb.recipe import parse_recipe
     from hf_codiemb.trainer import CoDiEmbTrainer

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hf_codiemb.fusion.errors import FusionError
+
 TEMPLATE_NAME = "fusion.md.j2"
 
 
@@ -74,20 +76,27 @@ def input_card_summary(folder: str | Path | None) -> dict[str, Any] | None:
 
 
 def load_eval_results(path: str | Path) -> dict[str, dict[str, float]]:
-    """Read evaluation results: ``{"metric": value}`` (one row, "fused") or ``{"row": {"metric": value}}``."""
-    data = json.loads(Path(path).read_text())
+    """Read evaluation results: ``{"metric": value}`` (one row, "fused") or ``{"row": {"metric": value}}``.
+
+    Raises:
+        FusionError: the file cannot be read, is not JSON, or holds neither shape (the message names it).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise FusionError(f"Evaluation results {path} cannot be read ({error})") from None
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}: expected a JSON object of metrics or of rows of metrics")
+        raise FusionError(f"{path}: expected a JSON object of metrics or of rows of metrics")
     if all(isinstance(value, (int, float)) for value in data.values()):
         return {"fused": data}
     if all(isinstance(value, dict) for value in data.values()):
         return data
-    raise ValueError(f"{path}: expected {{metric: number}} or {{row: {{metric: number}}}}")
+    raise FusionError(f"{path}: expected {{metric: number}} or {{row: {{metric: number}}}}")
 
 
 def public_names(specs: list[str]) -> list[str]:
     """The public names (Hub id or folder name) of fusion inputs, repeated names told apart (``name (2)``)."""
-    from hf_codiemb.model_card import public_model_name
+    from hf_codiemb.model_names import public_model_name
 
     return _unique([public_model_name(spec) for spec in specs])
 
@@ -146,9 +155,9 @@ def render_card(
 
     Args:
         base_model / checkpoints: the inputs as the user named them (paths, Hub ids, ``packaged:`` names); the card
-            shows their public names (:func:`hf_codiemb.model_card.public_model_name`: Hub id or folder name).
+            shows their public names (:func:`hf_codiemb.model_names.public_model_name`: Hub id or folder name).
         base_model_id: the YAML ``base_model`` field; default: the base's Hub id when it has one
-            (:func:`hf_codiemb.model_card.infer_base_model_id`), else the one the checkpoints' cards agree on.
+            (:func:`hf_codiemb.model_names.infer_base_model_id`), else the one the checkpoints' cards agree on.
         base_folder / checkpoint_folders: local folders of the inputs, whose cards (README.md) are read for their
             datasets, losses and evaluation (:func:`input_card_summary`).
         choice: how the inputs and settings were chosen (the "How this model was chosen" section):
@@ -158,7 +167,7 @@ def render_card(
     """
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    from hf_codiemb.model_card import infer_base_model_id, public_model_name
+    from hf_codiemb.model_names import infer_base_model_id, public_model_name
 
     environment = Environment(
         loader=FileSystemLoader(str(template_dir())),

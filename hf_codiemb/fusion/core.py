@@ -19,7 +19,14 @@ from hf_codiemb.fusion.registry import FusionMethod, get_method
 from hf_codiemb.fusion.stats import WeightStatistics, preload_plotting
 from hf_codiemb.fusion.streaming import merge_weights
 from hf_codiemb.fusion.validate import FusionPlan, build_plan
-from hf_codiemb.model_card import public_model_name
+from hf_codiemb.model_folder import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHT_PREFIX,
+    BACKEND_EXPORT_FOLDERS,
+    MODULES_FILE,
+    SHARD_INDEX_FILES,
+)
+from hf_codiemb.model_names import public_model_name
 from hf_codiemb.output_lock import acquire_output_lock
 
 logger = logging.getLogger(__name__)
@@ -28,10 +35,9 @@ logger = logging.getLogger(__name__)
 # adapters and exports do not describe the fused weights; the card is rendered anew).
 _SKIPPED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".pkl")
 _SKIPPED_NAMES = {
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
+    *SHARD_INDEX_FILES,
     "trainer_state.json",
-    "adapter_config.json",
+    ADAPTER_CONFIG_FILE,
     "README.md",
     "fusion_weights.json",
     "fusion_weights.png",
@@ -40,7 +46,7 @@ _SKIPPED_NAMES = {
     "fusion_search.json",
     "fusion_front.png",
 }
-_SKIPPED_DIRS = {"onnx", "openvino", "runs", "__pycache__"}
+_SKIPPED_DIRS = {*BACKEND_EXPORT_FOLDERS, "runs", "__pycache__"}
 # 256K elements (1 MiB in float32) per input per step: a chunk's dozen buffers stay in the CPU caches, which made delta
 # fusion of a 335M-parameter model take less CPU time than 1M-element chunks (tests/benchmarks/results/fusion.md).
 DEFAULT_CHUNK_ELEMENTS = 1 << 18
@@ -269,9 +275,9 @@ def _template(base: ResolvedModel | None, checkpoints: list[ResolvedModel]) -> P
     """The folder whose non-weight files (modules.json, tokenizer, configs) are copied: the first checkpoint that
     is a sentence-transformers folder, else the base, else the first checkpoint."""
     for model in checkpoints:
-        if (model.template / "modules.json").is_file():
+        if (model.template / MODULES_FILE).is_file():
             return model.template
-    if base is not None and (base.template / "modules.json").is_file():
+    if base is not None and (base.template / MODULES_FILE).is_file():
         return base.template
     return checkpoints[0].template
 
@@ -283,7 +289,7 @@ def _copy_support_files(template: Path, staging: Path) -> None:
                                   for part in relative.parts):
             continue
         name = source.name
-        if (name in _SKIPPED_NAMES or name.endswith(_SKIPPED_SUFFIXES) or name.startswith(("adapter_model",
+        if (name in _SKIPPED_NAMES or name.endswith(_SKIPPED_SUFFIXES) or name.startswith((ADAPTER_WEIGHT_PREFIX,
                 "optimizer", "scheduler", "rng_state", "training_args"))):
             continue
         target = staging / relative

@@ -5,8 +5,10 @@ from __future__ import annotations
 from hf_codiemb.errors import CoDiEmbUserError, OutputWriteError
 
 
-class FusionError(ValueError):
-    """An input problem detected by the fusion pipeline (raised before anything is written)."""
+class FusionError(CoDiEmbUserError, ValueError):
+    """An input problem detected by the fusion pipeline (raised before anything is written): a missing, broken or
+    incompatible input, non-finite weights, an output folder that is an input, a method or parameter it does not
+    know. ``codiemb fuse`` reports it on one line (``codiemb fuse: error: ...``, exit status 2)."""
 
 
 # The output folder cannot be created or written (raised by :mod:`hf_codiemb.atomic`, shared with the other writers).

@@ -8,9 +8,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from hf_codiemb.model_folder import ADAPTER_CONFIG_FILE, MODULES_FILE
 
-ADAPTER_CONFIG = "adapter_config.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,7 +56,7 @@ def _download(repo_id: str, revision: str | None, role: str) -> Path:
 
 
 def resolve_model(spec: str | Path, role: str, lora_base: ResolvedModel | None = None) -> ResolvedModel:
-    """Turn ``spec`` into a local folder: any model name :func:`hf_codiemb.models.resolve_model_path` takes (a
+    """Turn ``spec`` into a local folder: any model name :func:`hf_codiemb.model_names.resolve_model_path` takes (a
     folder, ``packaged:NAME``, ``prepared:NAME``, a Hub id, here also with ``@revision``: downloaded with
     ``snapshot_download``), or a LoRA adapter folder (``adapter_config.json``) merged into its base with peft and
     saved to a temporary folder.
@@ -66,12 +66,13 @@ def resolve_model(spec: str | Path, role: str, lora_base: ResolvedModel | None =
     """
     from hf_codiemb.errors import ModelLoadError
     from hf_codiemb.fusion.errors import FusionError
-    from hf_codiemb.models import check_model_folder, resolve_model_path
+    from hf_codiemb.model_folder import check_model_folder
+    from hf_codiemb.model_names import resolve_model_path
 
     text = str(spec)
     path = Path(text).expanduser()
-    if path.is_dir() and (path / ADAPTER_CONFIG).is_file():  # a raw peft adapter has no config.json of its own
-        if (path / "modules.json").is_file():  # a LoRA-trained sentence-transformers folder: check it whole
+    if path.is_dir() and (path / ADAPTER_CONFIG_FILE).is_file():  # a raw peft adapter has no config.json of its own
+        if (path / MODULES_FILE).is_file():  # a LoRA-trained sentence-transformers folder: check it whole
             try:
                 check_model_folder(path)
             except ModelLoadError as exc:
@@ -87,13 +88,13 @@ def resolve_model(spec: str | Path, role: str, lora_base: ResolvedModel | None =
     path = Path(located)
     if not path.is_dir():  # a Hub id
         path = _download(located, revision or None, role)
-        if (path / ADAPTER_CONFIG).is_file() and not (path / "modules.json").is_file():
+        if (path / ADAPTER_CONFIG_FILE).is_file() and not (path / MODULES_FILE).is_file():
             return _merge_lora(text, path, role, lora_base)
         try:
             check_model_folder(path)  # the downloaded snapshot, as a local folder is checked
         except ModelLoadError as exc:
             raise FusionError(f"The {role} {text}: {exc}") from exc
-        if (path / ADAPTER_CONFIG).is_file():
+        if (path / ADAPTER_CONFIG_FILE).is_file():
             return _merge_lora(text, path, role, lora_base)
     return ResolvedModel(spec=text, path=path, role=role, template=path)
 
@@ -105,9 +106,9 @@ def _merge_lora(spec: str, adapter_dir: Path, role: str, lora_base: ResolvedMode
     base (``lora_base``) is used, which is the usual case (the adapter was trained on the fusion's base).
     """
     from hf_codiemb.fusion.errors import FusionError
-    from hf_codiemb.models import merge_adapter_into_base
+    from hf_codiemb.lora import merge_adapter_into_base
 
-    declared = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    declared = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text()).get("base_model_name_or_path")
     if declared and Path(declared).is_dir():
         base_dir = Path(declared)
     elif lora_base is not None:
@@ -116,7 +117,7 @@ def _merge_lora(spec: str, adapter_dir: Path, role: str, lora_base: ResolvedMode
             logger.info("LoRA %s declares base %r; merging it into the fusion base %s", spec, declared, base_dir)
     else:  # the Hub id or folder name hf_codiemb writes: packaged/prepared bases are found offline
         from hf_codiemb.errors import ModelLoadError
-        from hf_codiemb.models import lora_base_folder
+        from hf_codiemb.lora import lora_base_folder
 
         try:
             found = lora_base_folder(adapter_dir)
@@ -128,5 +129,5 @@ def _merge_lora(spec: str, adapter_dir: Path, role: str, lora_base: ResolvedMode
     tmp = tempfile.TemporaryDirectory(prefix="codiemb-lora-merged-")
     model.save_pretrained(tmp.name, safe_serialization=True)
     del model
-    template = adapter_dir if (adapter_dir / "modules.json").is_file() else base_dir
+    template = adapter_dir if (adapter_dir / MODULES_FILE).is_file() else base_dir
     return ResolvedModel(spec=spec, path=Path(tmp.name), role=role, template=template, is_lora=True, _tmp=tmp)

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from hf_codiemb.fusion.errors import FusionError
+
 
 @dataclass
 class MergeOutput:
@@ -77,27 +79,27 @@ class MethodParameter:
     choices: tuple[Any, ...] | None = None
 
     def convert(self, value: Any, method: str) -> Any:
-        """``value`` as ``self.type``, or a ``ValueError`` naming the method and the parameter."""
+        """``value`` as ``self.type``, or a :class:`FusionError` (a ``ValueError``) naming the method and the parameter."""
         if value is None and self.default is None:
             return None
         if self.type is tuple:
             return self._convert_numbers(value, method)
         if self.type in (int, float) and isinstance(value, bool):
-            raise ValueError(f"fusion method {method!r}: parameter {self.name!r} must be a number, got {value!r}")
+            raise FusionError(f"fusion method {method!r}: parameter {self.name!r} must be a number, got {value!r}")
         try:
             converted = self.type(value)
         except (TypeError, ValueError, OverflowError):
-            raise ValueError(
+            raise FusionError(
                 f"fusion method {method!r}: parameter {self.name!r} must be {self.type.__name__}, got {value!r}"
             ) from None
         if self.type is float and not math.isfinite(converted):
-            raise ValueError(
+            raise FusionError(
                 f"fusion method {method!r}: parameter {self.name!r} must be a finite number, got {value!r}"
             )
         if self.type is int and isinstance(value, float) and value != converted:
-            raise ValueError(f"fusion method {method!r}: parameter {self.name!r} must be an integer, got {value!r}")
+            raise FusionError(f"fusion method {method!r}: parameter {self.name!r} must be an integer, got {value!r}")
         if self.choices is not None and converted not in self.choices:
-            raise ValueError(
+            raise FusionError(
                 f"fusion method {method!r}: parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}"
             )
         return converted
@@ -105,7 +107,7 @@ class MethodParameter:
     def _convert_numbers(self, value: Any, method: str) -> tuple[float, ...]:
         """A list of numbers (or ``"a,b"``) as a tuple of floats."""
         items = value.split(",") if isinstance(value, str) else value
-        problem = ValueError(
+        problem = FusionError(
             f"fusion method {method!r}: parameter {self.name!r} must be a list of numbers, got {value!r}"
         )
         if not isinstance(items, (list, tuple)) or not items or any(isinstance(item, bool) for item in items):
@@ -199,28 +201,28 @@ def method_class(name: str) -> type[FusionMethod]:
     """The method class registered under ``name``.
 
     Raises:
-        ValueError: an unknown name (the message lists the available ones).
+        FusionError: an unknown name (the message lists the available ones).
     """
     from hf_codiemb.fusion import methods  # noqa: F401  (registers the built-in methods)
 
     try:
         return _METHODS[name]
     except KeyError:
-        raise ValueError(f"Unknown fusion method {name!r}; available: {', '.join(sorted(_METHODS))}") from None
+        raise FusionError(f"Unknown fusion method {name!r}; available: {', '.join(sorted(_METHODS))}") from None
 
 
 def validate_method_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` checked against the declared parameters of method ``name`` and converted to their types.
 
     Raises:
-        ValueError: an unknown method, a parameter the method does not declare (the message lists those it does),
+        FusionError: an unknown method, a parameter the method does not declare (the message lists those it does),
             or a value of the wrong type or outside its choices.
     """
     specs = {spec.name: spec for spec in method_class(name).parameter_specs}
     unknown = sorted(set(params) - set(specs))
     if unknown:
         declared = ", ".join(specs) or "none"
-        raise ValueError(f"fusion method {name!r} has no parameter(s) {unknown}; its parameters: {declared}")
+        raise FusionError(f"fusion method {name!r} has no parameter(s) {unknown}; its parameters: {declared}")
     return {key: specs[key].convert(value, name) for key, value in params.items()}
 
 
@@ -236,8 +238,19 @@ def all_method_parameters() -> dict[str, MethodParameter]:
 
 
 def get_method(name: str, **params: Any) -> FusionMethod:
-    """Instantiate the method registered under ``name`` with ``params`` (validated against its declarations)."""
-    return method_class(name)(**validate_method_params(name, params))
+    """Instantiate the method registered under ``name`` with ``params`` (validated against its declarations).
+
+    Raises:
+        FusionError: as :func:`validate_method_params`, or a value the method itself refuses (a negative ``p``).
+    """
+    method = method_class(name)
+    validated = validate_method_params(name, params)
+    try:
+        return method(**validated)
+    except FusionError:
+        raise
+    except ValueError as error:  # the method's own checks of its values (they are the user's values)
+        raise FusionError(str(error)) from None
 
 
 def registered_methods() -> tuple[str, ...]:

@@ -25,6 +25,14 @@ from typing import BinaryIO
 import torch
 from safetensors import safe_open
 
+from hf_codiemb.model_folder import (
+    ADAPTER_WEIGHT_PREFIX,
+    BACKEND_EXPORT_FOLDERS,
+    SAFETENSORS_INDEX_FILE,
+    SAFETENSORS_WEIGHTS_FILE,
+    shard_files,
+)
+
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -39,7 +47,6 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 TORCH_TO_SAFETENSORS = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-SHARD_INDEX_NAME = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -99,20 +106,19 @@ def weight_groups(folder: Path) -> dict[str, dict[str, TensorInfo]]:
     """
     groups: dict[str, dict[str, TensorInfo]] = {}
     sharded_files: set[Path] = set()
-    for index_path in sorted(folder.rglob(SHARD_INDEX_NAME)):
+    for index_path in sorted(folder.rglob(SAFETENSORS_INDEX_FILE)):
         if _skipped(index_path.relative_to(folder)):
             continue
-        weight_map = json.loads(index_path.read_text())["weight_map"]
         infos: dict[str, TensorInfo] = {}
-        for shard in sorted(set(weight_map.values())):
+        for shard in sorted(shard_files(index_path)):
             shard_path = index_path.parent / shard
             sharded_files.add(shard_path)
             infos.update(read_header(shard_path))
-        key = (index_path.parent.relative_to(folder) / "model.safetensors").as_posix()
+        key = (index_path.parent.relative_to(folder) / SAFETENSORS_WEIGHTS_FILE).as_posix()
         groups[key] = infos
     for path in sorted(folder.rglob("*.safetensors")):
         relative = path.relative_to(folder)
-        if path in sharded_files or _skipped(relative) or path.name.startswith("adapter_model"):
+        if path in sharded_files or _skipped(relative) or path.name.startswith(ADAPTER_WEIGHT_PREFIX):
             continue
         groups[relative.as_posix()] = read_header(path)
     return groups
@@ -120,7 +126,7 @@ def weight_groups(folder: Path) -> dict[str, dict[str, TensorInfo]]:
 
 def _skipped(relative: Path) -> bool:
     return any(
-        part.startswith((".", "checkpoint-")) or part in ("onnx", "openvino")
+        part.startswith((".", "checkpoint-")) or part in BACKEND_EXPORT_FOLDERS
         for part in relative.parts[:-1]
     )
 

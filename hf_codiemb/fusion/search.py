@@ -18,11 +18,14 @@ import json
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hf_codiemb.fusion.errors import SelectionError
+
+if TYPE_CHECKING:
+    from hf_codiemb.models import ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,7 @@ def fusion_search(
     base: str | Path,
     sts_sets: Mapping[str, Any],
     ir_sets: Mapping[str, Any],
+    model_args: ModelArguments | None = None,
     method: str = "delta",
     method_params: Mapping[str, Any] | None = None,
     p_values: Sequence[float] = DEFAULT_P_VALUES,
@@ -153,6 +157,11 @@ def fusion_search(
         output_dir: the chosen model's folder (with the search's table, JSON and plot).
         base: the base model of the fusion.
         sts_sets / ir_sets: the dev sets (:func:`hf_codiemb.pipeline.load_eval_sets`), at least one of each task.
+        model_args: the model settings of the recipe the dev sets come from (pooling, ``torch_dtype``,
+            ``max_seq_length``, ``trust_remote_code``, ``pooling_include_prompt``): every candidate is loaded with
+            them by :func:`hf_codiemb.models.load_model`, as ``codiemb evaluate`` loads a model (its
+            ``model_name_or_path`` and LoRA settings are not used). Unset: the defaults of
+            :class:`~hf_codiemb.models.ModelArguments`.
         method: the fusion method whose parameters are searched (it must declare ``p``; ``shares`` for two inputs).
         method_params: the method's other parameters (``granularity``, ...), kept fixed.
         p_values / shares: the grid (``shares``: the first input's share, two inputs only).
@@ -193,7 +202,7 @@ def fusion_search(
         except ValueError as exc:
             raise SelectionError(f"Fusion search over {method!r}: {exc}") from None
 
-    from hf_codiemb.model_card import public_model_name
+    from hf_codiemb.model_names import public_model_name
 
     names = [public_model_name(str(checkpoint)) for checkpoint in checkpoints]
     plans: list[tuple[str, str, dict[str, Any], list[str | Path], str, dict[str, Any]]] = [
@@ -205,7 +214,9 @@ def fusion_search(
     for label, kind, parameters, inputs, fuse_method, fuse_params in tqdm(
         plans, desc="fusion search", unit="candidate", disable=not show_progress
     ):
-        ir, sts, per_set = _fuse_and_evaluate(base, inputs, fuse_method, fuse_params, sts_sets, ir_sets, batch_size)
+        ir, sts, per_set = _fuse_and_evaluate(
+            base, inputs, fuse_method, fuse_params, sts_sets, ir_sets, model_args, batch_size
+        )
         candidate = Candidate(label, kind, _jsonable(parameters), ir, sts, ir_weight * ir + (1 - ir_weight) * sts,
                               per_set)  # fmt: skip
         logger.info("%s: IR %.4f, STS %.4f, score %.4f", label, ir, sts, candidate.score)
@@ -229,18 +240,20 @@ def _fuse_and_evaluate(
     params: Mapping[str, Any],
     sts_sets: Mapping[str, Any],
     ir_sets: Mapping[str, Any],
+    model_args: ModelArguments | None,
     batch_size: int,
 ) -> tuple[float, float, dict[str, float]]:
-    """Fuse ``inputs`` into a temporary folder (one input: the input itself, exactly), evaluate it, delete it."""
-    from sentence_transformers import SentenceTransformer
-
+    """Fuse ``inputs`` into a temporary folder (one input: the input itself, exactly), load it with ``model_args``'
+    settings (:func:`hf_codiemb.models.load_model`), evaluate it, delete it."""
     from hf_codiemb.evaluation import evaluate_model
     from hf_codiemb.fusion.core import fuse
+    from hf_codiemb.models import ModelArguments, load_model
 
     with tempfile.TemporaryDirectory(prefix="codiemb-fusion-search-") as tmp:
         folder = Path(tmp) / "candidate"
         fuse(inputs, folder, base=base, method=method, method_params=dict(params), show_progress=False)
-        model = SentenceTransformer(str(folder))
+        settings = replace(model_args or ModelArguments(), model_name_or_path=str(folder), lora_r=0)
+        model = load_model(settings)  # the candidate as it is: the recipe's model settings, no new adapters
         try:
             results = evaluate_model(model, sts_sets, ir_sets, geometry_texts=[], batch_size=batch_size)
         finally:

@@ -22,6 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from hf_codiemb.fusion.errors import SelectionError
+from hf_codiemb.model_folder import (
+    ADAPTER_SAFETENSORS_FILE,
+    SAFETENSORS_INDEX_FILE,
+    SAFETENSORS_WEIGHTS_FILE,
+    shard_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +100,13 @@ def checkpoint_is_complete(folder: Path) -> bool:
     ``adapter_model.safetensors``) are there."""
     if not (folder / TRAINER_STATE).is_file():
         return False
-    if (folder / "model.safetensors").is_file() or (folder / "adapter_model.safetensors").is_file():
+    if (folder / SAFETENSORS_WEIGHTS_FILE).is_file() or (folder / ADAPTER_SAFETENSORS_FILE).is_file():
         return True
-    index = folder / "model.safetensors.index.json"
+    index = folder / SAFETENSORS_INDEX_FILE
     if not index.is_file():
         return False
     try:
-        shards = set(json.loads(index.read_text())["weight_map"].values())
+        shards = shard_files(index)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     return bool(shards) and all((folder / shard).is_file() for shard in shards)

@@ -11,10 +11,12 @@ from typing import Any
 
 import torch
 
+from hf_codiemb.model_folder import SAFETENSORS_WEIGHTS_FILE
+
 _LAYER = re.compile(r"^(.*?\blayers?\.\d+)\.")
 
 
-def layer_of(tensor_name: str, group: str = "model.safetensors") -> str:
+def layer_of(tensor_name: str, group: str = SAFETENSORS_WEIGHTS_FILE) -> str:
     """The layer a tensor belongs to: ``encoder.layer.3`` for ``encoder.layer.3.attention...``, else its first
     name component (``embeddings``, ``pooler``); prefixed with the module folder for non-root weight files."""
     match = _LAYER.match(tensor_name)
@@ -34,7 +36,7 @@ class WeightStatistics:
     def add(self, group: str, name: str, weight_sums: torch.Tensor, numel: int) -> None:
         """Record the summed weights (``(K,)``) of a whole tensor of ``numel`` elements."""
         sums = weight_sums.detach().to(torch.float64).cpu()
-        key = name if group == "model.safetensors" else f"{group}:{name}"
+        key = name if group == SAFETENSORS_WEIGHTS_FILE else f"{group}:{name}"
         self.tensors[key] = (sums / max(numel, 1)).tolist()
         layer = layer_of(name, group)
         total, count = self._layers.get(layer, (torch.zeros_like(sums), 0))

@@ -21,7 +21,7 @@ from sentence_transformers import SentenceTransformer
 from hf_codiemb.data import ir_task_from_sts_pairs, load_sts_dataset
 from hf_codiemb.evaluation import evaluate_ir, evaluate_sts
 from hf_codiemb.fusion import delta_fuse, fuse
-from hf_codiemb.models import resolve_model_path
+from hf_codiemb.model_names import resolve_model_path
 
 logger = logging.getLogger("fusion_quality")
 

@@ -8,7 +8,7 @@
 #   .dev/call/  data.tar.xz (shared/data scifact + stsb-en), mined.jsonl.xz (the SciFact negatives mined by
 #               all-MiniLM-L6), ENCODER.tar.xz (the sentence-transformers folder minilm-ENCODER-fp16)
 # Preparing them here (.dev/ is git-ignored):
-#   python -c "from sentence_transformers import SentenceTransformer as S; from hf_codiemb.models import resolve_model_path as r;
+#   python -c "from sentence_transformers import SentenceTransformer as S; from hf_codiemb.model_names import resolve_model_path as r;
 #              S(str(r('packaged:all-minilm-l6-v2')), device='cpu').half().save('.dev/models/minilm-l6-fp16')"
 #   tar -cJf .dev/call/l6.tar.xz -C .dev/models minilm-l6-fp16       # (l3: prepared:paraphrase-minilm-l3-v2)
 #   tar -cJf .dev/call/data.tar.xz -C ../shared data/scifact data/stsb-en

@@ -1,8 +1,9 @@
 """TIES and DARE baselines, delegated tensor by tensor to mergekit (optional dependency).
 
-The methods are registered always; instantiating one without mergekit (>= 0.1.5) raises an ``ImportError``
-that says how to install it. Each tensor is merged with ``mergekit.merge_methods.merge_tensors`` with the base as
-input 0; DARE's random drop is seeded per tensor (from ``seed`` and the tensor name) so runs are reproducible.
+The methods are registered always; instantiating one without mergekit (>= 0.1.5) raises a
+:class:`~hf_codiemb.errors.MissingDependencyError` (an ``ImportError``) that says how to install it. Each tensor is
+merged with ``mergekit.merge_methods.merge_tensors`` with the base as input 0; DARE's random drop is seeded per tensor
+(from ``seed`` and the tensor name) so runs are reproducible.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from hf_codiemb.errors import MissingDependencyError
 from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, MethodParameter, register
 
 
@@ -39,7 +41,7 @@ class _MergekitMethod(FusionMethod):
 
     def __init__(self, density: float = 0.5, weight: float = 1.0, seed: int = 0, **extra: Any) -> None:
         if not mergekit_available():
-            raise ImportError(
+            raise MissingDependencyError(
                 f"Fusion method {self.name!r} needs mergekit>=0.1.5: pip install 'mergekit>=0.1.5' "
                 "(or use --method delta / uniform / task_arithmetic)"
             )

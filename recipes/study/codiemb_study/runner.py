@@ -244,7 +244,7 @@ class Study:
         from sentence_transformers import SentenceTransformer
 
         from hf_codiemb.fusion import delta_fuse, fuse
-        from hf_codiemb.models import resolve_model_path
+        from hf_codiemb.model_names import resolve_model_path
 
         checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         if len(checkpoints) < 2:
@@ -273,7 +273,7 @@ class Study:
         from sentence_transformers import SentenceTransformer
 
         from hf_codiemb.fusion import delta_fuse, fuse
-        from hf_codiemb.models import resolve_model_path
+        from hf_codiemb.model_names import resolve_model_path
 
         if self._ratio_fusion_done(seed):
             return [json.loads(run_file(self.results_dir, self.encoder, k, seed).read_text()) for k in RATIO_FUSION_ROWS]
