@@ -361,7 +361,21 @@ def _value_matches(value: Any, annotation: Any) -> bool:
     return True
 
 
-def _given_on_command_line(key: str, argv: list[str]) -> bool:
+def flag_value(argv: Sequence[str], key: str) -> str | None:
+    """The value of field ``key``'s flag in ``argv`` (``--key VALUE`` / ``--key=VALUE``, either spelling; the last
+    one given), or None, read before parsing (e.g. a file whose values become the parser's defaults)."""
+    value = None
+    spellings = (f"--{key}", f"--{key.replace('_', '-')}")
+    for index, arg in enumerate(argv):
+        if arg in spellings and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.split("=", 1)[0] in spellings and "=" in arg:
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def given_on_command_line(key: str, argv: list[str]) -> bool:
+    """Whether the flag of field ``key`` is in ``argv`` (either spelling, ``--flag value`` or ``--flag=value``)."""
     flags = {f"--{key}", f"--no_{key}", f"--{key.replace('_', '-')}", f"--no-{key.replace('_', '-')}"}
     return any(arg.split("=", 1)[0] in flags for arg in argv)
 
@@ -371,7 +385,7 @@ def _parse_error(error: Exception, source: str, lines: dict[str, int], argv: lis
     if isinstance(error, RecipeError):
         if error.source is not None or error.field is None:
             return error.located(source)
-        if _given_on_command_line(error.field, argv) or error.field not in lines:
-            return error.located("command line" if _given_on_command_line(error.field, argv) else source)
+        if given_on_command_line(error.field, argv) or error.field not in lines:
+            return error.located("command line" if given_on_command_line(error.field, argv) else source)
         return error.located(source, lines[error.field])
     return RecipeError(" ".join(str(error).split()), source=source)

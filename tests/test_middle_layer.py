@@ -129,7 +129,8 @@ def test_no_pair_above_threshold_gives_zero_with_graph():
 
 def test_multi_layer_trains_lora_adapters(tmp_path):
     """With peft adapters the extra term reaches the adapter weights (and leaves the frozen base alone)."""
-    from hf_codiemb.models import ModelArguments, load_model
+    from hf_codiemb.arguments import ModelArguments
+    from hf_codiemb.models import load_model
 
     base = make_tiny_model(tmp_path / "base", layers=4)
     model = load_model(

@@ -11,12 +11,11 @@ from safetensors.torch import load_file
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
 
+from hf_codiemb.arguments import DataArguments, ModelArguments
 from hf_codiemb.cli import main
 from hf_codiemb.data import demo_data_path
 from hf_codiemb.evaluation import evaluate_ir, evaluate_model
-from hf_codiemb.models import ModelArguments
 from hf_codiemb.pipeline import load_eval_sets
-from hf_codiemb.recipe import DataArguments
 from hf_codiemb.training_evaluation import build_training_evaluator, cap_ir_corpus, combined_score
 
 EVAL_RECORDS = 40

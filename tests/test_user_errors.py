@@ -18,6 +18,7 @@ import torch
 from datasets import Dataset
 from tiny_models import make_tiny_model
 
+from hf_codiemb.arguments import ModelArguments
 from hf_codiemb.cli import main
 from hf_codiemb.data import (
     DataFormatError,
@@ -28,7 +29,7 @@ from hf_codiemb.data import (
 )
 from hf_codiemb.errors import CoDiEmbUserError, DataError, ModelLoadError, RecipeError, TrainingDataError
 from hf_codiemb.model_names import resolve_model_path
-from hf_codiemb.models import ModelArguments, load_model
+from hf_codiemb.models import load_model
 from hf_codiemb.recipe import parse_recipe
 
 IR_RECORD = {"query": "how to bake bread", "positives": ["knead the dough"], "negatives": ["stock markets fell"]}

@@ -23,83 +23,76 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EvaluateArguments:
-    """Configuration of ``codiemb evaluate``."""
+    """What ``codiemb evaluate`` itself takes; the model's and the dev sets' options are ``codiemb train``'s own
+    (:class:`~hf_codiemb.arguments.EncoderArguments`, :class:`~hf_codiemb.arguments.EvalDataArguments`)."""
 
     output_dir: str = field(metadata={"help": "Where eval_results.json and eval_results.md go."})
-    model: str | None = field(
-        default=None,
-        metadata={"help": "Model folder, Hub id, packaged:NAME or prepared:NAME (unset: the recipe's model)."},
-    )
     recipe: str | None = field(
         default=None,
         metadata={
-            "help": "A training recipe (YAML): its model settings (pooling, torch_dtype, max_seq_length, "
-            "trust_remote_code, prompts, pooling_include_prompt) are applied to --model, and its dev sets (sts_eval, "
-            "ir_eval, ir_eval_beir, ir_eval_from_sts, sts_score_range, max_eval_records) are evaluated unless eval "
-            "flags are given here."
+            "help": "A training recipe (YAML): its model settings (model_name_or_path, pooling, torch_dtype, "
+            "max_seq_length, trust_remote_code, prompts, pooling_include_prompt) and, unless dev sets are given "
+            "here, its dev sets (sts_eval, ir_eval, ir_eval_beir, ir_eval_from_sts, sts_score_range, "
+            "max_eval_records); flags given here override them."
         },
     )
-    sts_eval: list[str] = field(
-        default_factory=list, metadata={"help": "STS files (jsonl or tsv; demo:NAME for demo data)."}
-    )
-    ir_eval: list[str] = field(default_factory=list, metadata={"help": "IR files in the unified JSON Lines format."})
-    ir_eval_beir: list[str] = field(
-        default_factory=list, metadata={"help": "BEIR folders evaluated as IR, 'FOLDER:SPLIT' (e.g. data/scifact:dev)."}
-    )
-    ir_eval_from_sts: bool = field(
-        default=True, metadata={"help": "Also evaluate paraphrase retrieval built from each STS set (pairs >= 4)."}
-    )
-    query_prompt: str | None = field(
-        default=None, metadata={"help": "Prefix of IR queries (and STS sentences), e.g. 'query: '."}
-    )
-    passage_prompt: str | None = field(default=None, metadata={"help": "Prefix of IR passages, e.g. 'passage: '."})
-    sts_score_range: list[float] = field(
-        default_factory=lambda: [0.0, 5.0], metadata={"help": "Range of STS gold scores."}
-    )
-    max_eval_records: int | None = field(default=None, metadata={"help": "Cap on records per evaluation file."})
+
+
+# The flags that name dev sets: given any of them, a recipe's dev sets are not evaluated.
+EVAL_SET_FLAGS = ("sts_eval", "ir_eval", "ir_eval_beir")
 
 
 def build_parser() -> CommandParser:
-    """The parser of ``codiemb evaluate``."""
-    return CommandParser([EvaluateArguments], prog="codiemb evaluate", description=__doc__)
+    """The parser of ``codiemb evaluate``: its own options and those ``codiemb train`` has for the model and the
+    dev sets (the same flags, types and checks)."""
+    import dataclasses
+
+    from hf_codiemb.arguments import EncoderArguments, EvalDataArguments
+
+    return CommandParser(
+        [EvaluateArguments, EncoderArguments, EvalDataArguments],
+        prog="codiemb evaluate",
+        description=__doc__,
+        groups={
+            "model (as in codiemb train)": tuple(item.name for item in dataclasses.fields(EncoderArguments)),
+            "dev sets (as in codiemb train)": tuple(item.name for item in dataclasses.fields(EvalDataArguments)),
+        },
+    )
 
 
-def _recipe_arguments(args: EvaluateArguments):
-    """Model and data arguments: the recipe's (its model settings, and its dev sets unless flags give some), or the
-    flags' alone."""
-    from hf_codiemb.models import ModelArguments
-    from hf_codiemb.recipe import DataArguments, parse_recipe
+def parse_arguments(argv: list[str]):
+    """``(EvaluateArguments, EncoderArguments, EvalDataArguments)`` of ``argv``, a ``--recipe``'s values under the
+    flags.
 
-    eval_flags = bool(args.sts_eval or args.ir_eval or args.ir_eval_beir)
-    if args.recipe is not None:
-        model_args, data_args, _, _ = parse_recipe([args.recipe])
-        model_args.lora_r = 0  # evaluate the given model as it is: no new adapters
-        if args.model is not None:
-            model_args.model_name_or_path = args.model
-        for name in ("query_prompt", "passage_prompt"):
-            if getattr(args, name) is not None:
-                setattr(model_args, name, getattr(args, name))
-        if not eval_flags:
-            return model_args, data_args
-    else:
-        if args.model is None:
-            from hf_codiemb.errors import UsageError
+    Raises:
+        UsageError: neither ``--model`` nor ``--recipe``.
+        RecipeError: a bad flag or recipe value (naming the recipe's line or the command line, and the field).
+    """
+    import dataclasses
 
-            raise UsageError("Give --model (and/or --recipe, whose model is used)")
-        model_args = ModelArguments(
-            model_name_or_path=args.model, query_prompt=args.query_prompt, passage_prompt=args.passage_prompt
-        )
-    data_args = DataArguments(
-        sts_eval=args.sts_eval, ir_eval=args.ir_eval, ir_eval_beir=args.ir_eval_beir,
-        ir_eval_from_sts=args.ir_eval_from_sts, sts_score_range=list(args.sts_score_range),
-        max_eval_records=args.max_eval_records,
-    )  # fmt: skip
-    return model_args, data_args
+    from hf_codiemb.arguments import EncoderArguments, EvalDataArguments
+    from hf_codiemb.command_parser import flag_value, given_on_command_line
+    from hf_codiemb.errors import UsageError
+
+    parser = build_parser()
+    recipe = flag_value(argv, "recipe")
+    if recipe is not None:
+        from hf_codiemb.recipe import parse_recipe
+
+        model_args, data_args, _, _ = parse_recipe([recipe])  # the recipe checked as `codiemb train` checks it
+        defaults = {item.name: getattr(model_args, item.name) for item in dataclasses.fields(EncoderArguments)}
+        if not any(given_on_command_line(name, argv) for name in EVAL_SET_FLAGS):
+            defaults |= {item.name: getattr(data_args, item.name) for item in dataclasses.fields(EvalDataArguments)}
+        parser.set_defaults(**defaults)
+    parsed = parser.parse(argv)
+    if recipe is None and not any(given_on_command_line(name, argv) for name in ("model", "model_name_or_path")):
+        raise UsageError("Give --model (and/or --recipe, whose model is used)")
+    return parsed
 
 
 def run(argv: list[str]) -> int:
     """Run ``codiemb evaluate ARGV``; return the process exit code."""
-    (args,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
+    args, model_args, data_args = parse_arguments(argv)  # before the imports: `--help` stays fast
     from pathlib import Path
 
     from hf_codiemb.errors import UsageError
@@ -110,7 +103,6 @@ def run(argv: list[str]) -> int:
     from hf_codiemb.models import load_model
     from hf_codiemb.pipeline import load_eval_sets
 
-    model_args, data_args = _recipe_arguments(args)
     if not (data_args.sts_eval or data_args.ir_eval or data_args.ir_eval_beir):
         raise UsageError("Nothing to evaluate: give --sts_eval, --ir_eval and/or --ir_eval_beir (or a --recipe with dev sets)")
     model_path = resolve_model_path(model_args.model_name_or_path)  # fails at once on a bad path, before the data

@@ -22,7 +22,7 @@ from hf_codiemb.errors import UsageError
 from hf_codiemb.fusion.config import FuseConfig
 
 if TYPE_CHECKING:  # the model settings' module imports torch: `codiemb fuse --help` stays fast
-    from hf_codiemb.models import ModelArguments
+    from hf_codiemb.arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
 

@@ -90,11 +90,12 @@ def check_output_path(output: str, beir: str, model_path: str) -> None:
 def run(argv: list[str]) -> int:
     """Run ``codiemb mine ARGV``; return the process exit code."""
     (args,) = build_parser().parse(argv)  # before the imports: `--help` stays fast
+    from hf_codiemb.arguments import ModelArguments
     from hf_codiemb.data.beir import load_beir
     from hf_codiemb.failures import declare_output
     from hf_codiemb.mining import mine_beir_hard_negatives, write_mining_output
     from hf_codiemb.model_names import resolve_model_path
-    from hf_codiemb.models import ModelArguments, load_model
+    from hf_codiemb.models import load_model
     from hf_codiemb.output_lock import acquire_output_lock
 
     path = resolve_model_path(args.model)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from hf_codiemb.fusion.errors import SelectionError
 
 if TYPE_CHECKING:
-    from hf_codiemb.models import ModelArguments
+    from hf_codiemb.arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def fusion_search(
             ``max_seq_length``, ``trust_remote_code``, ``pooling_include_prompt``): every candidate is loaded with
             them by :func:`hf_codiemb.models.load_model`, as ``codiemb evaluate`` loads a model (its
             ``model_name_or_path`` and LoRA settings are not used). Unset: the defaults of
-            :class:`~hf_codiemb.models.ModelArguments`.
+            :class:`~hf_codiemb.arguments.ModelArguments`.
         method: the fusion method whose parameters are searched (it must declare ``p``; ``shares`` for two inputs).
         method_params: the method's other parameters (``granularity``, ...), kept fixed.
         p_values / shares: the grid (``shares``: the first input's share, two inputs only).
@@ -245,9 +245,10 @@ def _fuse_and_evaluate(
 ) -> tuple[float, float, dict[str, float]]:
     """Fuse ``inputs`` into a temporary folder (one input: the input itself, exactly), load it with ``model_args``'
     settings (:func:`hf_codiemb.models.load_model`), evaluate it, delete it."""
+    from hf_codiemb.arguments import ModelArguments
     from hf_codiemb.evaluation import evaluate_model
     from hf_codiemb.fusion.core import fuse
-    from hf_codiemb.models import ModelArguments, load_model
+    from hf_codiemb.models import load_model
 
     with tempfile.TemporaryDirectory(prefix="codiemb-fusion-search-") as tmp:
         folder = Path(tmp) / "candidate"
