@@ -12,17 +12,28 @@ import torch.utils.data
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
 from hf_codiemb.columns import IR_LIST_COLUMNS
+from hf_codiemb.errors import TrainingDataError
 
+# The teacher scores of IR rows: dropped, or with ``keep_teacher_scores`` turned into the batch's labels.
 DROPPED_COLUMNS = ("positive_scores", "negative_scores")
+
+
+def sample_indices(count: int, k: int, rng: random.Random) -> list[int]:
+    """``k`` indices into ``count`` items: without replacement when there are enough, with replacement otherwise.
+
+    The same draws as sampling the items themselves (``rng.sample(items, k)`` / ``rng.choice(items)`` look only at
+    the length), so ``[items[i] for i in sample_indices(len(items), k, rng)]`` is :func:`sample_texts`.
+    """
+    if k == 0:
+        return []
+    if count >= k:
+        return rng.sample(range(count), k)
+    return [rng.choice(range(count)) for _ in range(k)]
 
 
 def sample_texts(texts: list[str], k: int, rng: random.Random) -> list[str]:
     """``k`` texts from ``texts``: without replacement when there are enough, with replacement otherwise."""
-    if k == 0:
-        return []
-    if len(texts) >= k:
-        return rng.sample(texts, k)
-    return [rng.choice(texts) for _ in range(k)]
+    return [texts[index] for index in sample_indices(len(texts), k, rng)]
 
 
 @dataclass
@@ -49,12 +60,20 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
     column is still tokenized in one batch call, and a column without a limit (STS sentences, or a limit left
     unset) gets the model's ``max_seq_length`` as before.
 
+    Teacher scores (``positive_scores`` / ``negative_scores``, FlagEmbedding's ``pos_scores`` / ``neg_scores``) are
+    dropped, unless ``keep_teacher_scores``: then each IR row's ``label`` is the scores of its sampled positives,
+    then of its sampled negatives (the same draws as the texts, so score ``k`` belongs to column ``k``), and the
+    batch's labels are a ``(B, num_positives + num_negatives)`` tensor for the IR loss's distillation
+    (:class:`~hf_codiemb.losses.MultiPositiveInfoNCELoss` with ``distill_weight > 0``). A row without scores is then
+    refused, naming its dataset, its query and the field.
+
     Args:
         num_positives: Positives per IR query and step.
         num_negatives: Hard negatives per IR query and step (0 = in-batch negatives only).
         seed: Seed of the sampling.
         query_max_length: Token limit of IR queries (prompt included); None = the model's max_seq_length.
         passage_max_length: Token limit of IR positives and negatives; None = the model's max_seq_length.
+        keep_teacher_scores: Pass the teacher scores of the sampled positives and negatives as the labels [ours].
     """
 
     num_positives: int = 2
@@ -64,6 +83,7 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
     seed: int = 0
     query_max_length: int | None = None
     passage_max_length: int | None = None
+    keep_teacher_scores: bool = False
     _column: str | None = field(default=None, init=False, repr=False)
     _rng: random.Random = field(init=False, repr=False)
     _epoch: int = field(default=0, init=False, repr=False)
@@ -129,11 +149,34 @@ class CoDiEmbDataCollator(SentenceTransformerDataCollator):
                 f"IR row with query {row.get('query')!r} has no negatives but num_negatives={num_negatives}; "
                 "mine hard negatives for it or train with num_negatives=0"
             )
-        for i, text in enumerate(sample_texts(list(positives), self.num_positives, self._rng)):
-            expanded[f"positive_{i}"] = text
-        for i, text in enumerate(sample_texts(list(negatives), num_negatives, self._rng)):
-            expanded[f"negative_{i}"] = text
+        positive_indices = sample_indices(len(positives), self.num_positives, self._rng)
+        negative_indices = sample_indices(len(negatives), num_negatives, self._rng)
+        for i, index in enumerate(positive_indices):
+            expanded[f"positive_{i}"] = positives[index]
+        for i, index in enumerate(negative_indices):
+            expanded[f"negative_{i}"] = negatives[index]
+        if self.keep_teacher_scores:
+            expanded["label"] = [
+                *self._teacher_scores(row, "positive_scores", "positives", positive_indices),
+                *self._teacher_scores(row, "negative_scores", "negatives", negative_indices),
+            ]
         return expanded
+
+    @staticmethod
+    def _teacher_scores(row: dict[str, Any], field: str, texts_field: str, indices: list[int]) -> list[float]:
+        """The teacher scores of the sampled texts ``indices`` of ``row[texts_field]``, or a located error."""
+        if not indices:
+            return []
+        scores, texts = row.get(field), row.get(texts_field) or []
+        if scores is None or len(scores) != len(texts) or any(score is None for score in scores):
+            dataset = row.get("dataset_name")
+            where = f"Training dataset {dataset!r}, " if dataset else ""
+            problem = "missing" if scores is None else f"{len(scores)} scores for {len(texts)} {texts_field}"
+            raise TrainingDataError(
+                f"{where}IR row with query {row.get('query')!r}, field {field!r}: {problem}; distillation "
+                "(distill_weight > 0) needs one teacher score per positive and negative."
+            )
+        return [float(scores[index]) for index in indices]
 
     def column_max_length(self, column: str) -> int | None:
         """The token limit of ``column``: the query or passage limit for IR columns, None (the model's) otherwise."""

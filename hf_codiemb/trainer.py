@@ -21,6 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from hf_codiemb.checkpoints import resolve_resume_checkpoint
 from hf_codiemb.collator import CoDiEmbDataCollator
 from hf_codiemb.columns import TASKS
+from hf_codiemb.data.teacher_scores import check_teacher_scores
 from hf_codiemb.errors import CoDiEmbUserError, TrainingDataError
 from hf_codiemb.hub import (
     TRAINER_UPLOAD_IGNORE_PATTERNS,
@@ -181,6 +182,8 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
             self.dataset_tasks = resolve_dataset_tasks(train_dataset, args.dataset_tasks)
             for name, dataset in train_dataset.items():
                 validate_training_dataset(name, self.dataset_tasks[name], dataset, num_negatives_for(args, name))
+                if args.distill_weight > 0 and self.dataset_tasks[name] == "ir":  # teacher scores on every row
+                    check_teacher_scores(name, dataset, num_negatives_for(args, name))
             loss = self._complete_losses(train_dataset, loss, args)
             # Built once, now: a dataset that cannot fill one optimizer update fails here, not at the first step.
             self.task_batch_sampler = TaskBalancedBatchSampler.from_args(train_dataset, self.dataset_tasks, args)
@@ -302,6 +305,11 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
                 "in_batch_negatives": args.in_batch_negatives,
                 "gather_across_devices": args.gather_across_devices and args.world_size > 1,
                 "in_batch_positives": args.in_batch_positives,
+                "margin": args.false_negative_margin,
+                "margin_strategy": args.false_negative_margin_strategy,
+                "guide": args.false_negative_guide,
+                "distill_weight": args.distill_weight,
+                "teacher_temperature": args.teacher_temperature,
             }
             if args.ir_mini_batch_size is not None:  # GradCache: same loss, memory of one mini-batch
                 return lambda model: CachedMultiPositiveInfoNCELoss(
@@ -331,6 +339,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         collator.seed = args.seed
         collator.query_max_length = check_column_length(args, "query_max_seq_length", model)
         collator.passage_max_length = check_column_length(args, "passage_max_seq_length", model)
+        collator.keep_teacher_scores = args.distill_weight > 0
         collator.__post_init__()
         return collator
 
@@ -488,6 +497,10 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         else:
             loss, components = output, {}
         components[f"{dataset_name}/loss"] = loss
+        # What the loss measured besides itself (e.g. masked_candidates): logged like a component, never added to it.
+        pop_metrics = getattr(loss_fn, "pop_metrics", None)
+        if callable(pop_metrics):
+            components.update({f"{dataset_name}/{key}": value for key, value in pop_metrics().items()})
         loss = self.check_loss_is_finite(model, loss, components, dataset_name)
         self.track_loss_components(components)
         if return_outputs:

@@ -178,6 +178,24 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             ``codiemb train``: start a new run in an ``output_dir`` that holds a previous run, deleting its
             checkpoints once every check has passed (transformers 5 dropped this flag).
 
+        > IR loss options: false negatives and distillation (off by default, as in the reference)
+
+        false_negative_margin (`float`, *optional*, defaults to `None`):
+            Remove from the IR softmax every candidate scoring above the positive minus this margin (GISTEmbed's
+            filter; the count is logged as ``<dataset>/masked_candidates``) [ours]. Unset: no masking.
+        false_negative_margin_strategy (`Literal["absolute", "relative"]`, *optional*, defaults to `"absolute"`):
+            ``"absolute"``: remove when ``s(q, c) > s(q, p) - margin``; ``"relative"``: when
+            ``s(q, c) > s(q, p) - |s(q, p)| * margin`` [ours].
+        false_negative_guide (`str`, *optional*, defaults to `None`):
+            A frozen SentenceTransformer (Hub id or folder) whose similarities decide the mask, as GISTEmbed's guide
+            [ours]. Unset: the trained model judges. Needs ``false_negative_margin``.
+        distill_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of the KL between the teacher's scores (records' ``positive_scores`` / ``negative_scores``,
+            FlagEmbedding's ``pos_scores`` / ``neg_scores``) and the model over each query's positives and hard
+            negatives, added to the IR loss and logged as ``<dataset>/distill_kl`` [FlagEmbedding]. 0 is off.
+        teacher_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature of the teacher's softmax over its scores [FlagEmbedding].
+
     Example::
 
         from hf_codiemb import CoDiEmbTrainingArguments
@@ -347,6 +365,41 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             "resume_from_checkpoint=last instead). transformers 5 dropped this flag; this is ours."
         },
     )
+    false_negative_margin: Union[float, None] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "[ours] Margin masking of probable false negatives in the IR loss (GISTEmbed): every candidate "
+            "(in-batch, gathered or hard negative) scoring above the positive minus this margin is removed from the "
+            "softmax; the count is logged as <dataset>/masked_candidates. Unset = no masking (the reference)."
+        },
+    )
+    false_negative_margin_strategy: Literal["absolute", "relative"] = field(
+        default="absolute",
+        metadata={
+            "help": "[ours] 'absolute': remove a candidate c when s(q,c) > s(q,p) - margin; 'relative': when "
+            "s(q,c) > s(q,p) - |s(q,p)| * margin (GISTEmbed's two strategies)."
+        },
+    )
+    false_negative_guide: Union[str, None] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "[ours] A frozen SentenceTransformer (Hub id or folder) whose similarities decide which candidates "
+            "the margin removes (GISTEmbed's guide). Unset = the trained model judges. Needs false_negative_margin."
+        },
+    )
+    distill_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "[FlagEmbedding] Weight of the KL divergence between the teacher's scores (records' positive_scores "
+            "/ negative_scores, FlagEmbedding's pos_scores / neg_scores) and the model over each query's positives and "
+            "hard negatives, added to the IR loss (logged as <dataset>/distill_kl). 0 = off. Every IR record then "
+            "needs the scores."
+        },
+    )
+    teacher_temperature: float = field(
+        default=1.0,
+        metadata={"help": "[FlagEmbedding] Temperature of the teacher's softmax over its scores (distill_weight > 0)."},
+    )
 
     def __post_init__(self) -> None:
         self._refuse_ignored_options()
@@ -395,6 +448,29 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise RecipeError(f"must be a number > 0, got {value!r}", name)
+        self._check_ir_loss_options()
+
+    def _check_ir_loss_options(self) -> None:
+        """The false-negative masking and distillation options of the IR loss (off by default)."""
+        margin = self.false_negative_margin
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0):
+            raise RecipeError(f"must be a number >= 0 (unset: no masking), got {margin!r}", "false_negative_margin")
+        if self.false_negative_margin_strategy not in ("absolute", "relative"):
+            raise RecipeError(
+                f"must be 'absolute' or 'relative', got {self.false_negative_margin_strategy!r}",
+                "false_negative_margin_strategy",
+            )
+        if self.false_negative_guide is not None and margin is None:
+            raise RecipeError(
+                "needs false_negative_margin (the guide only decides which candidates the margin removes)",
+                "false_negative_guide",
+            )
+        weight = self.distill_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise RecipeError(f"must be a number >= 0 (0: off), got {weight!r}", "distill_weight")
+        value = self.teacher_temperature
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise RecipeError(f"must be a number > 0, got {value!r}", "teacher_temperature")
 
     def _select_by_combined_score(self) -> None:
         """``load_best_model_at_end`` / early stopping without ``metric_for_best_model``: select by ``codiemb_score``.

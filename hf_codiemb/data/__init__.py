@@ -25,6 +25,7 @@ Modules (one job each):
 - :mod:`~hf_codiemb.data.derived`: tasks derived from STS pairs or IR records (IR evaluation tasks, training records, pairs);
 - :mod:`~hf_codiemb.data.beir`: BEIR / MTEB folders (mining: :mod:`hf_codiemb.mining`);
 - :mod:`~hf_codiemb.data.names`: dataset names;
+- :mod:`~hf_codiemb.data.teacher_scores`: the teacher scores distillation needs on every IR record;
 - :mod:`~hf_codiemb.data.eval_sets`: :class:`IREvalSet`, :class:`STSEvalSet`;
 - :mod:`~hf_codiemb.data.demo`: the demo data shipped with the package.
 """

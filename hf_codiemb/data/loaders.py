@@ -12,9 +12,10 @@ import itertools
 import logging
 import os
 import pathlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import pyarrow.compute as pc
 from datasets import Dataset
 
 from hf_codiemb.columns import IR_COLUMNS, STS_COLUMNS, TASKS
@@ -63,13 +64,25 @@ def _first_record(path: pathlib.Path, name: str) -> tuple[int, dict[str, Any]]:
     raise DataFormatError(name, None, None, "contains no records")
 
 
-def _optional_columns(present: dict[str, int], total: int, optional: list[str], name: str) -> list[str]:
-    """The optional columns present in every record; warn about those present in only some."""
+# Teacher scores of IR records: only distillation reads them, and it refuses a dataset without them, so the warning
+# about a partly present column names the first record that lacks it.
+TEACHER_SCORE_COLUMNS = ("positive_scores", "negative_scores")
+
+
+def _optional_columns(
+    present: dict[str, int], total: int, optional: list[str], name: str, first_missing: Callable[[str], int] | None = None
+) -> list[str]:
+    """The optional columns present in every record; warn about those present in only some (``first_missing``: the
+    1-based number of the first record without a column, named for the teacher scores)."""
     kept = []
     for column in optional:
         count = present.get(column, 0)
         if count == total:
             kept.append(column)
+        elif count and column in TEACHER_SCORE_COLUMNS and first_missing is not None:
+            logger.warning("%s: %r is present in %d of %d records only (the first without it: record %d); dropping the "
+                           "column, so distillation (distill_weight > 0) refuses this dataset", name, column, count,
+                           total, first_missing(column))  # fmt: skip
         elif count:
             logger.warning("%s: %r is present in %d of %d records only; dropping the column", name, column, count, total)
     return kept
@@ -90,7 +103,13 @@ def _finish_records(
     if not records:
         raise DataFormatError(name, None, None, "contains no records")
     present = {column: sum(column in record for record in records) for column in optional}
-    columns = list(IR_COLUMNS if task == "ir" else STS_COLUMNS) + _optional_columns(present, len(records), optional, name)
+
+    def first_missing(column: str) -> int:
+        return next(number for number, record in enumerate(records, start=1) if column not in record)
+
+    columns = list(IR_COLUMNS if task == "ir" else STS_COLUMNS) + _optional_columns(
+        present, len(records), optional, name, first_missing
+    )
     _log_instructions({record["instruction"] for record in records if "instruction" in record}, name)
     dataset = Dataset.from_dict({column: [record[column] for record in records] for column in columns})
     warn_suspicious_records(dataset, task, name)
@@ -105,7 +124,13 @@ def _finish_arrow(dataset: Dataset, task: str, optional: list[str], name: str) -
         raise DataFormatError(name, None, None, "contains no records")
     table = dataset.data
     present = {column: dataset.num_rows - table.column(column).null_count for column in optional}
-    columns = list(IR_COLUMNS if task == "ir" else STS_COLUMNS) + _optional_columns(present, dataset.num_rows, optional, name)
+
+    def first_missing(column: str) -> int:
+        return int(pc.index(pc.is_null(table.column(column)), True).as_py()) + 1
+
+    columns = list(IR_COLUMNS if task == "ir" else STS_COLUMNS) + _optional_columns(
+        present, dataset.num_rows, optional, name, first_missing
+    )
     _log_instructions(set(table.column("instruction").unique().drop_null().to_pylist()), name)
     scores = table.column("score") if task == "sts" else None
     counts = counts_from_columns(table.column(HASH_COLUMN), table.column(FLAGS_COLUMN), scores, task)

@@ -14,8 +14,15 @@ from sentence_transformers.sentence_transformer.model import SentenceTransformer
 from sentence_transformers.util import all_gather_with_grad, cos_sim
 from torch import Tensor, nn
 
-from ._common import CODIEMB_CITATION, check_same_sizes_across_ranks, function_name
-from .multi_positive_info_nce import InBatchPositives, MultiPositiveInfoNCELoss, multi_positive_info_nce
+from ._common import check_same_sizes_across_ranks, function_name
+from .false_negatives import MarginStrategy
+from .multi_positive_info_nce import (
+    InBatchPositives,
+    MultiPositiveInfoNCELoss,
+    masked_multi_positive_info_nce,
+    multi_positive_info_nce,
+)
+from .teacher_distillation import teacher_distillation_kl
 
 GRADCACHE_CITATION = """
 @misc{gao2021scaling,
@@ -44,6 +51,11 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
         mini_batch_size: int = 32,
         mini_batch_num_tokens: int | None = None,
         show_progress_bar: bool = False,
+        margin: float | None = None,
+        margin_strategy: MarginStrategy = "absolute",
+        guide: nn.Module | str | None = None,
+        distill_weight: float = 0.0,
+        teacher_temperature: float = 1.0,
     ) -> None:
         """
         :class:`~hf_codiemb.losses.MultiPositiveInfoNCELoss` (the CoDiEmb IR objective: multi-positive InfoNCE with
@@ -71,7 +83,10 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
         :class:`~hf_codiemb.losses.MultiPositiveInfoNCELoss` with the same arguments (up to float rounding), for both
         ``in_batch_positives`` modes, with and without hard or in-batch negatives, and with
         ``gather_across_devices`` (passages of all ranks are gathered with gradients; each rank computes the loss of
-        its own queries, ``query_offset = rank * B``).
+        its own queries, ``query_offset = rank * B``), and with the options of the uncached loss: false-negative
+        masking (``margin``, ``margin_strategy``, ``guide``) [ours, after GISTEmbed] and distillation from teacher
+        scores (``distill_weight``, ``teacher_temperature``) [FlagEmbedding]. The guide embeds the batch without
+        gradient in mini-batches of ``mini_batch_size`` rows; the distillation term is computed per query chunk.
 
         Args:
             model: SentenceTransformer model.
@@ -87,6 +102,13 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
             mini_batch_num_tokens: If set, the embedding mini-batches are packed by their number of (non-padding)
                 tokens instead of ``mini_batch_size`` rows (sentence-transformers' option of the same name).
             show_progress_bar: Show a progress bar over the mini-batches.
+            margin: [ours] Remove candidates scoring above the positive minus this margin; ``None`` (default): off.
+                See :class:`~hf_codiemb.losses.MultiPositiveInfoNCELoss`.
+            margin_strategy: [ours] ``"absolute"`` (default) or ``"relative"``.
+            guide: [ours] A frozen SentenceTransformer (or its name or path) that decides the mask; needs ``margin``.
+            distill_weight: [FlagEmbedding] Weight of the teacher-score KL term (labels: the teacher scores); 0 is
+                off. The forward then returns ``{"info_nce": ..., "distill_kl": ...}``.
+            teacher_temperature: [FlagEmbedding] Temperature of the teacher's softmax.
 
         References:
             - Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup (GradCache):
@@ -156,7 +178,15 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
             gather_across_devices=gather_across_devices,
             similarity_fct=similarity_fct,
             in_batch_positives=in_batch_positives,
+            margin=margin,
+            margin_strategy=margin_strategy,
+            guide=guide,
+            distill_weight=distill_weight,
+            teacher_temperature=teacher_temperature,
         )
+        self._metrics: dict[str, Tensor] = {}
+        self._guide_embeddings: list[Tensor] | None = None
+        self._distill_total: Tensor | None = None
         self.mini_batch_size = mini_batch_size
         self.mini_batch_num_tokens = mini_batch_num_tokens
         self.show_progress_bar = show_progress_bar
@@ -169,6 +199,11 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
         "gather_across_devices",
         "similarity_fct",
         "in_batch_positives",
+        "margin",
+        "margin_strategy",
+        "guide",
+        "distill_weight",
+        "teacher_temperature",
     )
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -182,14 +217,31 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
             return getattr(self._modules["loss"], name)
         return super().__getattr__(name)
 
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
+    ) -> Tensor | dict[str, Tensor]:
         sentence_features = list(sentence_features)
         if len(sentence_features) < 1 + self.num_positives:
             raise ValueError(
                 f"{type(self).__name__} expects a query column and {self.num_positives} positive columns "
                 f"(num_positives={self.num_positives}), got {len(sentence_features)} columns in total."
             )
-        return self.forward_cached(sentence_features, labels)
+        if self.guide is not None:
+            self._guide_embeddings = self.loss.embed_with_guide(sentence_features, self.mini_batch_size)
+        try:
+            loss = self.forward_cached(sentence_features, labels)
+        finally:
+            self._guide_embeddings = None
+        if not self.distill_weight:
+            return loss
+        # The total carries the GradCache backward hook: both components are taken from it, so their sum is it.
+        distill = self._distill_total
+        return {"info_nce": loss - distill, "distill_kl": distill}
+
+    def pop_metrics(self) -> dict[str, Tensor]:
+        """What the last batch measured besides the loss (``masked_candidates`` with ``margin``), then forgotten."""
+        metrics, self._metrics = self._metrics, {}
+        return metrics
 
     def calculate_loss(
         self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
@@ -204,13 +256,17 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
         detached total is returned.
         """
         embeddings = [torch.cat(column) for column in reps]
-        queries = embeddings[0]
-        positives = torch.stack(embeddings[1 : 1 + self.num_positives], dim=1)
-        negative_columns = embeddings[1 + self.num_positives :]
-        negatives = torch.stack(negative_columns, dim=1) if negative_columns else None
+        queries, positives, negatives = self.loss.split_columns(embeddings)
         batch_size = queries.size(0)
+        num_candidates = positives.size(1) + (0 if negatives is None else negatives.size(1))
+        teacher = self.loss.teacher_scores(labels, batch_size, num_candidates) if self.distill_weight else None
+        guide = None
+        if self.guide is not None and self.margin is not None:
+            if self._guide_embeddings is None:
+                raise ValueError(f"{type(self).__name__} has a guide: call it through forward().")
+            guide = self.loss.split_columns(self._guide_embeddings)
         offset = 0
-        if self.gather_across_devices and self.in_batch_negatives and dist.is_available() and dist.is_initialized():
+        if self.loss.gathers():
             check_same_sizes_across_ranks(
                 {
                     "batch": batch_size,
@@ -224,6 +280,12 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
             positives = all_gather_with_grad(positives)
             if negatives is not None:
                 negatives = all_gather_with_grad(negatives)
+            if guide is not None:
+                guide = (
+                    guide[0],
+                    all_gather_with_grad(guide[1]),
+                    None if guide[2] is None else all_gather_with_grad(guide[2]),
+                )
             offset = dist.get_rank() * batch_size
 
         inputs = [tensor for tensor in (queries, positives, negatives) if tensor is not None]
@@ -237,22 +299,48 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
         chunk_negatives = leaves[2] if negatives is not None else None
 
         total = queries.new_zeros(())
+        masked_total = torch.zeros((), dtype=torch.long, device=queries.device)
+        distill_total = queries.new_zeros(())
+        options = {
+            "temperature": self.temperature,
+            "in_batch_negatives": self.in_batch_negatives,
+            "similarity_fct": self.similarity_fct,
+            "in_batch_positives": self.in_batch_positives,
+        }
         for begin in range(0, batch_size, self.mini_batch_size):
             end = min(begin + self.mini_batch_size, batch_size)
-            chunk_loss = multi_positive_info_nce(
-                chunk_queries[begin:end],
-                chunk_positives,
-                chunk_negatives,
-                temperature=self.temperature,
-                in_batch_negatives=self.in_batch_negatives,
-                similarity_fct=self.similarity_fct,
-                query_offset=offset + begin,
-                in_batch_positives=self.in_batch_positives,
-            ) * ((end - begin) / batch_size)
+            share = (end - begin) / batch_size
+            if self.margin is None:
+                chunk_loss = multi_positive_info_nce(
+                    chunk_queries[begin:end], chunk_positives, chunk_negatives, query_offset=offset + begin, **options
+                )
+            else:
+                chunk_guide = None if guide is None else (guide[0][begin:end], guide[1], guide[2])
+                chunk_loss, masked = masked_multi_positive_info_nce(
+                    chunk_queries[begin:end], chunk_positives, chunk_negatives, query_offset=offset + begin,
+                    **options, margin=self.margin, margin_strategy=self.margin_strategy, guide_embeddings=chunk_guide,
+                )  # fmt: skip
+                masked_total += masked
+            chunk_loss = chunk_loss * share
+            if teacher is not None:
+                # The chunk's own rows of the (possibly gathered) passages: rows offset + begin .. offset + end.
+                own = slice(offset + begin, offset + end)
+                kl = teacher_distillation_kl(
+                    chunk_queries[begin:end], chunk_positives[own],
+                    None if chunk_negatives is None else chunk_negatives[own], teacher[begin:end],
+                    temperature=self.temperature, teacher_temperature=self.teacher_temperature,
+                    similarity_fct=self.similarity_fct,
+                )  # fmt: skip
+                kl = self.distill_weight * kl * share
+                distill_total = distill_total + kl.detach()
+                chunk_loss = chunk_loss + kl
             if with_backward:
                 chunk_loss.backward()
                 chunk_loss = chunk_loss.detach()
             total = total + chunk_loss
+        if self.margin is not None:
+            self._metrics = {"masked_candidates": masked_total}
+        self._distill_total = distill_total
 
         if with_backward:
             pairs = [(tensor, leaf.grad) for tensor, leaf in zip(inputs, leaves) if leaf.grad is not None]
@@ -269,8 +357,9 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
             "in_batch_positives": self.in_batch_positives,
             "mini_batch_size": self.mini_batch_size,
             "mini_batch_num_tokens": self.mini_batch_num_tokens,
+            **self.loss.option_config(),
         }
 
     @property
     def citation(self) -> str:
-        return CODIEMB_CITATION + GRADCACHE_CITATION
+        return self.loss.citation + GRADCACHE_CITATION
