@@ -568,6 +568,47 @@ def evaluate_model(
     return results
 
 
+def evaluate_at_dimensions(
+    model: SentenceTransformer,
+    dims: Sequence[int],
+    sts_sets: Mapping[str, Any] | None = None,
+    ir_sets: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[int, dict[str, Any]]:
+    """:func:`evaluate_model` with the embeddings cut to each of ``dims`` leading dimensions (Matryoshka models;
+    ``model.truncate_dim``, which every evaluator's encoding honours), without geometry and without touching the
+    model card's evaluation.
+
+    Returns:
+        ``{dim: {"sts": {name: metrics}, "ir": {name: metrics}}}``, largest dimension first.
+    """
+    card_results = dict(getattr(model.model_card_data, "eval_results_dict", {}) or {})
+    truncate_dim = model.truncate_dim
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        for dim in sorted(dims, reverse=True):
+            model.truncate_dim = dim
+            scores = evaluate_model(model, sts_sets, ir_sets, geometry_texts=[], **kwargs)
+            results[dim] = {"sts": scores["sts"], "ir": scores["ir"]}
+    finally:
+        model.truncate_dim = truncate_dim
+        model.model_card_data.eval_results_dict = card_results
+    return results
+
+
+def format_dimensions_table(results: Mapping[int, Mapping[str, Any]]) -> str:
+    """A Markdown table of :func:`evaluate_at_dimensions`' results: one row per dimension, one column per dev set
+    (STS: Spearman of cosine similarities, IR: nDCG@10)."""
+    first = next(iter(results.values()), {"sts": {}, "ir": {}})
+    columns = [("sts", name, "spearman_cosine") for name in first["sts"]]
+    columns += [("ir", name, f"ndcg@{IR_NDCG_AT_K}") for name in first["ir"]]
+    header = "| dim | " + " | ".join(f"{name} {metric}" for _, name, metric in columns) + " |"
+    lines = [header, "|---" * (len(columns) + 1) + "|"]
+    for dim, scores in results.items():
+        lines.append(f"| {dim} | " + " | ".join(f"{scores[task][name][metric]:.4f}" for task, name, metric in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def flatten_results(results: Mapping[str, Any], separator: str = "/") -> dict[str, float]:
     """Flatten nested results to ``{"sts/<set>/spearman_cosine": value, "geometry/anisotropy": value, ...}``."""
     flat: dict[str, float] = {}

@@ -35,6 +35,7 @@ from hf_codiemb.training_args import CoDiEmbTrainingArguments, num_negatives_for
 from hf_codiemb.training_checks import (
     check_column_length,
     check_loss_tasks,
+    check_matryoshka_dims,
     check_model_selection,
     resolve_dataset_tasks,
     validate_training_dataset,
@@ -184,6 +185,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
                 validate_training_dataset(name, self.dataset_tasks[name], dataset, num_negatives_for(args, name))
                 if args.distill_weight > 0 and self.dataset_tasks[name] == "ir":  # teacher scores on every row
                     check_teacher_scores(name, dataset, num_negatives_for(args, name))
+            check_matryoshka_dims(args, model)
             loss = self._complete_losses(train_dataset, loss, args)
             # Built once, now: a dataset that cannot fill one optimizer update fails here, not at the first step.
             self.task_batch_sampler = TaskBalancedBatchSampler.from_args(train_dataset, self.dataset_tasks, args)
@@ -295,7 +297,20 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
 
     @staticmethod
     def default_loss_factory(task: str, args: CoDiEmbTrainingArguments) -> Callable[[SentenceTransformer], torch.nn.Module]:
-        """A function building the default CoDiEmb loss of ``task`` for a model, configured from ``args``."""
+        """A function building the default CoDiEmb loss of ``task`` for a model, configured from ``args`` (wrapped in
+        :class:`~hf_codiemb.losses.CoDiEmbMatryoshkaLoss` when ``args.matryoshka_dims`` is set)."""
+        factory = CoDiEmbTrainer._task_loss_factory(task, args)
+        if not args.matryoshka_dims:
+            return factory
+        from hf_codiemb.losses import CoDiEmbMatryoshkaLoss
+
+        return lambda model: CoDiEmbMatryoshkaLoss(
+            model, factory(model), args.matryoshka_dims, args.matryoshka_weights
+        )
+
+    @staticmethod
+    def _task_loss_factory(task: str, args: CoDiEmbTrainingArguments) -> Callable[[SentenceTransformer], torch.nn.Module]:
+        """The CoDiEmb loss of ``task`` (IR: multi-positive InfoNCE, STS: the reference's combined loss)."""
         from hf_codiemb.losses import CachedMultiPositiveInfoNCELoss, CoDiEmbSTSLoss, MultiPositiveInfoNCELoss
 
         if task == "ir":

@@ -196,6 +196,15 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
         teacher_temperature (`float`, *optional*, defaults to `1.0`):
             Temperature of the teacher's softmax over its scores [FlagEmbedding].
 
+        > Matryoshka embeddings (off by default, as in the reference)
+
+        matryoshka_dims (`list[int]`, *optional*, defaults to `None`):
+            Train every task's default loss at these leading embedding dimensions too (sentence-transformers'
+            ``MatryoshkaLoss``, as :class:`~hf_codiemb.losses.CoDiEmbMatryoshkaLoss`), e.g. ``[384, 256, 128, 64]``;
+            ``codiemb train`` then evaluates the final model at each of them [ours]. Unset: off.
+        matryoshka_weights (`list[float]`, *optional*, defaults to `None`):
+            Weight of each dimension's loss, in the order of ``matryoshka_dims``. Unset: 1 each.
+
     Example::
 
         from hf_codiemb import CoDiEmbTrainingArguments
@@ -400,6 +409,18 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
         default=1.0,
         metadata={"help": "[FlagEmbedding] Temperature of the teacher's softmax over its scores (distill_weight > 0)."},
     )
+    matryoshka_dims: Union[list[int], None] = field(  # noqa: UP007
+        default=None,
+        metadata={
+            "help": "[ours] Matryoshka embeddings: every task's default loss is also computed on the embeddings cut to "
+            "these leading dimensions (sentence-transformers' MatryoshkaLoss), e.g. 384 256 128 64; the final model is "
+            "evaluated at each (eval_matryoshka.md). Unset = off (the reference)."
+        },
+    )
+    matryoshka_weights: Union[list[float], None] = field(  # noqa: UP007
+        default=None,
+        metadata={"help": "[ours] Weight of each matryoshka_dims loss, in the same order. Unset = 1 each."},
+    )
 
     def __post_init__(self) -> None:
         self._refuse_ignored_options()
@@ -471,6 +492,31 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
         value = self.teacher_temperature
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise RecipeError(f"must be a number > 0, got {value!r}", "teacher_temperature")
+        self._check_matryoshka_options()
+
+    def _check_matryoshka_options(self) -> None:
+        """``matryoshka_dims``: distinct integers >= 1; ``matryoshka_weights``: one number >= 0 per dimension; not
+        with GradCache (``ir_mini_batch_size``), which re-embeds after the truncation is undone."""
+        dims, weights = self.matryoshka_dims, self.matryoshka_weights
+        if dims is None:
+            if weights is not None:
+                raise RecipeError("needs matryoshka_dims", "matryoshka_weights")
+            return
+        if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims) or len(set(dims)) < len(dims):
+            raise RecipeError(f"must be distinct integers >= 1, got {dims!r}", "matryoshka_dims")
+        if weights is not None and (
+            len(weights) != len(dims)
+            or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 for w in weights)
+        ):
+            raise RecipeError(
+                f"must be one number >= 0 per dimension of matryoshka_dims {dims}, got {weights!r}", "matryoshka_weights"
+            )
+        if self.ir_mini_batch_size is not None:
+            raise RecipeError(
+                "cannot be combined with ir_mini_batch_size (GradCache re-embeds during the backward pass, after the "
+                "truncation): unset one of them",
+                "matryoshka_dims",
+            )
 
     def _select_by_combined_score(self) -> None:
         """``load_best_model_at_end`` / early stopping without ``metric_for_best_model``: select by ``codiemb_score``.

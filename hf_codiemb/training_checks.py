@@ -25,6 +25,7 @@ __all__ = [
     "SENTENCE_TRANSFORMERS_LOSS_TASKS",
     "check_column_length",
     "check_loss_tasks",
+    "check_matryoshka_dims",
     "check_model_selection",
     "infer_task",
     "loss_task",
@@ -159,6 +160,18 @@ def check_column_length(args: CoDiEmbTrainingArguments, name: str, model: Senten
             f"is {value}, above the model's max_seq_length {limit}: raise max_seq_length or lower {name}", name
         )
     return value
+
+
+def check_matryoshka_dims(args: CoDiEmbTrainingArguments, model: SentenceTransformer | None) -> None:
+    """``matryoshka_dims`` within the model's embedding dimension (a cut cannot be longer than the embedding).
+
+    Raises:
+        RecipeError: naming the field, the dimensions and the model's.
+    """
+    dims = args.matryoshka_dims
+    size = model.get_embedding_dimension() if model is not None and dims else None
+    if size is not None and max(dims) > size:
+        raise RecipeError(f"{sorted(dims, reverse=True)} exceed the model's embedding dimension {size}", "matryoshka_dims")
 
 
 def check_loss_tasks(losses: Mapping[str, Any], tasks: Mapping[str, str]) -> None:

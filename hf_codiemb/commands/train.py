@@ -195,6 +195,19 @@ def resume_note(argv: list[str], output_dir: Path) -> str:
     )
 
 
+def write_dimension_results(model, dims, sts_sets, ir_sets, output_dir: Path, **kwargs) -> None:
+    """Evaluate a Matryoshka-trained model at each of ``dims`` and write ``eval_matryoshka.{json,md}`` (the table is
+    printed too)."""
+    from hf_codiemb.evaluation import evaluate_at_dimensions, format_dimensions_table
+
+    logger.info("Evaluating at the Matryoshka dimensions %s", sorted(dims, reverse=True))
+    results = evaluate_at_dimensions(model, dims, sts_sets, ir_sets, **kwargs)
+    (output_dir / "eval_matryoshka.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    table = format_dimensions_table(results)
+    (output_dir / "eval_matryoshka.md").write_text("# Evaluation at each Matryoshka dimension\n\n" + table)
+    sys.stdout.write(table)
+
+
 def run(argv: list[str]) -> int:
     """Entry point of `codiemb train`."""
     from sentence_transformers import SentenceTransformer
@@ -275,5 +288,8 @@ def run(argv: list[str]) -> int:
             table = format_before_after_table(before, after)
             (output_dir / "eval_before_after.md").write_text(table + "\n")
             sys.stdout.write(table + "\n")
+        if training_args.matryoshka_dims:
+            write_dimension_results(saved, training_args.matryoshka_dims, sts_sets, ir_sets, output_dir,
+                                    sts_prompt=sts_prompt, batch_size=eval_batch_size)  # fmt: skip
     logger.info("Model saved to %s", output_dir)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .cached_multi_positive_info_nce import CachedMultiPositiveInfoNCELoss
 from .codiemb_sts import CoDiEmbSTSLoss
 from .functional import soft_rank
+from .matryoshka import CoDiEmbMatryoshkaLoss
 from .multi_positive_info_nce import (
     MultiPositiveInfoNCELoss,
     masked_multi_positive_info_nce,
@@ -18,6 +19,7 @@ from .teacher_distillation import teacher_distillation_kl
 
 __all__ = [
     "CachedMultiPositiveInfoNCELoss",
+    "CoDiEmbMatryoshkaLoss",
     "CoDiEmbSTSLoss",
     "MultiPositiveInfoNCELoss",
     "PROLoss",
