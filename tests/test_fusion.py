@@ -211,6 +211,55 @@ def test_baselines(minilm_checkpoints, tmp_path):
         assert load_file(tmp_path / "ties/model.safetensors")[name].shape == inputs[0].shape
 
 
+def numpy_model_stock(base: np.ndarray, checkpoints: list[np.ndarray], filter_wise: bool) -> np.ndarray:
+    """Model Stock (arXiv 2403.19522, eq. 6) in float64: t = K cos / (1 + (K - 1) cos), cos the mean pairwise cosine
+    of the task vectors (per tensor, or per output row), merged = t * mean_k theta_k + (1 - t) * theta_0."""
+    rows = base.reshape(base.shape[0], -1) if filter_wise and base.ndim > 1 else base.reshape(1, -1)
+    deltas = [c.reshape(rows.shape).astype(np.float64) - rows for c in checkpoints]
+    cosines = [
+        (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-6)
+        for i, a in enumerate(deltas) for b in deltas[i + 1:]
+    ]  # fmt: skip
+    cos = np.clip(np.mean(cosines, axis=0), -1, 1)[:, None]
+    k = len(checkpoints)
+    t = k * cos / (1 + (k - 1) * cos)
+    average = np.mean([c.reshape(rows.shape) for c in checkpoints], axis=0)
+    return (t * average + (1 - t) * rows).reshape(base.shape)
+
+
+@pytest.mark.skipif(not mergekit_available(), reason="mergekit>=0.1.5 not installed")
+@pytest.mark.parametrize("granularity", ["tensor", "filter"])
+def test_model_stock_through_mergekit_matches_numpy(minilm_checkpoints, tmp_path, granularity):
+    base, checkpoints = minilm_checkpoints
+    fuse(checkpoints, tmp_path / "stock", base=base, method="model_stock", method_params={"granularity": granularity},
+         show_progress=False)  # fmt: skip
+    fused = load_file(tmp_path / "stock/model.safetensors")
+    for name in ("encoder.layer.1.output.dense.weight", "encoder.layer.0.attention.self.query.bias"):
+        expected = numpy_model_stock(load_file(base / "model.safetensors")[name].numpy(),
+                                     [load_file(c / "model.safetensors")[name].numpy() for c in checkpoints],
+                                     granularity == "filter")  # fmt: skip
+        np.testing.assert_allclose(fused[name].numpy(), expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(FusionError, match="needs the base and at least 2 checkpoints"):
+        fuse(checkpoints[:1], tmp_path / "one", base=base, method="model_stock", show_progress=False)
+
+
+@pytest.mark.skipif(not mergekit_available(), reason="mergekit>=0.1.5 not installed")
+def test_per_input_weights_through_mergekit_linear(minilm_checkpoints, tmp_path):
+    _, checkpoints = minilm_checkpoints
+    name = "encoder.layer.1.output.dense.weight"
+    inputs = [load_file(c / "model.safetensors")[name].double() for c in checkpoints]
+    fuse(checkpoints, tmp_path / "lin", method="linear", method_params={"weights": [3.0, 1.0]}, show_progress=False)
+    torch.testing.assert_close(load_file(tmp_path / "lin/model.safetensors")[name].double(),
+                               (3 * inputs[0] + inputs[1]) / 4, rtol=1e-5, atol=1e-7)  # fmt: skip
+    fuse(checkpoints, tmp_path / "sum", method="linear", method_params={"weights": "0.5,0.25", "normalize": "false"},
+         show_progress=False)  # fmt: skip
+    torch.testing.assert_close(load_file(tmp_path / "sum/model.safetensors")[name].double(),
+                               0.5 * inputs[0] + 0.25 * inputs[1], rtol=1e-5, atol=1e-7)  # fmt: skip
+    with pytest.raises(FusionError, match="3 weights given for 2 checkpoints"):
+        fuse(checkpoints, tmp_path / "bad", method="linear", method_params={"weights": [1, 1, 1]}, show_progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.skipif(not mergekit_available(), reason="mergekit>=0.1.5 not installed")
 def test_mergekit_plugin_matches_streaming_fusion(minilm_checkpoints, tmp_path):
     from sentence_transformers import SentenceTransformer
