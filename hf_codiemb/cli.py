@@ -129,7 +129,7 @@ def _run(argv: list[str]) -> int:
             from hf_codiemb.help_snapshot import print_snapshot_help
 
             if print_snapshot_help(argv[0]):
-                return 0
+                raise SystemExit(0)  # as argparse's --help does
 
         try:
             return int(command_module(argv[0]).run(argv[1:]) or 0)
