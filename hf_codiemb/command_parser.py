@@ -118,6 +118,24 @@ class CommandParser(HfArgumentParser):
         )
 
     # ------------------------------------------------------------------------------------------------ help layout
+    def set_defaults(self, **kwargs: Any) -> None:
+        """argparse's defaults; a required option given one (by a YAML file, a recipe) is no longer required."""
+        super().set_defaults(**kwargs)
+        for action in self._actions:
+            if action.dest in kwargs and kwargs[action.dest] is not None:
+                action.required = False
+
+    def require(self, dest: str, flag: str | None = None, *, by_argparse: bool = True) -> None:
+        """Take the default of field ``dest`` away and make its option required, documented as ``flag`` when given
+        (its other spellings still parse), e.g. ``require("model_name_or_path", "--model")``. With
+        ``by_argparse=False`` the caller refuses a missing value itself (it is ``None`` after parsing), with its own
+        message."""
+        for action in self._actions:
+            if action.dest == dest and action.option_strings:
+                action.required, action.default = by_argparse, None
+                if flag is not None:
+                    action.option_strings = [flag]
+
     def _one_documented_spelling(self) -> None:
         """Help, usage and errors name ``--flag_name`` only; ``--flag-name`` still parses (the same action)."""
         for action in self._actions:
@@ -170,9 +188,6 @@ class CommandParser(HfArgumentParser):
             values, lines = read_yaml_config(config, source)
             values = check_values(values, self.dataclass_types, source, lines)
             self.set_defaults(**values)
-            for action in self._actions:  # a required option given by the YAML file is no longer required
-                if action.dest in values:
-                    action.required = False
         try:
             *parsed, remaining = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         except CoDiEmbUserError as error:  # a __post_init__ check, or self.error
@@ -250,6 +265,17 @@ def field_types(dataclass_types: Sequence[type]) -> dict[str, Any]:
     return types_by_name
 
 
+def field_aliases(dataclass_types: Sequence[type]) -> dict[str, str]:
+    """Other names of fields (their ``aliases`` metadata, e.g. ``--model`` for ``model_name_or_path``), as YAML keys:
+    ``{"model": "model_name_or_path"}``."""
+    return {
+        alias.lstrip("-").replace("-", "_"): item.name
+        for dataclass_type in dataclass_types
+        for item in dataclasses.fields(dataclass_type)
+        for alias in item.metadata.get("aliases", ())
+    }
+
+
 def check_values(
     values: dict[str, Any], dataclass_types: Sequence[type], source: str, lines: dict[str, int] | None = None
 ) -> dict[str, Any]:
@@ -263,9 +289,17 @@ def check_values(
         RecipeError: an unknown key (with the closest known key) or a value of the wrong type, naming the file,
             the line and the key.
     """
-    lines = lines or {}
+    lines = dict(lines or {})
     known = field_types(dataclass_types)
     known.pop(CONFIG_FIELD, None)
+    values = dict(values)
+    for alias, name in field_aliases(dataclass_types).items():  # `model: X` is `model_name_or_path: X`
+        if alias in values:
+            if name in values:
+                raise RecipeError(f"is also given as {name!r}: keep one", alias, source, lines.get(alias))
+            values[name] = values.pop(alias)
+            if alias in lines:
+                lines[name] = lines[alias]
     checked = dict(values)
     for key, value in values.items():
         if key not in known:

@@ -6,8 +6,9 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from sentence_transformers.base.sampler import SetEpochMixin
 from torch.utils.data import BatchSampler, ConcatDataset
@@ -32,6 +33,83 @@ class DatasetSpec:
     batch_size: int
 
 
+@dataclass(frozen=True)
+class RowTextHashes:
+    """The 64-bit hashes (xxh3) of the texts of every row of one dataset, row ``i`` being
+    ``values[offsets[i]:offsets[i + 1]]`` (a compressed layout: 8 bytes per text, no Python object per row).
+
+    Computed once per dataset (:func:`row_text_hashes`) so that building duplicate-free blocks never re-reads the
+    Arrow table. Two different texts with the same hash (probability about ``n**2 / 2**65`` for ``n`` distinct
+    texts) only make the sampler set a row aside for a later block; they never let a duplicate through.
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row(self, index: int) -> list[int]:
+        """The hashes of row ``index``'s texts."""
+        return self.values[self.offsets[index] : self.offsets[index + 1]].tolist()
+
+    @classmethod
+    def from_texts(cls, rows: Sequence[Sequence[str]]) -> RowTextHashes:
+        """The hashes of rows given as lists of texts (tests, small in-memory data)."""
+        values = np.fromiter((_text_hash(text) for texts in rows for text in texts), dtype=np.uint64)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(texts) for texts in rows])
+        return cls(values, offsets)
+
+
+def _text_hash(text: str) -> int:
+    import xxhash
+
+    return xxhash.xxh3_64_intdigest(text.encode("utf-8"))
+
+
+def row_text_hashes(dataset: Dataset, columns: Sequence[str], chunk_size: int = 65536) -> RowTextHashes:
+    """The hashes of the texts of every row of ``dataset`` in ``columns`` (string columns and lists of strings).
+
+    Reads the Arrow table once, chunk by chunk (the dataset's row order, ``select``/``shuffle`` views included).
+    Empty lists contribute nothing; a row with no text at all gets no hash (it never conflicts).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import xxhash
+
+    hash_text = xxhash.xxh3_64_intdigest
+    values_parts: list[np.ndarray] = []
+    counts = np.zeros(len(dataset), dtype=np.int64)
+    start = 0
+    for table in dataset.with_format("arrow").iter(batch_size=chunk_size):
+        rows = table.num_rows
+        owners: list[np.ndarray] = []
+        hashes: list[np.ndarray] = []
+        for name in columns:
+            column = table.column(name).combine_chunks()
+            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+                texts = pc.list_flatten(column).to_pylist()
+                owner = np.repeat(np.arange(rows, dtype=np.int64), lengths)
+            else:
+                texts = column.to_pylist()
+                owner = np.arange(rows, dtype=np.int64)
+            keep = [i for i, text in enumerate(texts) if text is not None]
+            hashes.append(np.fromiter((hash_text(texts[i].encode("utf-8")) for i in keep), dtype=np.uint64,
+                                      count=len(keep)))  # fmt: skip
+            owners.append(owner[keep] if len(keep) != len(texts) else owner)
+        owner = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
+        order = np.argsort(owner, kind="stable")
+        values_parts.append(np.concatenate(hashes)[order] if hashes else np.zeros(0, dtype=np.uint64))
+        counts[start : start + rows] = np.bincount(owner, minlength=rows)
+        start += rows
+    offsets = np.zeros(len(dataset) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    values = np.concatenate(values_parts) if values_parts else np.zeros(0, dtype=np.uint64)
+    return RowTextHashes(values, offsets)
+
+
 class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
     """
     Batch sampler over several datasets in which every optimizer update uses one dataset (hence one task) only.
@@ -51,6 +129,20 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
     ``batch_size`` is ``None`` because batch sizes differ per task (accelerate drops batches of a size other than a
     sampler's ``batch_size`` unless it is ``None``).
 
+    **Duplicate-free blocks** (``text_hashes``, the ``ir_no_duplicates`` training argument) [ours]: for a dataset
+    given the hashes of its rows' texts, no text belongs to two different rows of one block, i.e. of one optimizer
+    update's global batch (all ranks, all accumulation steps: what cross-device gathering compares). A row's texts
+    are every text it may contribute (for IR: the query, *all* its positives and all its negatives, since the
+    collator samples ``num_positives`` / ``num_negatives`` of them anew at every step), so a repeated text can never
+    be one query's positive and another's in-batch negative. Blocks are filled from the epoch's shuffled pass over
+    the dataset; a row that would repeat a text of the block being filled is set aside and tried first for the next
+    blocks. The number of blocks per epoch is the same as without the option (``len()``, the updates per task and
+    ``task_ratio`` are unchanged and exact); the rows still set aside when the epoch's last block is full are not
+    used in that epoch (as the remainder of a partial block is not), and when a pass runs out before a block is
+    full the block is completed from a fresh shuffled pass (those rows are used twice in the epoch; counted in
+    :attr:`duplicate_free_stats`). Without duplicates in the data the blocks are exactly those of the default
+    sampler. A dataset in which no block of its size can be filled without a repeated text is refused.
+
     Args:
         dataset: The concatenation of the training datasets, in the order of ``specs``.
         specs: One :class:`DatasetSpec` per dataset (name, task, size, per-device batch size).
@@ -58,9 +150,12 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
         gradient_accumulation_steps: Micro-batches per optimizer update.
         dataset_weights: Optional share of updates per dataset name (need not sum to 1). ``None`` = proportional.
         seed: Seed of the shuffles; epoch ``e`` uses ``seed + e``.
+        text_hashes: Optional, per dataset: the :class:`RowTextHashes` of its rows for duplicate-free blocks, or
+            ``None`` for a dataset sampled as usual.
 
     Raises:
-        ValueError: if a dataset is too small for one block (its name, size and the needed size are in the message).
+        ValueError: if a dataset is too small for one block (its name, size and the needed size are in the message),
+            or cannot fill a duplicate-free block.
     """
 
     def __init__(
@@ -71,9 +166,19 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
         gradient_accumulation_steps: int = 1,
         dataset_weights: dict[str, float] | None = None,
         seed: int = 0,
+        text_hashes: Sequence[RowTextHashes | None] | None = None,
     ) -> None:
         if len(dataset.datasets) != len(specs):
             raise ValueError(f"{len(specs)} dataset specs given for {len(dataset.datasets)} datasets")
+        self.text_hashes = list(text_hashes) if text_hashes is not None else [None] * len(specs)
+        if len(self.text_hashes) != len(specs):
+            raise ValueError(f"{len(self.text_hashes)} text hashes given for {len(specs)} datasets")
+        for spec, hashes in zip(specs, self.text_hashes):
+            if hashes is not None and len(hashes) != spec.size:
+                raise ValueError(f"text hashes of {spec.name!r} cover {len(hashes)} rows, the dataset has {spec.size}")
+        #: Per dataset name, for the last planned epoch: rows placed, rows placed twice, rows set aside and unused.
+        self.duplicate_free_stats: dict[str, dict[str, int]] = {}
+        self._plan: tuple[int, list[tuple[int, list[int]]]] | None = None
         super().__init__(dataset, batch_size=1, drop_last=True)
         self.batch_size = None  # batch sizes differ per task; see the class docstring
         self.dataset = dataset
@@ -115,25 +220,44 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
             args: The run's :class:`~hf_codiemb.training_args.CoDiEmbTrainingArguments`.
             concatenated: Their concatenation, when one exists already (the Trainer's); built otherwise.
 
+        With ``args.ir_no_duplicates`` the IR datasets get duplicate-free blocks: the texts of each row (query,
+        every positive, and every negative unless the dataset trains with 0 hard negatives) are hashed here, once,
+        and epoch 0 is planned at once, so that a dataset that cannot fill such a block fails now.
+
         Raises:
-            TrainingDataError: a dataset smaller than one optimizer update, a ratio that names a task without data.
+            TrainingDataError: a dataset smaller than one optimizer update, a ratio that names a task without data, a
+                dataset that cannot fill a duplicate-free block.
         """
         specs = [
             DatasetSpec(name, tasks[name], len(dataset), args.batch_size_for_task(tasks[name]))
             for name, dataset in train_dataset.items()
         ]
+        text_hashes = None
+        if getattr(args, "ir_no_duplicates", False):
+            text_hashes = [
+                row_text_hashes(dataset, ir_text_columns(dataset, args, name)) if tasks[name] == "ir" else None
+                for name, dataset in train_dataset.items()
+            ]
+            if any(task != "ir" for task in tasks.values()):
+                logger.info("ir_no_duplicates: IR batches are duplicate-free; STS batches are sampled as usual")
         try:
             weights = dataset_weights_from_task_ratio(
                 specs, args.task_ratio, args.sampling_temperature, args.world_size, args.gradient_accumulation_steps
             )
-            return cls(
+            sampler = cls(
                 concatenated if concatenated is not None else ConcatDataset(list(train_dataset.values())),
                 specs,
                 world_size=args.world_size,
                 gradient_accumulation_steps=args.gradient_accumulation_steps,
                 dataset_weights=weights,
                 seed=args.seed,
+                text_hashes=text_hashes,
             )
+            if text_hashes is not None:
+                sampler.schedule()  # plans epoch 0: a dataset that cannot fill a duplicate-free block fails now
+                for name, stats in sampler.duplicate_free_stats.items():
+                    logger.info("Duplicate-free IR blocks of %s, epoch 0: %s", name, stats)
+            return sampler
         except ValueError as error:  # a dataset smaller than one update, a ratio without data: the recipe's to fix
             raise TrainingDataError(str(error)) from error
 
@@ -156,6 +280,8 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
         """The blocks (lists of global indices) of one dataset for one epoch, repeating shuffles when needed."""
         spec = self.specs[dataset_idx]
         block_examples = spec.batch_size * self.batches_per_block
+        if self.text_hashes[dataset_idx] is not None:
+            return self._duplicate_free_blocks(dataset_idx, generator)
         needed = self.blocks_per_epoch[dataset_idx] * block_examples
         order: list[int] = []
         while len(order) < needed:
@@ -167,11 +293,70 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
             [offset + i for i in order[start : start + block_examples]] for start in range(0, needed, block_examples)
         ]
 
+    def _duplicate_free_blocks(self, dataset_idx: int, generator: torch.Generator) -> list[list[int]]:
+        """The blocks of one dataset for one epoch, no text shared by two rows of a block (see the class docstring)."""
+        spec = self.specs[dataset_idx]
+        hashes = self.text_hashes[dataset_idx]
+        block_examples = spec.batch_size * self.batches_per_block
+        blocks: list[list[int]] = []
+        waiting: list[int] = []  # rows set aside, oldest first
+        pass_rows: list[int] = []
+        position = 0
+        set_aside: set[int] = set()
+        while len(blocks) < self.blocks_per_epoch[dataset_idx]:
+            block: list[int] = []
+            texts: set[int] = set()
+            still_waiting = []
+            for row in waiting:
+                row_texts = hashes.row(row) if len(block) < block_examples else None
+                if row_texts is not None and texts.isdisjoint(row_texts):
+                    block.append(row)
+                    texts.update(row_texts)
+                else:
+                    still_waiting.append(row)
+            waiting = still_waiting
+            fresh_passes = 0
+            while len(block) < block_examples:
+                if position == len(pass_rows):
+                    if fresh_passes:  # every row was tried against this block since its last pass began
+                        raise ValueError(
+                            f"Training dataset {spec.name!r} ({spec.task}) cannot fill a duplicate-free block of "
+                            f"{block_examples} rows ({spec.task}_batch_size={spec.batch_size} x world_size="
+                            f"{self.world_size} x gradient_accumulation_steps={self.gradient_accumulation_steps}): "
+                            f"only {len(block)} of its rows share no text (query, positive or negative). Lower "
+                            f"{spec.task}_batch_size, or train without ir_no_duplicates."
+                        )
+                    pass_rows = torch.randperm(spec.size, generator=generator).tolist()
+                    position = 0
+                    fresh_passes += 1
+                row = pass_rows[position]
+                position += 1
+                row_texts = hashes.row(row)
+                if texts.isdisjoint(row_texts):
+                    block.append(row)
+                    texts.update(row_texts)
+                else:
+                    waiting.append(row)
+                    set_aside.add(row)
+            blocks.append(block)
+        placed = [row for block in blocks for row in block]
+        distinct = set(placed)
+        self.duplicate_free_stats[spec.name] = {
+            "rows_placed": len(placed),
+            "rows_placed_twice": len(placed) - len(distinct),
+            "rows_set_aside": len(set_aside),
+            "rows_set_aside_unused": len(set(waiting) - distinct),
+        }
+        offset = self.offsets[dataset_idx]
+        return [[offset + i for i in block] for block in blocks]
+
     def schedule(self) -> list[int]:
         """The dataset index of every block of the current epoch, in order (identical on every rank)."""
         return [dataset_idx for dataset_idx, _ in self._blocks()]
 
     def _blocks(self) -> list[tuple[int, list[int]]]:
+        if self._plan is not None and self._plan[0] == self.epoch:
+            return self._plan[1]
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         blocks = [
@@ -180,7 +365,10 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
             for block in self.dataset_blocks(dataset_idx, generator)
         ]
         order = torch.randperm(len(blocks), generator=generator).tolist()
-        return [blocks[i] for i in order]
+        planned = [blocks[i] for i in order]
+        if any(hashes is not None for hashes in self.text_hashes):  # planning them is not free: keep the epoch's
+            self._plan = (self.epoch, planned)
+        return planned
 
     def __iter__(self) -> Iterator[list[int]]:
         for dataset_idx, block in self._blocks():
@@ -197,6 +385,17 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
         for spec, blocks in zip(self.specs, self.blocks_per_epoch):
             counts[spec.task] = counts.get(spec.task, 0) + blocks
         return counts
+
+
+def ir_text_columns(dataset: Dataset, args: Any, name: str) -> list[str]:
+    """The columns holding the texts an IR row of dataset ``name`` may contribute to a batch: ``query``,
+    ``positives`` and, unless the dataset trains with 0 hard negatives, ``negatives``."""
+    from hf_codiemb.training_args import num_negatives_for
+
+    columns = ["query", "positives"]
+    if "negatives" in dataset.column_names and num_negatives_for(args, name) > 0:
+        columns.append("negatives")
+    return columns
 
 
 def dataset_weights_from_task_ratio(

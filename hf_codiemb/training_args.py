@@ -21,7 +21,7 @@ IGNORED_TRAINER_OPTIONS: dict[str, str] = {
     "auto_find_batch_size": "set ir_batch_size / sts_batch_size (and ir_mini_batch_size for a large IR batch in "
     "little memory) instead",
     "batch_sampler": "batches are drawn by CoDiEmb's task-balanced sampler (shuffled full batches of one "
-    "dataset each); remove it",
+    "dataset each); remove it (no_duplicates / no_duplicates_hashed are taken as ir_no_duplicates: true)",
     "multi_dataset_batch_sampler": "the task-balanced sampler mixes the datasets: set task_ratio (IR:STS share of "
     "updates) or sampling_temperature instead",
     "train_sampling_strategy": "the task-balanced sampler shuffles every dataset each epoch; remove it",
@@ -163,6 +163,11 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             once per epoch, the reference's sampler).
         sampling_temperature (`float`, *optional*, defaults to `1.0`):
             Without ``task_ratio``: a dataset's share of updates is proportional to ``batches ** (1 / T)``.
+        ir_no_duplicates (`bool`, *optional*, defaults to `False`):
+            Duplicate-free IR batches [ours]: no text is the query, a positive or a negative of two different rows of
+            one optimizer update's global IR batch (all ranks and accumulation steps); a row that would repeat one
+            waits for a later batch. Updates per epoch unchanged. sentence-transformers' ``batch_sampler:
+            no_duplicates`` sets it.
 
         > Run control
 
@@ -340,6 +345,17 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             "1.0 = proportional to data; large values approach uniform over datasets."
         },
     )
+    ir_no_duplicates: bool = field(
+        default=False,
+        metadata={
+            "help": "[ours] Duplicate-free IR batches: within one optimizer update's global IR batch (all ranks, all "
+            "gradient accumulation steps) no text is the query, a positive or a negative of two different rows (a "
+            "repeated text would make one query's positive another's negative). Every positive and negative of a row "
+            "counts, since the collator samples from all of them. A row that would repeat a text waits for a later "
+            "batch; the number of updates per epoch is unchanged. Off = the reference's sampler. "
+            "sentence-transformers' batch_sampler: no_duplicates sets it."
+        },
+    )
     skip_nonfinite_batches: bool = field(
         default=False,
         metadata={
@@ -423,6 +439,7 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        self._take_no_duplicates_batch_sampler()
         self._refuse_ignored_options()
         check_seed(self.seed)
         self._check_training_length()
@@ -529,6 +546,20 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             _check_int(self, "early_stopping_patience", minimum=1)
         if self.metric_for_best_model is None and (self.load_best_model_at_end or self.early_stopping_patience):
             self.metric_for_best_model = "codiemb_score"
+
+    def _take_no_duplicates_batch_sampler(self) -> None:
+        """sentence-transformers' ``batch_sampler: no_duplicates`` (or ``no_duplicates_hashed``) is CoDiEmb's
+        ``ir_no_duplicates``: set that and put ``batch_sampler`` back to its default (the other values are refused)."""
+        if getattr(self.batch_sampler, "value", self.batch_sampler) in ("no_duplicates", "no_duplicates_hashed"):
+            import logging
+
+            logging.getLogger(__name__).info(
+                "batch_sampler=%s: taken as ir_no_duplicates=True (duplicate-free IR batches within the task-balanced "
+                "sampler; STS batches are sampled as usual)", getattr(self.batch_sampler, "value", self.batch_sampler)
+            )
+            self.ir_no_duplicates = True
+            defaults = {item.name: item.default for item in dataclasses.fields(SentenceTransformerTrainingArguments)}
+            self.batch_sampler = defaults["batch_sampler"]
 
     def _refuse_ignored_options(self) -> None:
         """Refuse an inherited Trainer option that CoDiEmb ignores (:data:`IGNORED_TRAINER_OPTIONS`) when it is set to

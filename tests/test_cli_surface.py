@@ -172,9 +172,9 @@ def test_every_command_is_one_command_parser_with_both_flag_spellings(tmp_path):
     # A required option may come from the config file instead of the command line.
     config = tmp_path / "mine.yaml"
     config.write_text("model: m\nbeir: b\noutput: o\nrange_max: 300\n")
-    (mine,) = command_module("mine").build_parser().parse(["--config", str(config), "--range_min", "5"])
-    assert (mine.model, mine.range_min, mine.range_max) == ("m", 5, 300)
-    with pytest.raises(RecipeError, match="the following arguments are required: --model, --beir, --output"):
+    mine, model = command_module("mine").build_parser().parse(["--config", str(config), "--range_min", "5"])
+    assert (model.model_name_or_path, mine.range_min, mine.range_max) == ("m", 5, 300)
+    with pytest.raises(RecipeError, match="the following arguments are required: --output, --model"):
         command_module("mine").build_parser().parse([])
 
 
@@ -207,3 +207,15 @@ def test_every_codiemb_training_argument_is_documented_with_its_type_and_default
         match = re.search(rf"^\s+{item.name} \(`[^`]+`(?: or `[^`]+`)?, \*optional\*, defaults to `([^`]*)`\):$", doc, re.MULTILINE)
         assert match, f"{item.name} is not documented in CoDiEmbTrainingArguments' docstring"
         assert match.group(1) == (f'"{item.default}"' if isinstance(item.default, str) else str(item.default)), item.name
+
+
+def test_model_is_an_alias_of_model_name_or_path_in_flags_and_yaml(tmp_path):
+    from hf_codiemb.errors import RecipeError
+
+    assert parse_recipe(["--model", "user/enc"])[0].model_name_or_path == "user/enc"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ir_train: [demo:ir_train.jsonl]\nmodel: user/enc\n")
+    assert parse_recipe([str(recipe)])[0].model_name_or_path == "user/enc"
+    recipe.write_text("model_name_or_path: a/b\nmodel: user/enc\n")
+    with pytest.raises(RecipeError, match=r"line 2, field 'model': is also given as 'model_name_or_path': keep one"):
+        parse_recipe([str(recipe)])

@@ -62,7 +62,7 @@ def test_dry_run_refuses_the_seed_the_real_run_refuses(tmp_path, capsys, tiny_mo
     ("flag", "value", "instead"),
     [
         ("--per_device_train_batch_size", "4", "ir_batch_size"),
-        ("--batch_sampler", "no_duplicates", "task-balanced sampler"),
+        ("--batch_sampler", "group_by_label", "task-balanced sampler"),
         ("--multi_dataset_batch_sampler", "round_robin", "task_ratio"),
         ("--data_seed", "3", "set seed"),
         ("--auto_find_batch_size", "true", "ir_batch_size"),

@@ -49,7 +49,7 @@ def build_parser() -> CommandParser:
 
     from hf_codiemb.arguments import EncoderArguments, EvalDataArguments
 
-    return CommandParser(
+    parser = CommandParser(
         [EvaluateArguments, EncoderArguments, EvalDataArguments],
         prog="codiemb evaluate",
         description=__doc__,
@@ -58,6 +58,8 @@ def build_parser() -> CommandParser:
             "dev sets (as in codiemb train)": tuple(item.name for item in dataclasses.fields(EvalDataArguments)),
         },
     )
+    parser.require("model_name_or_path", "--model", by_argparse=False)  # or a --recipe's: parse_arguments checks
+    return parser
 
 
 def parse_arguments(argv: list[str]):
@@ -65,14 +67,14 @@ def parse_arguments(argv: list[str]):
     flags.
 
     Raises:
-        UsageError: neither ``--model`` nor ``--recipe``.
-        RecipeError: a bad flag or recipe value (naming the recipe's line or the command line, and the field).
+        UsageError: no model: neither ``--model`` nor a ``--recipe``.
+        RecipeError: a bad or missing flag, a bad recipe value (naming the recipe's line or the command line, and
+            the field).
     """
     import dataclasses
 
     from hf_codiemb.arguments import EncoderArguments, EvalDataArguments
     from hf_codiemb.command_parser import flag_value, given_on_command_line
-    from hf_codiemb.errors import UsageError
 
     parser = build_parser()
     recipe = flag_value(argv, "recipe")
@@ -85,7 +87,9 @@ def parse_arguments(argv: list[str]):
             defaults |= {item.name: getattr(data_args, item.name) for item in dataclasses.fields(EvalDataArguments)}
         parser.set_defaults(**defaults)
     parsed = parser.parse(argv)
-    if recipe is None and not any(given_on_command_line(name, argv) for name in ("model", "model_name_or_path")):
+    if parsed[1].model_name_or_path is None:
+        from hf_codiemb.errors import UsageError
+
         raise UsageError("Give --model (and/or --recipe, whose model is used)")
     return parsed
 
