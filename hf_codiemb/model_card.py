@@ -49,6 +49,9 @@ def describe_loss(loss: Any, num_negatives: int | None = None) -> str:
     """
     name = type(loss).__name__
     config = loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
+    if name == "CoDiEmbMatryoshkaLoss":
+        weights = ", ".join(f"{dim}: {weight}" for dim, weight in zip(loss.matryoshka_dims, loss.matryoshka_weights))
+        return f"Matryoshka (dimension: weight {weights}) of " + describe_loss(loss.loss, num_negatives)
     if name in ("MultiPositiveInfoNCELoss", "CachedMultiPositiveInfoNCELoss"):
         parts = [
             f"{config.get('num_positives')} positive(s)"
@@ -61,6 +64,13 @@ def describe_loss(loss: Any, num_negatives: int | None = None) -> str:
         ]
         if config.get("mini_batch_size"):
             parts.append(f"GradCache mini-batch {config['mini_batch_size']}")
+        if config.get("margin") is not None:
+            judge = f"guide {config['guide']}" if config.get("guide") else "the model itself"
+            parts.append(f"false negatives masked ({config.get('margin_strategy')} margin {config['margin']}, judged by "
+                         f"{judge})")  # fmt: skip
+        if config.get("distill_weight"):
+            parts.append(f"{config['distill_weight']} × KL distillation from teacher scores (teacher temperature "
+                         f"{config.get('teacher_temperature')})")  # fmt: skip
         return f"{name}: InfoNCE over the hard negatives, " + ", ".join(parts)
     if name == "CoDiEmbSTSLoss":
         terms = [

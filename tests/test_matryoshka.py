@@ -125,3 +125,14 @@ def test_codiemb_train_trains_at_each_dimension_and_evaluates_at_each(tmp_path, 
     assert results[8]["sts"]["sts_dev"]["spearman_cosine"] == pytest.approx(expected, abs=1e-5)
     full = json.loads((out / "eval_results.json").read_text())["sts"]["sts_dev"]["spearman_cosine"]
     assert results[HIDDEN]["sts"]["sts_dev"]["spearman_cosine"] == pytest.approx(full, abs=1e-6)
+
+
+def test_the_card_describes_the_wrapped_loss_and_the_ir_options(tiny_model_dir):
+    from hf_codiemb.model_card import describe_loss
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    inner = MultiPositiveInfoNCELoss(model, num_positives=1, margin=0.1, distill_weight=0.5)
+    text = describe_loss(CoDiEmbMatryoshkaLoss(model, inner, [HIDDEN, 8], [1.0, 0.5]), 4)
+    assert text.startswith(f"Matryoshka (dimension: weight {HIDDEN}: 1.0, 8: 0.5) of MultiPositiveInfoNCELoss:")
+    assert "false negatives masked (absolute margin 0.1, judged by the model itself)" in text
+    assert "0.5 × KL distillation from teacher scores (teacher temperature 1.0)" in text
