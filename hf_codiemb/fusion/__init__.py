@@ -19,7 +19,7 @@ _LAZY = {
     "FusionError": "errors", "FusionWriteError": "errors",
     "register_mergekit_method": "mergekit_plugin",
     "DeltaGuidedFusion": "methods.delta", "delta_guided_weights": "methods.delta",
-    "FusionMethod": "registry", "MergeOutput": "registry", "get_method": "registry", "register": "registry",
+    "FusionMethod": "method", "MergeOutput": "method", "get_method": "registry", "register": "method",
     "registered_methods": "registry",
 }  # fmt: skip
 

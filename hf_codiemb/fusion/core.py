@@ -14,8 +14,9 @@ from hf_codiemb.atomic import atomic_folder
 from hf_codiemb.fusion.card import load_eval_results, public_names, render_card
 from hf_codiemb.fusion.errors import FusionError
 from hf_codiemb.fusion.inputs import ResolvedModel, resolve_model
+from hf_codiemb.fusion.method import FusionMethod
 from hf_codiemb.fusion.output import check_not_an_input, check_output
-from hf_codiemb.fusion.registry import FusionMethod, get_method
+from hf_codiemb.fusion.registry import get_method
 from hf_codiemb.fusion.stats import WeightStatistics, preload_plotting
 from hf_codiemb.fusion.streaming import merge_weights
 from hf_codiemb.fusion.validate import FusionPlan, build_plan

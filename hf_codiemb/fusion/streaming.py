@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_codiemb.fusion.errors import FusionError
-from hf_codiemb.fusion.registry import ChunkWorkspace, FusionMethod
+from hf_codiemb.fusion.method import ChunkWorkspace, FusionMethod
 from hf_codiemb.fusion.safetensors_io import LazyReader, StreamingSafetensorsWriter, TensorInfo, row_chunks
 from hf_codiemb.fusion.stats import WeightStatistics
 from hf_codiemb.fusion.validate import FusionPlan

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 
-from hf_codiemb.fusion.registry import ChunkWorkspace, FusionMethod, MergeOutput, MethodParameter, register
+from hf_codiemb.fusion.method import ChunkWorkspace, FusionMethod, MergeOutput, MethodParameter, register
 
 Granularity = Literal["element", "tensor"]
 

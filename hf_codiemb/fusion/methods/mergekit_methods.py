@@ -17,7 +17,7 @@ import torch
 
 from hf_codiemb.errors import MissingDependencyError
 from hf_codiemb.fusion.errors import FusionError
-from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, MethodParameter, register
+from hf_codiemb.fusion.method import FusionMethod, MergeOutput, MethodParameter, register
 
 
 def mergekit_available() -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from hf_codiemb.fusion.registry import FusionMethod, MergeOutput, MethodParameter, register
+from hf_codiemb.fusion.method import FusionMethod, MergeOutput, MethodParameter, register
 
 
 @register

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hf_codiemb.fusion.registry import ChunkWorkspace, FusionMethod, MergeOutput, register
+from hf_codiemb.fusion.method import ChunkWorkspace, FusionMethod, MergeOutput, register
 
 
 @register
