@@ -6,6 +6,9 @@ Example::
     codiemb evaluate --model packaged:all-minilm-l6-v2 --ir_eval_beir ../shared/data/scifact:dev --output_dir eval
     # a trained model with its recipe's model settings (pooling, dtype, max length, prompts) and dev sets:
     codiemb evaluate --recipe recipes/small/minilm-l6/scifact_stsb.yaml --model outputs/run --output_dir eval
+    # MTEB (pip install 'hf_codiemb[mteb]'): named tasks, and the dev sets above as MTEB tasks (OUTPUT_DIR/mteb):
+    codiemb evaluate --model outputs/run --mteb_tasks T2Retrieval ATEC --output_dir eval
+    codiemb evaluate --recipe recipes/small/minilm-l6/scifact_stsb.yaml --model outputs/run --mteb_local --output_dir eval
 
 Models are loaded by :func:`hf_codiemb.models.load_model`, as ``codiemb train`` loads them.
 """
@@ -35,6 +38,22 @@ class EvaluateArguments:
             "here, its dev sets (sts_eval, ir_eval, ir_eval_beir, ir_eval_from_sts, sts_score_range, "
             "max_eval_records); flags given here override them."
         },
+    )
+    mteb_tasks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "MTEB tasks run through the mteb package (pip install 'hf_codiemb[mteb]'), data from the Hub: "
+            "task names (T2Retrieval ATEC ...), a benchmark ('MTEB(cmn, v1)') or codiemb-paper (the paper's 15 "
+            "C-MTEB tasks). Results in MTEB's format under OUTPUT_DIR/mteb."
+        },
+    )
+    mteb_local: bool = field(
+        default=False,
+        metadata={"help": "Also run the evaluation sets (BEIR folders, IR and STS files) as MTEB tasks (mteb package)."},
+    )
+    mteb_instructions: bool = field(
+        default=True,
+        metadata={"help": "C-MTEB tasks get the reference's task instructions (in the recipe's instruction_template)."},
     )
 
 
@@ -105,10 +124,15 @@ def run(argv: list[str]) -> int:
     from hf_codiemb.lora import load_lora_model
     from hf_codiemb.model_names import resolve_model_path
     from hf_codiemb.models import load_model
+    from hf_codiemb.mteb_evaluation import MTEBEvaluation
     from hf_codiemb.pipeline import load_eval_sets
 
-    if not (data_args.sts_eval or data_args.ir_eval or data_args.ir_eval_beir):
-        raise UsageError("Nothing to evaluate: give --sts_eval, --ir_eval and/or --ir_eval_beir (or a --recipe with dev sets)")
+    if not (data_args.sts_eval or data_args.ir_eval or data_args.ir_eval_beir or args.mteb_tasks):
+        raise UsageError(
+            "Nothing to evaluate: give --sts_eval, --ir_eval, --ir_eval_beir and/or --mteb_tasks (or a --recipe with "
+            "dev sets)"
+        )
+    mteb_evaluation = MTEBEvaluation.from_arguments(args)  # None without MTEB tasks; checks mteb and the task names
     model_path = resolve_model_path(model_args.model_name_or_path)  # fails at once on a bad path, before the data
     sts_sets, ir_sets = load_eval_sets(data_args, model_args)
     if Path(model_path).is_dir() and any(Path(model_path).rglob("adapter_config.json")):
@@ -117,6 +141,11 @@ def run(argv: list[str]) -> int:
         model = load_model(model_args)  # the one loader: pooling, dtype, max length, remote code, prompt pooling
     results = evaluate_model(model, sts_sets, ir_sets, sts_prompt=model_args.effective_sts_prompt)
     declare_output(args.output_dir)
-    write_results(results, args.output_dir)
+    write_results(results, args.output_dir)  # kept even if an MTEB task fails below
+    if mteb_evaluation is not None:
+        results["mteb"] = mteb_evaluation.run(
+            model, model_args, sts_sets, ir_sets, args.output_dir, sts_score_range=data_args.sts_score_range
+        )
+        write_results(results, args.output_dir)
     sys.stdout.write(format_results_table(results) + "\n")
     return 0
