@@ -16,8 +16,10 @@ loader reads the file line by line with the same rules, which name the line and 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import io
 import logging
 import os
@@ -263,6 +265,40 @@ def _read_json_chunk(chunk: bytes, parse_options: paj.ParseOptions) -> pa.Table:
                          parse_options=parse_options)  # fmt: skip
 
 
+def _json_chunk_table(
+    parse_options: paj.ParseOptions,
+    task: str,
+    record_format: str,
+    score_range: tuple[float, float] | None,
+    chunk: bytes,
+) -> pa.Table:
+    """One JSON Lines chunk as the task's table: parsed, its strings checked to be UTF-8 (the JSON reader does not
+    check it), screened and normalised."""
+    parsed = _read_json_chunk(chunk, parse_options)
+    parsed.validate(full=True)
+    batches = parsed.combine_chunks().to_batches()  # one batch: fewer, larger compute calls
+    if task == "ir":
+        tables = [ir_table_from_batch(batch, record_format) for batch in batches]
+    else:
+        tables = [sts_table_from_unified_batch(batch, score_range) for batch in batches]
+    return pa.concat_tables(tables) if tables else SCHEMAS[task].empty_table()
+
+
+def _ahead(chunks: Iterator[bytes], to_table: Callable[[bytes], pa.Table]) -> Iterator[pa.Table]:
+    """``to_table`` of each chunk, one chunk ahead in a worker thread: the next chunk is parsed and screened (pyarrow
+    releases the GIL in its kernels) while the caller writes this one to the cache. Tables and errors come in chunk
+    order."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="codiemb-reader") as pool:
+        pending: concurrent.futures.Future | None = None
+        for chunk in chunks:
+            future = pool.submit(to_table, chunk)
+            if pending is not None:
+                yield pending.result()
+            pending = future
+        if pending is not None:
+            yield pending.result()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The builder
 # --------------------------------------------------------------------------------------------------------------
@@ -306,18 +342,16 @@ class CodiembDataFile(datasets.ArrowBasedBuilder):
             explicit_schema=pa.schema(list(zip(fields, types))), unexpected_field_behavior="ignore"
         )
         remaining = config.max_records
-        for index, chunk in enumerate(iter_byte_chunks(pathlib.Path(config.path), config.chunk_bytes)):
-            if config.task == "sts" and config.record_format in ("stsb", "tsv"):
-                table = sts_table_from_tsv_chunk(chunk, config.record_format, index == 0, score_range)
-            else:
-                parsed = _read_json_chunk(chunk, parse_options)
-                parsed.validate(full=True)  # the JSON reader does not check that strings are UTF-8
-                batches = parsed.combine_chunks().to_batches()  # one batch: fewer, larger compute calls
-                if config.task == "ir":
-                    tables = [ir_table_from_batch(batch, config.record_format) for batch in batches]
-                else:
-                    tables = [sts_table_from_unified_batch(batch, score_range) for batch in batches]
-                table = pa.concat_tables(tables) if tables else SCHEMAS[config.task].empty_table()
+        chunks = iter_byte_chunks(pathlib.Path(config.path), config.chunk_bytes)
+        if config.task == "sts" and config.record_format in ("stsb", "tsv"):
+            tables = (
+                sts_table_from_tsv_chunk(chunk, config.record_format, index == 0, score_range)
+                for index, chunk in enumerate(chunks)
+            )
+        else:
+            tables = _ahead(chunks, functools.partial(_json_chunk_table, parse_options, config.task,
+                                                      config.record_format, score_range))  # fmt: skip
+        for index, table in enumerate(tables):
             if remaining is not None and table.num_rows >= remaining:
                 yield index, table.slice(0, remaining)
                 return
