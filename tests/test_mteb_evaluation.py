@@ -65,7 +65,7 @@ def evaluated(tmp_path_factory):
         status = main([
             "evaluate", "--model", "packaged:all-minilm-l6-v2", "--ir_eval_beir", f"{root / 'scifact'}:dev",
             "--sts_eval", str(root / "stsb-en" / "dev.tsv"), "--ir_eval_from_sts", "false", "--mteb_local", *PROMPTS,
-            "--output_dir", str(output),
+            "--model_card", "--output_dir", str(output),
         ])  # fmt: skip
     assert status == 0
     ours = json.loads((output / "eval_results.json").read_text(encoding="utf-8"))
@@ -147,6 +147,11 @@ def test_model_card_shows_the_mteb_results(evaluated):
     assert re.search(rf"\| \*\*cosine_spearman\*\* +\| \*\*{spearman:.4f}\*\* +\|", evaluation)
     header = card[: card.index("---", 3)]  # the YAML metadata: model-index entries for the Hub
     assert "type: mteb-retrieval" in header and f"value: {ndcg}" in header
+    # `codiemb evaluate --model_card` wrote that card for the user: MTEB's scores and ours, no training section (the
+    # evaluated model was not trained here).
+    written = (output / "model_card.md").read_text(encoding="utf-8")
+    assert re.search(rf"\| \*\*ndcg_at_10\*\* +\| \*\*{ndcg:.4f}\*\* +\|", written[written.index("#### MTEB Retrieval") :])
+    assert "type: mteb-retrieval" in written and "### CoDiEmb Training" not in written
 
 
 @needs_mteb

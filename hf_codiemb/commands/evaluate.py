@@ -47,6 +47,13 @@ class EvaluateArguments:
             "C-MTEB tasks). Results in MTEB's format under OUTPUT_DIR/mteb."
         },
     )
+    model_card: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write OUTPUT_DIR/model_card.md: the evaluated model's card (sentence-transformers' card "
+            "generation) with these results, MTEB's included, in its Evaluation section and model-index metadata."
+        },
+    )
     mteb_local: bool = field(
         default=False,
         metadata={"help": "Also run the evaluation sets (BEIR folders, IR and STS files) as MTEB tasks (mteb package)."},
@@ -147,5 +154,11 @@ def run(argv: list[str]) -> int:
             model, model_args, sts_sets, ir_sets, args.output_dir, sts_score_range=data_args.sts_score_range
         )
         write_results(results, args.output_dir)
+    if args.model_card:
+        from sentence_transformers.base.model_card import generate_model_card
+
+        card = Path(args.output_dir) / "model_card.md"
+        card.write_text(generate_model_card(model), encoding="utf-8")  # the evaluators and MTEB filled its card data
+        logger.info("Wrote %s", card)
     sys.stdout.write(format_results_table(results) + "\n")
     return 0
