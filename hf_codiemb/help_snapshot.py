@@ -7,9 +7,11 @@ section) are written to a JSON snapshot shipped with the package (:func:`write_s
 ``codiemb train --help`` rebuilds an argparse parser from it (:func:`parser_from_snapshot`, standard library only)
 and prints its help: argparse formats both, at the terminal's width, so the text is the live parser's.
 
-The snapshot is used only when it was written by this version of hf_codiemb against the installed transformers and
-sentence-transformers (:func:`snapshot_matches`); otherwise the live parser answers. A test compares the two
-renderings; after changing an option, regenerate it with ``python -m hf_codiemb.help_snapshot``.
+The snapshot is used only when it was written from the same sources: the installed transformers and
+sentence-transformers, the Python minor version (argparse's layout), and the exact content of hf_codiemb's modules
+that declare the options (:data:`SNAPSHOT_SOURCES`, hashed: an edited option in a development checkout is never
+answered from a stale snapshot; :func:`snapshot_matches`); otherwise the live parser answers. A test compares the
+two renderings; after changing an option, regenerate it with ``python -m hf_codiemb.help_snapshot``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ SNAPSHOTS: dict[str, tuple[str, Path]] = {
 }
 # The libraries whose fields the snapshotted parsers list (their versions key the snapshot).
 KEYED_DISTRIBUTIONS = ("transformers", "sentence-transformers")
+# hf_codiemb's modules that declare the snapshotted options or build their parser (their content keys the snapshot).
+SNAPSHOT_SOURCES = (
+    "arguments.py", "training_args.py", "recipe.py", "command_parser.py", "help_snapshot.py", "commands/train.py",
+)
 _SUPPRESS = "==SUPPRESS=="  # argparse.SUPPRESS, as written in the snapshot
 
 
@@ -35,11 +41,22 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     shown."""
 
 
-def version_key() -> dict[str, str]:
-    """The versions a snapshot is valid for: hf_codiemb's and those of :data:`KEYED_DISTRIBUTIONS`."""
+def version_key(package: Path | None = None) -> dict[str, str]:
+    """What a snapshot is valid for: hf_codiemb's version and the hash of its :data:`SNAPSHOT_SOURCES`, the Python
+    minor version and the versions of :data:`KEYED_DISTRIBUTIONS`."""
+    import hashlib
+
     from hf_codiemb import __version__
 
-    key = {"hf_codiemb": __version__}
+    package = package or Path(__file__).resolve().parent  # another folder: tests
+    digest = hashlib.sha256()
+    for name in SNAPSHOT_SOURCES:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes())
+    key = {
+        "hf_codiemb": __version__,
+        "hf_codiemb_sources": digest.hexdigest()[:16],
+        "python": ".".join(map(str, sys.version_info[:2])),
+    }
     for name in KEYED_DISTRIBUTIONS:
         try:
             key[name] = metadata.version(name)

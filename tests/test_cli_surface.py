@@ -83,6 +83,22 @@ def test_a_snapshot_of_other_versions_is_not_used(monkeypatch, capsys):
     assert "--ir_batch_size" in capsys.readouterr().out
 
 
+def test_an_edited_option_module_makes_the_snapshot_stale(tmp_path):
+    """A development checkout whose option modules changed is answered by the live parser, not the snapshot."""
+    import shutil
+
+    from hf_codiemb import help_snapshot
+
+    package = Path(help_snapshot.__file__).resolve().parent
+    for name in help_snapshot.SNAPSHOT_SOURCES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(package / name, tmp_path / name)
+    assert help_snapshot.version_key(tmp_path) == help_snapshot.version_key()
+    with (tmp_path / "arguments.py").open("a") as handle:
+        handle.write("# a changed help text\n")
+    assert help_snapshot.version_key(tmp_path) != help_snapshot.version_key()
+
+
 def main_exit_code(argv: list[str]) -> int:
     """`codiemb ARGV`'s exit status (argparse's --help exits through SystemExit)."""
     from hf_codiemb.cli import main
