@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     collect.add_argument("--tradeoff-dir", required=True, help="the tradeoff's --output_dir")
     collect.add_argument("--tradeoff-command", required=True, help="the command that made it (recorded)")
     collect.add_argument("--wall-seconds", type=float, default=None, help="the command's measured wall time")
+    collect.add_argument("--reevaluate", action="store_true",
+                         help="evaluate the fused model again (default: the fusion search's whole-dev scores)")  # fmt: skip
     collect.add_argument("--results-dir", default=DEFAULT_RESULTS)
     collect.add_argument("--threads", type=int, default=None)
     report = commands.add_parser("report", help="tables and plot from the stored runs")
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         study = Study(args.recipe, overrides, None, args.results_dir, "outputs/study", epochs=args.epochs)
-        study.collect_tradeoff(args.tradeoff_dir, args.seed, args.tradeoff_command, args.wall_seconds)
+        study.collect_tradeoff(args.tradeoff_dir, args.seed, args.tradeoff_command, args.wall_seconds,
+                              args.reevaluate)
         return 0
     from codiemb_study.report import write_report
 

@@ -439,11 +439,15 @@ class Study:
         return results
 
     def collect_tradeoff(self, output_dir: str | os.PathLike[str], seed: int, command: str,
-                         wall_seconds: float | None = None) -> dict[str, Any]:  # fmt: skip
+                         wall_seconds: float | None = None, reevaluate: bool = False) -> dict[str, Any]:  # fmt: skip
         """Store a finished ``codiemb tradeoff`` set-up (run with this study's budget and ``seed``) as a row: its fused
         model evaluated on the whole dev sets by the study's own evaluation, the checkpoints its runs chose, their
         epochs and updates (each run's, summed), and their training time (the sum of the two runs' process times,
-        which include their dev evaluations; ``wall_seconds``: the whole command's wall time if measured)."""
+        which include their dev evaluations; ``wall_seconds``: the whole command's wall time if measured).
+
+        The scores are those the fusion search measured for the chosen model on the whole dev sets (one STS and one
+        IR dev set, as the SciFact + STS-B recipe: the same evaluation code and sets as the study's), or, with
+        ``reevaluate`` (or other dev sets), the study's own evaluation of the fused model (geometry included)."""
         from sentence_transformers import SentenceTransformer
 
         output = Path(output_dir)
@@ -473,7 +477,14 @@ class Study:
                 ],
             }
         search = json.loads((output / "model" / "fusion_search.json").read_text())
-        metrics = self.evaluate(SentenceTransformer(str(output / "model")))
+        chosen = next(c for c in search["candidates"] if c["label"] == search["chosen"])
+        if reevaluate or len(self.sts_sets) != 1 or len(self.ir_sets) != 1:
+            metrics = self.evaluate(SentenceTransformer(str(output / "model")))
+            source = "the study's evaluation of OUTPUT/model (whole dev sets)"
+        else:  # the search evaluated the chosen model on the same whole dev sets: its scores, not a second pass
+            (sts_name,), (ir_name,) = list(self.sts_sets), list(self.ir_sets)
+            metrics = {f"sts/{sts_name}/spearman_cosine": chosen["sts_score"], f"ir/{ir_name}/ndcg@10": chosen["ir_score"]}
+            source = "OUTPUT/model/fusion_search.json, the chosen candidate (whole dev sets)"
         result = self.record(
             TRADEOFF_ROW,
             TRADEOFF_LABEL,
@@ -483,6 +494,7 @@ class Study:
             updates=updates,
             tradeoff_runs=runs,
             chosen_fusion=search.get("chosen"),
+            metrics_source=source,
             selections=search.get("selections"),
             epochs_trained=min(run["epochs_trained"] or 0 for run in runs.values()),
             metrics=metrics,
