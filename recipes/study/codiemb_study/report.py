@@ -1,5 +1,6 @@
 """Tables and the IR-vs-STS trade-off plot of the study, from the per-run JSON files of :mod:`codiemb_study.runner`.
 
+A ``<results_dir>/notes.md`` (the study's words: machine, commands, what ran) is put at the top of ``summary.md``.
 For every encoder folder ``<results_dir>/<encoder>/runs``: ``<results_dir>/<encoder>/study.md`` (one row per method:
 mean and sample standard deviation over seeds of the dev metrics, the geometry and the training time). For all
 encoders together: ``<results_dir>/tradeoff.png`` (one panel per encoder, STS Spearman on x, IR nDCG@10 on y, one
@@ -388,6 +389,9 @@ def write_report(results_dir: str | os.PathLike[str]) -> list[Path]:
         path.write_text(text)
         written.append(path)
     summary = ["# Study summary: STS and IR on the dev splits, every encoder", ""]
+    notes = results_dir / "notes.md"  # the study's own words (machine, commands, what ran), kept across reports
+    if notes.is_file():
+        summary += [notes.read_text().strip(), ""]
     summary += [
         "Per-encoder tables with the geometry metrics and the commands: `<encoder>/study.md`; plot: `tradeoff.png`."
     ]
