@@ -287,7 +287,7 @@ def commands(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 def step_budget(runs: Sequence[Mapping[str, Any]]) -> str:
     """The budget of the trained runs, ``"225 updates"`` or ``"5 epochs"`` (one per encoder; the base row has none)."""
     budgets = sorted(
-        {f"{run['epochs']} epochs" if run.get("epochs") else f"{run['max_steps']} updates"
+        {f"{run['epochs']} epoch{'s' if run['epochs'] != 1 else ''}" if run.get("epochs") else f"{run['max_steps']} updates"
          for run in runs if run["method"] != BASE_ROW}
     )  # fmt: skip
     if len(budgets) != 1:
