@@ -5,6 +5,7 @@ sentence-transformers STS losses, (h) fusion of two ratio runs, and a recipe on 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,86 @@ def test_study_on_beir_folders_reports_the_beir_ndcg_first(tmp_path):
     write_report(results)
     header = (results / "beir-encoder" / "study.md").read_text().split("| method |")[1].splitlines()[0]
     assert header.index("IR fixture_dev nDCG@10") < header.index("IR sts_dev-paraphrase-ir nDCG@10")
+
+
+def test_equal_data_study_trains_epochs_and_keeps_the_dev_best_checkpoint(tiny_recipe, tmp_path):
+    """Issue 19, item 5: every method trains the same number of epochs over its own data, evaluates its dev sets at
+    every epoch and keeps the checkpoint that is best on dev by the metric that fits it; the final (whole-corpus)
+    scores are those of that checkpoint."""
+    results, work = tmp_path / "results", tmp_path / "work"
+    methods = ["ir_only", "sts_cosine", "mixed_infonce", "codiemb"]
+    study = Study(str(tiny_recipe), ["--max_seq_length", "32"], None, results, work, epochs=2, eval_max_corpus=10_000)
+    study.run(methods, seeds=[1])
+    expected_metric = {"ir_only": "codiemb_ir_score", "sts_cosine": "codiemb_sts_score",
+                       "mixed_infonce": "codiemb_score", "codiemb": "codiemb_score"}  # fmt: skip
+    runs_dir = results / "tiny-encoder" / "runs"
+    for key in methods:
+        run = json.loads((runs_dir / f"{key}-seed1.json").read_text())
+        assert run["epochs"] == 2 and run["max_steps"] is None and run["epochs_trained"] == pytest.approx(2.0), key
+        assert run["selection_metric"] == expected_metric[key] and run["train_runtime_s"] > 0
+        assert run["device"] == device_description()
+        # An independent argmax over the Trainer's own log: one evaluation per epoch, the best one is the one loaded.
+        state = json.loads((results / "tiny-encoder" / "logs" / f"{key}-seed1.trainer_state.json").read_text())
+        metric = f"eval_{expected_metric[key]}"
+        evaluations = [entry for entry in state["log_history"] if metric in entry]
+        assert [round(entry["epoch"]) for entry in evaluations] == [1, 2], key
+        best = max(evaluations, key=lambda entry: entry[metric])  # the first of equal scores, as the Trainer keeps
+        assert run["best_checkpoint_step"] == best["step"], key
+        assert state["best_model_checkpoint"].endswith(f"checkpoint-{best['step']}")
+        assert run["steps_trained"] == evaluations[-1]["step"] == sum(run["updates"].values()), key
+        # The final scores are the loaded checkpoint's: with the whole (uncapped) tiny corpus they equal its log.
+        sts = statistics.fmean(v for k, v in run["metrics"].items() if k.startswith("sts/") and "spearman" in k)
+        ir = statistics.fmean(v for k, v in run["metrics"].items() if k.startswith("ir/") and k.endswith("ndcg@10"))
+        assert sts == pytest.approx(best["eval_codiemb_sts_score"], abs=1e-5), key
+        assert ir == pytest.approx(best["eval_codiemb_ir_score"], abs=1e-5), key
+    epochs = {json.loads((runs_dir / f"{key}-seed1.json").read_text())["epochs_trained"] for key in methods}
+    assert epochs == {2.0}, "every method saw the same number of epochs"
+    assert not any(work.rglob("checkpoint-*")), "training folders are removed after evaluation"
+    assert not (runs_dir / "codiemb_delta_fusion-seed1.json").exists()  # (f) belongs to the equal-updates study
+
+    # Resume, and no mixing of budgets: a stored equal-data run is not redone, nor reused by an equal-updates study.
+    mtimes = {p.name: p.stat().st_mtime_ns for p in runs_dir.glob("*.json")}
+    Study(str(tiny_recipe), ["--max_seq_length", "32"], None, results, work, epochs=2).run(["ir_only"], seeds=[1])
+    assert {p.name: p.stat().st_mtime_ns for p in runs_dir.glob("*.json")} == mtimes
+    with pytest.raises(ValueError, match="trained for 2 epochs, this study asks for 3 updates"):
+        Study(str(tiny_recipe), ["--max_seq_length", "32"], 3, results, work).run(["ir_only"], seeds=[1])
+    with pytest.raises(ValueError, match="exactly one budget"):
+        Study(str(tiny_recipe), [], 3, results, work, epochs=2)
+
+    write_report(results)
+    table = (results / "tiny-encoder" / "study.md").read_text()
+    assert "2 epochs per method over its own data (equal data)" in table
+    assert "| epochs | dev-best epoch | updates IR / STS | train time (s) |" in table
+    ir_row = next(line for line in table.splitlines() if line.startswith(f"| {METHODS['ir_only'].label} |"))
+    assert "| 2 |" in ir_row
+    assert "## tiny-encoder (2 epochs per method)" in (results / "summary.md").read_text()
+
+
+def test_equal_data_updates_are_whole_epochs_of_each_methods_own_data(tmp_path):
+    args = args_for(tmp_path)
+    one = planned_updates(METHODS["codiemb"].build(DATASETS, TASKS, args, (0.0, 5.0)), args, epochs=1)
+    assert one == {"ir": 3, "sts": 5}  # 12 IR records / 4, 20 STS pairs / 4: every batch once per epoch
+    assert planned_updates(METHODS["codiemb"].build(DATASETS, TASKS, args, (0.0, 5.0)), args, epochs=3) == {
+        "ir": 9, "sts": 15
+    }  # fmt: skip
+    assert planned_updates(METHODS["ir_only"].build(DATASETS, TASKS, args, (0.0, 5.0)), args, epochs=2) == {"ir": 6}
+
+
+def test_target_check_compares_the_tradeoff_row_with_the_best_specialist_base_and_mixed_infonce():
+    from codiemb_study.report import target_check
+    from codiemb_study.runner import TRADEOFF_ROW
+
+    def run(method: str, seed: int | None, sts: float, ir: float) -> dict:
+        return {"method": method, "label": method, "seed": seed, "beir_ir_sets": ["scifact_dev"],
+                "metrics": {"sts/dev/spearman_cosine": sts, "ir/scifact_dev/ndcg@10": ir}}  # fmt: skip
+
+    runs = [run("base", None, 0.80, 0.50), run("ir_only", 1, 0.81, 0.70), run("sts_cosine", 1, 0.88, 0.52),
+            run("mixed_infonce", 1, 0.82, 0.66), run(TRADEOFF_ROW, 1, 0.877, 0.69),
+            run(TRADEOFF_ROW, 2, 0.875, 0.68)]  # fmt: skip
+    assert target_check(runs[:-2]) == ""
+    lines = target_check(runs).splitlines()
+    assert lines[2] == "| within 0.5 pt of the best specialist on STS (sts_cosine) | dev | 0.8760 | 0.8800 | -0.40 | yes |"
+    assert lines[5] == (
+        "| within 0.5 pt of the best specialist on IR (ir_only) | scifact_dev | 0.6850 | 0.7000 | -1.50 | **no** |"
+    )
+    assert lines[3].endswith("| +7.60 | yes |") and lines[7].endswith("| +2.50 | yes |")

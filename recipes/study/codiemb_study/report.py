@@ -1,5 +1,6 @@
 """Tables and the IR-vs-STS trade-off plot of the study, from the per-run JSON files of :mod:`codiemb_study.runner`.
 
+A ``<results_dir>/notes.md`` (the study's words: machine, commands, what ran) is put at the top of ``summary.md``.
 For every encoder folder ``<results_dir>/<encoder>/runs``: ``<results_dir>/<encoder>/study.md`` (one row per method:
 mean and sample standard deviation over seeds of the dev metrics, the geometry and the training time). For all
 encoders together: ``<results_dir>/tradeoff.png`` (one panel per encoder, STS Spearman on x, IR nDCG@10 on y, one
@@ -18,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from codiemb_study.methods import FUSION_ROWS, METHODS, RATIO_FUSION_ROWS, RATIO_SWEEP
-from codiemb_study.runner import BASE_ROW
+from codiemb_study.runner import BASE_ROW, TRADEOFF_ROW
 
 logger = logging.getLogger(__name__)
 
 # (f) rows follow (e), whose checkpoints they fuse; the ratio sweep (g) comes next, then (h), which fuses two of its runs.
+# The one-command trade-off set-up (equal-data study) comes last.
 ROW_ORDER = [
-    BASE_ROW, *[key for key in METHODS if key not in RATIO_SWEEP], *FUSION_ROWS, *RATIO_SWEEP, *RATIO_FUSION_ROWS
+    BASE_ROW, *[key for key in METHODS if key not in RATIO_SWEEP], *FUSION_ROWS, *RATIO_SWEEP, *RATIO_FUSION_ROWS,
+    TRADEOFF_ROW,
 ]
 #: One distinct filled marker per row of ROW_ORDER (the same in every panel).
 MARKERS = "osDv^<>PXh*pd8H"
@@ -143,6 +146,9 @@ def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> s
     header += [f"STS {k.split('/')[1]} Spearman" for k in sts_keys]
     header += [f"IR {k.split('/')[1]} nDCG@10" for k in ir_keys]
     header += [label for _, label, _ in geometry_columns]
+    by_epochs = any(run.get("epochs") for run in runs)  # the equal-data study: epochs and the dev-best checkpoint
+    if by_epochs:
+        header += ["epochs", "dev-best epoch"]
     header += ["updates IR / STS", "train time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     tag_devices = len({device_kind(run) for run in runs}) > 1  # CPU and GPU times side by side, never averaged
@@ -153,6 +159,8 @@ def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> s
             cells.append(format_cell([run["metrics"][metric] for run in group if metric in run["metrics"]]))
         for metric, _, digits in geometry_columns:
             cells.append(format_cell([run["metrics"][metric] for run in group if metric in run["metrics"]], digits))
+        if by_epochs:
+            cells += [epochs_cell(group), best_epoch_cell(group)]
         cells.append(updates_cell(group))
         cells.append(time_cell(group, tag_devices))
         lines.append("| " + " | ".join(cells) + " |")
@@ -160,6 +168,34 @@ def encoder_table(runs: Sequence[Mapping[str, Any]], geometry: bool = True) -> s
     if fused:
         lines += ["", f"(h) fuses the final models of the runs {', '.join(fused)} (base = the encoder), per seed."]
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if value == int(value) else f"{value:.2f}"
+
+
+def epochs_cell(group: Sequence[Mapping[str, Any]]) -> str:
+    """Epochs each seed's run trained (equal-data study); one figure when all agree."""
+    trained = [run["epochs_trained"] for run in group if run.get("epochs_trained") is not None]
+    return ", ".join(dict.fromkeys(_number(float(e)) for e in trained)) or "-"
+
+
+def best_epoch_cell(group: Sequence[Mapping[str, Any]]) -> str:
+    """The epoch of the dev-best checkpoint of each seed (by the run's ``selection_metric``), in seed order; for the
+    trade-off set-up the epochs of the checkpoints its fusion took (IR-heavy best-IR / STS-heavy best-STS)."""
+    cells = []
+    for run in sorted(group, key=lambda r: r["seed"] if r["seed"] is not None else -1):
+        if run.get("best_checkpoint_step") is not None:
+            epochs = [e["epoch"] for e in run.get("dev_evaluations", []) if e["step"] == run["best_checkpoint_step"]]
+            cells.append(_number(float(epochs[0])) if epochs else f"step {run['best_checkpoint_step']}")
+        elif run.get("selections"):
+            chosen = []
+            for selection in run["selections"]:
+                evaluations = run["tradeoff_runs"][selection["run"]]["dev_evaluations"]
+                epoch = [e["epoch"] for e in evaluations if e["step"] == selection["step"]]
+                chosen.append(_number(float(epoch[0])) if epoch else f"step {selection['step']}")
+            cells.append("/".join(chosen))
+    return ", ".join(cells) or "-"
 
 
 #: The baselines of the headline: set-ups trained with one plain loss, as a sentence-transformers user would start
@@ -191,7 +227,7 @@ def headline_table(runs: Sequence[Mapping[str, Any]]) -> str:
         lines.append("| " + " | ".join([label, ", ".join(map(str, seeds)) or "-",
                                         *(format_cell(values(key, k)) for k in keys)]) + " |")  # fmt: skip
 
-    for key in (BASE_ROW, "codiemb", "codiemb_delta_fusion", "ratio_delta_fusion"):
+    for key in (BASE_ROW, "codiemb", "codiemb_delta_fusion", "ratio_delta_fusion", TRADEOFF_ROW):
         if key in groups:
             row(key, groups[key][0]["label"])
     for metric in keys:
@@ -203,17 +239,74 @@ def headline_table(runs: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: The specialists of issue 19's target: one per task, the best by its mean on that task's dev set.
+SPECIALISTS = ("ir_only", "sts_only", "sts_cosine", "sts_cosent")
+TARGET_MARGIN = 0.005  # 0.5 pt
+
+
+def target_check(runs: Sequence[Mapping[str, Any]], key: str = TRADEOFF_ROW) -> str:
+    """Issue 19's target for ``key`` (by default the one-command trade-off set-up), on the means over its seeds: within
+    0.5 pt of the best specialist on each dev set, and above the base and mixed-batch InfoNCE on both. Empty when the
+    runs lack ``key``."""
+    groups = group_runs(runs)
+    if key not in groups:
+        return ""
+    sts_keys, ir_keys = metric_keys(runs)
+    metrics = [(sts_keys[0], "STS"), (ir_keys[0], "IR")]
+
+    def mean(group_key: str, metric: str) -> float | None:
+        values = [run["metrics"][metric] for run in groups.get(group_key, []) if metric in run["metrics"]]
+        return statistics.fmean(values) if values else None
+
+    lines = [f"| check ({groups[key][0]['label']}, mean over seeds) | dev set | it | reference | difference (pt) | met |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for metric, task in metrics:
+        name = metric.split("/")[1]
+        own = mean(key, metric)
+        specialists = [k for k in SPECIALISTS if mean(k, metric) is not None]
+        if specialists:
+            best = max(specialists, key=lambda k: mean(k, metric))
+            diff = own - mean(best, metric)
+            lines.append(f"| within 0.5 pt of the best specialist on {task} ({groups[best][0]['label']}) | {name} | "
+                         f"{own:.4f} | {mean(best, metric):.4f} | {100 * diff:+.2f} | "
+                         f"{'yes' if diff >= -TARGET_MARGIN else '**no**'} |")  # fmt: skip
+        for other in (BASE_ROW, "mixed_infonce"):
+            if mean(other, metric) is None:
+                continue
+            diff = own - mean(other, metric)
+            lines.append(f"| above {groups[other][0]['label']} | {name} | {own:.4f} | {mean(other, metric):.4f} | "
+                         f"{100 * diff:+.2f} | {'yes' if diff > 0 else '**no**'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def commands(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """The distinct commands that produced the runs (in first-seen order)."""
     return list(dict.fromkeys(run["command"] for run in runs if run.get("command")))
 
 
-def step_budget(runs: Sequence[Mapping[str, Any]]) -> int:
-    """The optimizer updates of the trained runs (one budget per encoder; the base row has none)."""
-    budgets = sorted({run["max_steps"] for run in runs if run["method"] != BASE_ROW})
+def step_budget(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The budget of the trained runs, ``"225 updates"`` or ``"5 epochs"`` (one per encoder; the base row has none)."""
+    budgets = sorted(
+        {f"{run['epochs']} epoch{'s' if run['epochs'] != 1 else ''}" if run.get("epochs") else f"{run['max_steps']} updates"
+         for run in runs if run["method"] != BASE_ROW}
+    )  # fmt: skip
     if len(budgets) != 1:
-        raise ValueError(f"Runs of {runs[0]['encoder']} mix step budgets {budgets}: compare like with like")
+        raise ValueError(f"Runs of {runs[0]['encoder']} mix budgets {budgets}: compare like with like")
     return budgets[0]
+
+
+def budget_text(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The budget sentence of ``study.md``."""
+    budget = step_budget(runs)
+    if budget.endswith("updates"):
+        return f"{budget.removesuffix(' updates')} optimizer updates per method"
+    caps = sorted({run.get("eval_max_corpus") for run in runs if run.get("eval_max_corpus")})
+    cap = f" (IR dev corpus capped at {caps[0]} documents during training, relevant ones kept)" if caps else ""
+    return (
+        f"{budget} per method over its own data (equal data); dev sets evaluated at every epoch{cap}, the dev-best "
+        "checkpoint kept by the method's metric (IR only: IR nDCG@10; STS only: STS Spearman; both tasks' data: "
+        "their mean) and evaluated on the whole dev sets for the cells"
+    )
 
 
 def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: Path) -> Path:
@@ -250,7 +343,7 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
         ax.set_xlabel(f"STS Spearman ({sts_key.split('/')[1]})")
         ax.set_ylabel(f"IR nDCG@10 ({ir_key.split('/')[1]})")
         seeds = sorted({r["seed"] for r in runs if r["seed"] is not None})
-        ax.set_title(f"{encoder} ({step_budget(runs)} updates, seeds {seeds})", fontsize=10)
+        ax.set_title(f"{encoder} ({step_budget(runs)}, seeds {seeds})", fontsize=10)
         ax.grid(alpha=0.3)
     legend: dict[str, Any] = {}
     for ax in axes[0]:  # every label once, even when encoders ran different methods
@@ -286,7 +379,7 @@ def write_report(results_dir: str | os.PathLike[str]) -> list[Path]:
             made_by += "\n# the base row was evaluated (before any training) by:\n" + "\n".join(base_cmds)
         text = (
             f"# Study: {encoder}\n\nMade by (then `python recipes/study/run_study.py report`):\n\n```\n{made_by}\n```\n\n"
-            f"Recipe `{runs[0]['recipe']}`, {step_budget(runs)} optimizer updates per method. Cells: mean ± sample "
+            f"Recipe `{runs[0]['recipe']}`, {budget_text(runs)}. Cells: mean ± sample "
             "standard deviation over the seeds listed. Train time: wall seconds of `trainer.train()` (the study "
             "README names the machine and what else ran on it; CPU and GPU times are shown apart).\n\n"
             f"Devices: {devices_line(runs)}.\n\n"
@@ -296,13 +389,19 @@ def write_report(results_dir: str | os.PathLike[str]) -> list[Path]:
         path.write_text(text)
         written.append(path)
     summary = ["# Study summary: STS and IR on the dev splits, every encoder", ""]
+    notes = results_dir / "notes.md"  # the study's own words (machine, commands, what ran), kept across reports
+    if notes.is_file():
+        summary += [notes.read_text().strip(), ""]
     summary += [
         "Per-encoder tables with the geometry metrics and the commands: `<encoder>/study.md`; plot: `tradeoff.png`."
     ]
     summary += [""]
     for encoder, runs in encoders.items():
-        summary += [f"## {encoder} ({step_budget(runs)} updates per method)", "", "Headline:", "",
+        summary += [f"## {encoder} ({step_budget(runs)} per method)", "", "Headline:", "",
                     headline_table(runs), "", "Every method:", "", encoder_table(runs, False), ""]  # fmt: skip
+        check = target_check(runs)
+        if check:
+            summary += ["Issue 19's target for the one-command trade-off set-up:", "", check, ""]
     (results_dir / "summary.md").write_text("\n".join(summary))
     written.append(results_dir / "summary.md")
     written.append(plot_tradeoff(encoders, results_dir / "tradeoff.png"))

@@ -1,4 +1,11 @@
-"""Run the study: every method of :mod:`codiemb_study.methods` from one recipe, same step budget, several seeds.
+"""Run the study: every method of :mod:`codiemb_study.methods` from one recipe, same budget, several seeds.
+
+Two budgets (issue 19, item 5): the same number of optimizer **updates** for every method (``max_steps``, the
+equal-compute study), or the same number of **epochs** over each method's own data (``epochs``, the equal-data study,
+as the paper trains: 5 epochs). In the equal-data study every run evaluates its dev sets at every epoch (IR corpora
+capped at ``eval_max_corpus`` documents, the relevant ones always kept), keeps its dev-best checkpoint by the metric
+that fits the method (:func:`selection_metric`) through ``load_best_model_at_end``, and that checkpoint is evaluated on
+the whole dev sets for the tables; the run record keeps every dev evaluation of the log and the checkpoint chosen.
 
 Each finished run writes one JSON file ``<results_dir>/<encoder>/runs/<method>-seed<seed>.json`` (metrics on the
 recipe's dev sets, training time, optimizer updates per task, the command); a run whose file exists is skipped, so
@@ -24,7 +31,34 @@ from hf_codiemb.atomic import write_text_atomically
 logger = logging.getLogger(__name__)
 
 BASE_ROW = "base"
+#: The one-command trade-off set-up (`codiemb tradeoff`) as a row of the equal-data study (:meth:`Study.collect_tradeoff`).
+TRADEOFF_ROW = "codiemb_tradeoff"
+TRADEOFF_LABEL = "(t) `codiemb tradeoff`: IR-heavy 3:1 + STS-heavy 1:3 runs, dev-guided fusion"
+#: What the run records keep of every dev evaluation of a training log.
+LOGGED_KEYS = ("epoch", "step", "eval_codiemb_sts_score", "eval_codiemb_ir_score", "eval_codiemb_score")
+TRADEOFF_RATIO_METHODS = {"ir-heavy": "ratio_ir3_sts1", "sts-heavy": "ratio_ir1_sts3"}
 NUM_CHECKPOINTS = 3
+#: Cap on each IR dev corpus during training in the equal-data study (the final scores use the whole corpus).
+DEFAULT_EVAL_MAX_CORPUS = 1000
+
+
+def selection_metric(key: str, setup: MethodSetup) -> str:
+    """The dev score a run's best checkpoint is chosen by (equal-data study): the one task it trains, or both.
+
+    IR only: ``codiemb_ir_score``; STS only (any STS loss): ``codiemb_sts_score``; methods trained on both tasks' data
+    (CoDiEmb, the ratio runs, and the pooled methods (c) and (d), whatever loss their mixed batches get):
+    ``codiemb_score``.
+    """
+    from hf_codiemb.training_evaluation import IR_SCORE_KEY, SCORE_KEY, STS_SCORE_KEY
+
+    if METHODS[key].pooled:
+        return SCORE_KEY
+    tasks = set(setup.tasks.values())
+    if tasks == {"ir"}:
+        return IR_SCORE_KEY
+    if tasks == {"sts"}:
+        return STS_SCORE_KEY
+    return SCORE_KEY
 
 
 def device_description() -> str:
@@ -54,13 +88,20 @@ def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
     write_text_atomically(path, json.dumps(payload, indent=2, default=float) + "\n")
 
 
-def planned_updates(setup: MethodSetup, args) -> dict[str, int]:
-    """Optimizer updates per task in the first ``args.max_steps`` steps, read off the sampler's schedule."""
+def planned_updates(setup: MethodSetup, args, epochs: int | None = None) -> dict[str, int]:
+    """Optimizer updates per task in the first ``args.max_steps`` steps (or in ``epochs`` whole epochs), read off the
+    sampler's schedule."""
     from hf_codiemb.sampler import TaskBalancedBatchSampler
 
     sampler = TaskBalancedBatchSampler.from_args(setup.datasets, setup.tasks, args)
     tasks = [spec.task for spec in sampler.specs]
     counts = dict.fromkeys(sorted(set(tasks)), 0)
+    if epochs is not None:
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            for dataset_idx in sampler.schedule():
+                counts[tasks[dataset_idx]] += 1
+        return counts
     steps, epoch = 0, 0
     while steps < args.max_steps:  # the Trainer starts a new epoch (a new shuffle) when one runs out
         sampler.set_epoch(epoch)
@@ -71,35 +112,71 @@ def planned_updates(setup: MethodSetup, args) -> dict[str, int]:
     return counts
 
 
+def selection_record(state, metric: str) -> dict[str, Any]:
+    """What the equal-data run chose, from the Trainer's state after ``load_best_model_at_end``: the metric, every dev
+    evaluation of the log (epoch, step and the three combined scores, IR on the capped corpus), the checkpoint loaded
+    (its step) and the epochs and updates trained."""
+    from hf_codiemb.training_evaluation import IR_SCORE_KEY, SCORE_KEY, STS_SCORE_KEY
+
+    keys = [f"eval_{name}" for name in (STS_SCORE_KEY, IR_SCORE_KEY, SCORE_KEY)]
+    evaluations = [
+        {"epoch": entry.get("epoch"), "step": entry["step"], **{k: entry[k] for k in keys if k in entry}}
+        for entry in state.log_history
+        if f"eval_{metric}" in entry
+    ]
+    best = state.best_model_checkpoint
+    return {
+        "selection_metric": metric,
+        "dev_evaluations": evaluations,
+        "best_checkpoint_step": int(Path(best).name.split("-")[1]) if best else None,
+        "best_metric": state.best_metric,
+        "epochs_trained": state.epoch,
+        "steps_trained": state.global_step,
+    }
+
+
 class Study:
     """One encoder's study: its recipe, data and evaluation sets, loaded once and shared by every run.
 
     Args:
         recipe: the YAML recipe every method starts from (model, data, optimisation).
         overrides: extra ``codiemb train`` flags applied to every run (e.g. ``["--max_seq_length", "64"]``).
-        max_steps: optimizer updates of every run (the same for every method).
+        max_steps: optimizer updates of every run (the same for every method): the equal-updates study.
         results_dir: where the per-run JSON files go (``<results_dir>/<encoder>/runs``).
         work_dir: scratch space for training folders and fused models.
+        epochs: instead of ``max_steps``, epochs over each method's own data (the equal-data study): dev evaluation
+            at every epoch, the dev-best checkpoint kept (:func:`selection_metric`).
+        eval_max_corpus: equal-data study: cap on each IR dev corpus during training (the final scores use the
+            whole corpus); ``None`` = the whole corpus.
     """
 
     def __init__(
         self,
         recipe: str,
         overrides: Sequence[str],
-        max_steps: int,
+        max_steps: int | None,
         results_dir: str | os.PathLike[str],
         work_dir: str | os.PathLike[str],
+        *,
+        epochs: int | None = None,
+        eval_max_corpus: int | None = DEFAULT_EVAL_MAX_CORPUS,
     ) -> None:
         from hf_codiemb.pipeline import load_eval_sets, load_training_data
         from hf_codiemb.recipe import parse_recipe
 
-        if max_steps < NUM_CHECKPOINTS:
+        if (max_steps is None) == (epochs is None):
+            raise ValueError("give exactly one budget: max_steps (equal updates) or epochs (equal data)")
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if max_steps is not None and max_steps < NUM_CHECKPOINTS:
             raise ValueError(
                 f"max_steps must be >= {NUM_CHECKPOINTS} (CoDiEmb saves a checkpoint every max_steps // {NUM_CHECKPOINTS} updates)"
             )
         self.recipe = recipe
         self.overrides = list(overrides)
         self.max_steps = max_steps
+        self.epochs = epochs
+        self.eval_max_corpus = eval_max_corpus if epochs is not None else None
         self.encoder = encoder_name(recipe)
         self.results_dir = Path(results_dir)
         self.work_dir = Path(work_dir) / self.encoder
@@ -116,16 +193,34 @@ class Study:
         self.command = " ".join(["python", "recipes/study/run_study.py", *sys.argv[1:]]) if sys.argv else ""
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def training_args(self, key: str, seed: int):
-        """The training arguments of one run: the recipe + overrides + the study's budget and the method's ratio."""
+    @property
+    def budget(self) -> dict[str, int | None]:
+        """The study's budget as recorded in every run: ``max_steps`` or ``epochs`` (the other one None)."""
+        return {"max_steps": self.max_steps, "epochs": self.epochs}
+
+    def training_args(self, key: str, seed: int, metric: str | None = None):
+        """The training arguments of one run: the recipe + overrides + the study's budget and the method's ratio.
+
+        Equal-data study: ``epochs`` epochs, dev evaluation and a checkpoint (model only) at every epoch, the best by
+        ``metric`` loaded at the end (``save_total_limit 1`` keeps the best and the latest).
+        """
         from hf_codiemb.recipe import parse_recipe
 
         run_dir = self.work_dir / f"{key}-seed{seed}"
-        flags = [
-            "--config", self.recipe, *self.overrides,
-            "--seed", str(seed), "--max_steps", str(self.max_steps), "--output_dir", str(run_dir),
-            "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", str(max(self.max_steps // 10, 1)),
-        ]  # fmt: skip
+        flags = ["--config", self.recipe, *self.overrides, "--seed", str(seed), "--output_dir", str(run_dir),
+                 "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
+        if self.epochs is not None:
+            flags += [
+                "--num_train_epochs", str(self.epochs), "--max_steps", "-1", "--logging_steps", "10",
+                "--eval_strategy", "epoch", "--save_strategy", "epoch", "--save_only_model", "true",
+                "--save_total_limit", "1", "--load_best_model_at_end", "true",
+                "--metric_for_best_model", metric or "codiemb_score", "--greater_is_better", "true",
+            ]  # fmt: skip
+            if METHODS[key].task_ratio:
+                flags += ["--task_ratio", METHODS[key].task_ratio]
+            _, _, args, _ = parse_recipe(flags)
+            return args
+        flags += ["--max_steps", str(self.max_steps), "--logging_steps", str(max(self.max_steps // 10, 1))]
         if key == "codiemb":  # its checkpoints are the inputs of (f)
             flags += ["--save_strategy", "steps", "--save_steps", str(self.max_steps // NUM_CHECKPOINTS),
                       "--save_only_model", "true"]  # fmt: skip
@@ -142,13 +237,28 @@ class Study:
         results = evaluate_model(model, self.sts_sets, self.ir_sets, sts_prompt=self.sts_prompt)
         return flatten_results(results)
 
+    def training_evaluator(self, args):
+        """Equal-data study: the recipe's dev sets as the evaluator during training (what ``codiemb train`` builds for
+        ``eval_strategy``), IR corpora capped at ``eval_max_corpus`` documents, the corpus sample seeded by the run."""
+        from hf_codiemb.training_evaluation import build_training_evaluator
+
+        return build_training_evaluator(
+            self.sts_sets,
+            self.ir_sets,
+            ir_weight=self.data_args.eval_ir_weight,
+            max_corpus=self.eval_max_corpus,
+            sts_prompt=self.sts_prompt,
+            batch_size=args.per_device_eval_batch_size,
+            seed=args.seed,
+        )
+
     def record(self, key: str, label: str, seed: int | None, **fields: Any) -> dict[str, Any]:
         return {
             "encoder": self.encoder,
             "method": key,
             "label": label,
             "seed": seed,
-            "max_steps": self.max_steps,
+            **self.budget,
             "recipe": self.recipe,
             "overrides": self.overrides,
             "command": self.command,
@@ -180,26 +290,37 @@ class Study:
         path = run_file(self.results_dir, self.encoder, key, seed)
         if path.exists() and (key != "codiemb" or self._fusion_done(seed)) and self._ratio_input_ready(key, seed):
             stored = json.loads(path.read_text())
-            if stored.get("max_steps") != self.max_steps:
-                raise ValueError(
-                    f"{path} was trained for {stored.get('max_steps')} updates, this study asks for {self.max_steps}: "
-                    "use another --results-dir, or remove the stored runs to redo them"
-                )
+            self._check_budget(path, stored)
             logger.info("%s seed %d: stored in %s, skipped", key, seed, path)
             return stored
         method = METHODS[key]
         args = self.training_args(key, seed)
         setup = method.build(self.datasets, self.tasks, args, self.score_range)
+        metric = selection_metric(key, setup) if self.epochs is not None else None
+        if metric is not None:
+            args = self.training_args(key, seed, metric)
         args.dataset_tasks = dict(setup.tasks)
         args.prompts = training_prompts(self.model_args, setup.datasets, setup.tasks, self.instructions, args)
-        updates = planned_updates(setup, args)
-        logger.info("%s / %s seed %d: %d updates %s", self.encoder, key, seed, self.max_steps, updates)
+        updates = planned_updates(setup, args, self.epochs)
+        budget = f"{self.epochs} epochs" if self.epochs is not None else f"{self.max_steps} updates"
+        logger.info("%s / %s seed %d: %s, updates %s", self.encoder, key, seed, budget, updates)
         model = load_model(self.model_args)
-        trainer = CoDiEmbTrainer(model=model, args=args, train_dataset=setup.datasets, loss=setup.loss)
+        evaluator = self.training_evaluator(args) if self.epochs is not None else None
+        trainer = CoDiEmbTrainer(
+            model=model, args=args, train_dataset=setup.datasets, loss=setup.loss, evaluator=evaluator
+        )
         started = time.perf_counter()
         train_output = trainer.train()
         train_seconds = time.perf_counter() - started
-        metrics = self.evaluate(trainer.model)
+        extra: dict[str, Any] = {}
+        if self.epochs is not None:
+            extra = selection_record(trainer.state, metric)
+            extra["eval_max_corpus"] = self.eval_max_corpus
+            # The Trainer's own log (every dev evaluation, the best checkpoint), kept beside the run records.
+            state_file = self.results_dir / self.encoder / "logs" / f"{key}-seed{seed}.trainer_state.json"
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            trainer.state.save_to_json(str(state_file))
+        metrics = self.evaluate(trainer.model)  # the dev-best checkpoint in the equal-data study
         result = self.record(
             key,
             method.label,
@@ -209,14 +330,25 @@ class Study:
             updates=updates,
             training_examples={name: len(d) for name, d in setup.datasets.items()},
             metrics=metrics,
+            **extra,
         )
         write_json_atomically(path, result)
-        if key == "codiemb":
+        if key == "codiemb" and self.epochs is None:  # (f) fuses the equal-updates run's checkpoints
             self.run_fusion(seed, Path(args.output_dir))
         if key in RATIO_FUSION_INPUTS:  # (h) fuses the final models of these runs: kept until it is stored
             trainer.model.save(str(self.final_model_dir(key, seed)))
         shutil.rmtree(args.output_dir, ignore_errors=True)
         return result
+
+    def _check_budget(self, path: Path, stored: Mapping[str, Any]) -> None:
+        """A stored run of another budget (updates or epochs) is never mixed in silently."""
+        if stored.get("max_steps") != self.max_steps or stored.get("epochs") != self.epochs:
+            had = f"{stored['epochs']} epochs" if stored.get("epochs") else f"{stored.get('max_steps')} updates"
+            asks = f"{self.epochs} epochs" if self.epochs is not None else f"{self.max_steps} updates"
+            raise ValueError(
+                f"{path} was trained for {had}, this study asks for {asks}: use another --results-dir, or remove "
+                "the stored runs to redo them"
+            )
 
     def final_model_dir(self, key: str, seed: int) -> Path:
         """Where the final model of an (h) input run waits for the fusion."""
@@ -237,6 +369,8 @@ class Study:
         return float(low), float(high)
 
     def _fusion_done(self, seed: int) -> bool:
+        if self.epochs is not None:  # (f) is a row of the equal-updates study only
+            return True
         return all(run_file(self.results_dir, self.encoder, key, seed).exists() for key in FUSION_ROWS)
 
     def run_fusion(self, seed: int, run_dir: Path) -> None:
@@ -303,6 +437,71 @@ class Study:
         for path in inputs:
             shutil.rmtree(path, ignore_errors=True)
         return results
+
+    def collect_tradeoff(self, output_dir: str | os.PathLike[str], seed: int, command: str,
+                         wall_seconds: float | None = None, reevaluate: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Store a finished ``codiemb tradeoff`` set-up (run with this study's budget and ``seed``) as a row: its fused
+        model evaluated on the whole dev sets by the study's own evaluation, the checkpoints its runs chose, their
+        epochs and updates (each run's, summed), and their training time (the sum of the two runs' process times,
+        which include their dev evaluations; ``wall_seconds``: the whole command's wall time if measured).
+
+        The scores are those the fusion search measured for the chosen model on the whole dev sets (one STS and one
+        IR dev set, as the SciFact + STS-B recipe: the same evaluation code and sets as the study's), or, with
+        ``reevaluate`` (or other dev sets), the study's own evaluation of the fused model (geometry included)."""
+        from sentence_transformers import SentenceTransformer
+
+        output = Path(output_dir)
+        path = run_file(self.results_dir, self.encoder, TRADEOFF_ROW, seed)
+        runs: dict[str, Any] = {}
+        updates: dict[str, int] = {}
+        for name, key in TRADEOFF_RATIO_METHODS.items():
+            done = json.loads((output / "runs" / f"{name}.done.json").read_text())
+            folder = output / "runs" / name
+            last = max(folder.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+            state = json.loads((last / "trainer_state.json").read_text())
+            args = self.training_args(key, seed)
+            setup = METHODS[key].build(self.datasets, self.tasks, args, self.score_range)
+            planned = planned_updates(setup, args, self.epochs)
+            for task, count in planned.items():
+                updates[task] = updates.get(task, 0) + count
+            runs[name] = {
+                "task_ratio": METHODS[key].task_ratio,
+                "seconds": done["seconds"],
+                "epochs_trained": state.get("epoch"),
+                "steps_trained": state.get("global_step"),
+                "updates": planned,
+                "dev_evaluations": [
+                    {k: entry[k] for k in LOGGED_KEYS if k in entry}
+                    for entry in state["log_history"]
+                    if "eval_codiemb_score" in entry
+                ],
+            }
+        search = json.loads((output / "model" / "fusion_search.json").read_text())
+        chosen = next(c for c in search["candidates"] if c["label"] == search["chosen"])
+        if reevaluate or len(self.sts_sets) != 1 or len(self.ir_sets) != 1:
+            metrics = self.evaluate(SentenceTransformer(str(output / "model")))
+            source = "the study's evaluation of OUTPUT/model (whole dev sets)"
+        else:  # the search evaluated the chosen model on the same whole dev sets: its scores, not a second pass
+            (sts_name,), (ir_name,) = list(self.sts_sets), list(self.ir_sets)
+            metrics = {f"sts/{sts_name}/spearman_cosine": chosen["sts_score"], f"ir/{ir_name}/ndcg@10": chosen["ir_score"]}
+            source = "OUTPUT/model/fusion_search.json, the chosen candidate (whole dev sets)"
+        result = self.record(
+            TRADEOFF_ROW,
+            TRADEOFF_LABEL,
+            seed,
+            train_runtime_s=round(sum(run["seconds"] for run in runs.values()), 2),
+            tradeoff_wall_s=None if wall_seconds is None else round(wall_seconds, 1),
+            updates=updates,
+            tradeoff_runs=runs,
+            chosen_fusion=search.get("chosen"),
+            metrics_source=source,
+            selections=search.get("selections"),
+            epochs_trained=min(run["epochs_trained"] or 0 for run in runs.values()),
+            metrics=metrics,
+        )
+        result["command"] = command
+        write_json_atomically(path, result)
+        return result
 
     def run(self, methods: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
         """Every method x seed (seed-major, so a partial study has whole seeds), after the base evaluation."""
