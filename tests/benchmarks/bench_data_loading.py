@@ -131,6 +131,7 @@ def main() -> None:
     if records < 1000:
         raise SystemExit(f"not enough free disk in {workdir}")
     data = workdir / "ir.jsonl"
+    load_before = os.getloadavg()[0]
     try:
         start = time.perf_counter()
         generate(data, records)
@@ -144,7 +145,7 @@ def main() -> None:
         for phase in ("first", "cached"):
             for method in ("datasets", "codiemb"):
                 results[method, phase] = run_worker(method, data, caches[method])
-        table = render(results, records, data.stat().st_size, note)
+        table = render(results, records, data.stat().st_size, note, load_before, os.getloadavg()[0])
         sys.stdout.write(table)
         if args.output:
             Path(args.output).write_text(table)
@@ -152,7 +153,7 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def render(results: dict, records: int, size: int, note: str) -> str:
+def render(results: dict, records: int, size: int, note: str, load_before: float, load_after: float) -> str:
     import datasets
     import pyarrow
 
@@ -167,7 +168,8 @@ def render(results: dict, records: int, size: int, note: str) -> str:
         "Time: the load call (imports excluded); process: the whole subprocess. Peak RSS: `VmHWM` (includes the "
         "memory-mapped pages the process touched)."),
         "",
-        (f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other engineers running tests, "
+        (f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average {load_before:.1f} before the runs and "
+        f"{load_after:.1f} after them (1-minute, measured), "
         f"Python {platform.python_version()}, datasets {datasets.__version__}, pyarrow {pyarrow.__version__}. "
         f"Date: {datetime.date.today().isoformat()}."),
     ]
