@@ -122,7 +122,7 @@ class CommandParser(HfArgumentParser):
         """argparse's defaults; a required option given one (by a YAML file, a recipe) is no longer required."""
         super().set_defaults(**kwargs)
         for action in self._actions:
-            if action.dest in kwargs and kwargs[action.dest] is not None:
+            if action.dest in kwargs:
                 action.required = False
 
     def require(self, dest: str, flag: str | None = None, *, by_argparse: bool = True) -> None:
