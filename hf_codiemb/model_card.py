@@ -143,7 +143,8 @@ class CoDiEmbModelCardData(SentenceTransformerModelCardData):
     Args:
         codiemb: The CoDiEmb section: ``datasets`` (rows with ``name``, ``task``, ``records``, ``batch_size``,
             ``global_batch_size``, ``updates_per_epoch``, ``loss``, ``prompts``), ``updates_per_task``,
-            ``epochs``, ``max_steps``, ``world_size``, ``gradient_accumulation_steps``, ``task_ratio``,
+            ``epochs``, ``max_steps``, ``world_size``, ``gradient_accumulation_steps``, ``task_ratio``
+            (with ``task_ratio_unit``),
             ``base_model`` / ``base_model_note``, ``lora`` and ``fusion`` (see the template
             ``hf_codiemb/model_cards/codiemb_section.md.j2``).
         **kwargs: Those of ``SentenceTransformerModelCardData`` (``language``, ``license``, ``model_id``, ...).

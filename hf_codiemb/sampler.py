@@ -124,6 +124,9 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
     blocks of all datasets are shuffled together. By default each block is used once per epoch, so the number of
     updates of each task is proportional to its data. ``dataset_weights`` re-weights the share of updates of each
     dataset (blocks are repeated with fresh shuffles, or dropped, to reach it): this is the IR:STS trade-off knob.
+    ``dataset_passes`` [ours] instead gives each dataset the fraction of one pass over its data that an epoch makes
+    (at most 1): no block repeats within an epoch, so ``N`` epochs never show an example more than ``N`` times (the
+    ``task_ratio_unit: passes`` training argument).
 
     Only full batches are emitted (cross-device gathering needs equal local batch sizes), ``len()`` is exact and
     ``batch_size`` is ``None`` because batch sizes differ per task (accelerate drops batches of a size other than a
@@ -149,6 +152,8 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
         world_size: Number of data-parallel ranks.
         gradient_accumulation_steps: Micro-batches per optimizer update.
         dataset_weights: Optional share of updates per dataset name (need not sum to 1). ``None`` = proportional.
+        dataset_passes: Optional fraction of a pass over its data (within ``[0, 1]``) per dataset name and epoch;
+            exclusive with ``dataset_weights``. A dataset with a positive fraction gets at least one block.
         seed: Seed of the shuffles; epoch ``e`` uses ``seed + e``.
         text_hashes: Optional, per dataset: the :class:`RowTextHashes` of its rows for duplicate-free blocks, or
             ``None`` for a dataset sampled as usual.
@@ -167,6 +172,7 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
         dataset_weights: dict[str, float] | None = None,
         seed: int = 0,
         text_hashes: Sequence[RowTextHashes | None] | None = None,
+        dataset_passes: dict[str, float] | None = None,
     ) -> None:
         if len(dataset.datasets) != len(specs):
             raise ValueError(f"{len(specs)} dataset specs given for {len(dataset.datasets)} datasets")
@@ -200,7 +206,11 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
                     f"Lower {spec.task}_batch_size or add data."
                 )
             self.available_blocks.append(blocks)
-        self.blocks_per_epoch = self._target_blocks(dataset_weights)
+        if dataset_passes is not None and dataset_weights is not None:
+            raise ValueError("give dataset_weights (shares of updates) or dataset_passes (fractions of a pass), not both")
+        self.blocks_per_epoch = (
+            self._pass_blocks(dataset_passes) if dataset_passes is not None else self._target_blocks(dataset_weights)
+        )
 
     @classmethod
     def from_args(
@@ -241,9 +251,14 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
             if any(task != "ir" for task in tasks.values()):
                 logger.info("ir_no_duplicates: IR batches are duplicate-free; STS batches are sampled as usual")
         try:
-            weights = dataset_weights_from_task_ratio(
-                specs, args.task_ratio, args.sampling_temperature, args.world_size, args.gradient_accumulation_steps
-            )
+            passes = None
+            weights = None
+            if getattr(args, "task_ratio_unit", "updates") == "passes" and args.task_ratio is not None:
+                passes = dataset_passes_from_task_ratio(specs, args.task_ratio)
+            else:
+                weights = dataset_weights_from_task_ratio(
+                    specs, args.task_ratio, args.sampling_temperature, args.world_size, args.gradient_accumulation_steps
+                )
             sampler = cls(
                 concatenated if concatenated is not None else ConcatDataset(list(train_dataset.values())),
                 specs,
@@ -252,6 +267,7 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
                 dataset_weights=weights,
                 seed=args.seed,
                 text_hashes=text_hashes,
+                dataset_passes=passes,
             )
             if text_hashes is not None:
                 sampler.schedule()  # plans epoch 0: a dataset that cannot fill a duplicate-free block fails now
@@ -260,6 +276,22 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
             return sampler
         except ValueError as error:  # a dataset smaller than one update, a ratio without data: the recipe's to fix
             raise TrainingDataError(str(error)) from error
+
+    def _pass_blocks(self, dataset_passes: dict[str, float]) -> list[int]:
+        """Blocks per epoch of each dataset: its fraction of one pass over its available blocks."""
+        unknown = set(dataset_passes) - {spec.name for spec in self.specs}
+        if unknown:
+            raise ValueError(f"dataset_passes names unknown datasets: {sorted(unknown)}")
+        fractions = [float(dataset_passes.get(spec.name, 0.0)) for spec in self.specs]
+        for spec, fraction in zip(self.specs, fractions):
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"dataset_passes: {spec.name!r} has {fraction}, outside [0, 1]")
+        if not any(fractions):
+            raise ValueError("dataset_passes: at least one dataset needs a positive fraction")
+        return [
+            max(round(blocks * fraction), 1) if fraction > 0 else 0
+            for blocks, fraction in zip(self.available_blocks, fractions)
+        ]
 
     def _target_blocks(self, dataset_weights: dict[str, float] | None) -> list[int]:
         """Blocks per epoch of each dataset: all available ones, or the weighted share of the same total."""
@@ -396,6 +428,27 @@ def ir_text_columns(dataset: Dataset, args: Any, name: str) -> list[str]:
     if "negatives" in dataset.column_names and num_negatives_for(args, name) > 0:
         columns.append("negatives")
     return columns
+
+
+def dataset_passes_from_task_ratio(
+    specs: Sequence[DatasetSpec], task_ratio: dict[str, float]
+) -> dict[str, float]:
+    """Turn an IR:STS ratio of passes over each task's data into the fraction of a pass per dataset and epoch [ours].
+
+    The task with the largest weight makes one whole pass over its data per epoch, every other task the fraction
+    ``weight / largest weight`` of a pass, and every dataset of a task the task's fraction (so ``"ir:1,sts:1"`` is the
+    unweighted sampler: each batch once per epoch). ``"ir:3,sts:1"``: every IR batch and a third of the STS batches.
+    """
+    missing = {spec.task for spec in specs} - set(task_ratio)
+    if missing:
+        raise ValueError(f"task_ratio {task_ratio} gives no weight to task(s) {sorted(missing)} present in the data")
+    for task, task_weight in task_ratio.items():
+        if task_weight > 0 and not any(spec.task == task for spec in specs):
+            raise ValueError(f"task_ratio gives weight {task_weight} to task {task!r} but no training dataset has it")
+    largest = max(task_ratio[spec.task] for spec in specs)
+    if largest <= 0:
+        raise ValueError(f"task_ratio {task_ratio} gives no positive weight to a task present in the data")
+    return {spec.name: task_ratio[spec.task] / largest for spec in specs}
 
 
 def dataset_weights_from_task_ratio(

@@ -245,6 +245,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
             world_size=args.world_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             task_ratio=args.task_ratio if isinstance(args.task_ratio, dict) else None,
+            task_ratio_unit=args.task_ratio_unit if isinstance(args.task_ratio, dict) else None,
             sampling_temperature=args.sampling_temperature,
         )
 

@@ -159,8 +159,14 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
         > Sampling of tasks
 
         task_ratio (`dict[str, float]` or `str`, *optional*, defaults to `None`):
-            IR:STS share of optimizer updates, e.g. ``"ir:1,sts:1"``. Unset: proportional to the data (each batch
-            once per epoch, the reference's sampler).
+            IR:STS share of optimizer updates (or of passes over each task's data: ``task_ratio_unit``), e.g.
+            ``"ir:1,sts:1"``. Unset: proportional to the data (each batch once per epoch, the reference's sampler).
+        task_ratio_unit (`Literal["updates", "passes"]`, *optional*, defaults to `"updates"`):
+            What ``task_ratio`` divides. ``"updates"``: the shares of an epoch's optimizer updates, the epoch keeping
+            the length of one pass over all data (a task's batches repeat or are dropped). ``"passes"`` [ours]: the
+            passes over each task's data per epoch; the task with the largest weight makes one pass, the others the
+            weight's fraction of one, so no batch repeats within an epoch and ``N`` epochs show each example at most
+            ``N`` times (runs at equal data; ``"ir:1,sts:1"`` = no ratio).
         sampling_temperature (`float`, *optional*, defaults to `1.0`):
             Without ``task_ratio``: a dataset's share of updates is proportional to ``batches ** (1 / T)``.
         ir_no_duplicates (`bool`, *optional*, defaults to `False`):
@@ -334,8 +340,17 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
     task_ratio: Union[str, None, dict[str, float]] = field(  # noqa: UP007
         default=None,
         metadata={
-            "help": "IR:STS share of optimizer updates, e.g. 'ir:1,sts:1'. Unset = proportional to the data "
-            "(each batch used once per epoch). Batches of a task are repeated or dropped to reach the share."
+            "help": "IR:STS share of optimizer updates (or of passes over the data: task_ratio_unit), e.g. "
+            "'ir:1,sts:1'. Unset = proportional to the data (each batch used once per epoch). With the unit "
+            "'updates', batches of a task are repeated or dropped to reach the share."
+        },
+    )
+    task_ratio_unit: Literal["updates", "passes"] = field(
+        default="updates",
+        metadata={
+            "help": "What task_ratio divides: 'updates' = shares of an epoch's optimizer updates (the epoch keeps the "
+            "length of one pass over all data); 'passes' [ours] = passes over each task's data per epoch (the "
+            "heaviest task makes one pass, the others the weight's fraction; no batch repeats)."
         },
     )
     sampling_temperature: float = field(
@@ -450,6 +465,8 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             self.task_ratio = parse_task_ratio(self.task_ratio)
         except (ValueError, TypeError) as error:
             raise RecipeError(str(error).removeprefix("task_ratio: "), "task_ratio") from None
+        if self.task_ratio_unit not in ("updates", "passes"):
+            raise RecipeError(f"must be 'updates' or 'passes', got {self.task_ratio_unit!r}", "task_ratio_unit")
         if isinstance(self.dataset_tasks, str):
             self.dataset_tasks = parse_dataset_tasks(self.dataset_tasks)
         for name, task in (self.dataset_tasks or {}).items():
@@ -486,6 +503,12 @@ class CoDiEmbTrainingArguments(SentenceTransformerTrainingArguments):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise RecipeError(f"must be a number > 0, got {value!r}", name)
+        if self.task_ratio_unit == "passes" and self.task_ratio is not None and self.sampling_temperature != 1.0:
+            raise RecipeError(
+                "sampling_temperature applies to shares of updates; with task_ratio_unit 'passes' every dataset of a "
+                f"task makes the task's fraction of a pass: unset sampling_temperature (got {self.sampling_temperature})",
+                "sampling_temperature",
+            )
         self._check_ir_loss_options()
 
     def _check_ir_loss_options(self) -> None:

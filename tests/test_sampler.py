@@ -9,7 +9,12 @@ import pytest
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import ConcatDataset
 
-from hf_codiemb.sampler import DatasetSpec, TaskBalancedBatchSampler, dataset_weights_from_task_ratio
+from hf_codiemb.sampler import (
+    DatasetSpec,
+    TaskBalancedBatchSampler,
+    dataset_passes_from_task_ratio,
+    dataset_weights_from_task_ratio,
+)
 
 
 def make_sampler(sizes=(100, 70), batch_sizes=(4, 6), world_size=1, accumulation=1, weights=None, seed=0):
@@ -107,3 +112,48 @@ def test_task_ratio_zero_drops_a_task_and_unknown_task_errors():
 
 def test_batch_size_attribute_is_none_for_accelerate():
     assert make_sampler().batch_size is None
+
+
+@pytest.mark.parametrize("ratio", [{"ir": 3.0, "sts": 1.0}, {"ir": 1.0, "sts": 3.0}, {"ir": 1.0, "sts": 1.0}])
+@pytest.mark.parametrize("world_size,accumulation", [(1, 1), (2, 1), (2, 3)])
+def test_task_ratio_in_passes_uses_each_example_at_most_once_per_epoch(ratio, world_size, accumulation):
+    # Two IR datasets (400 and 200 rows, batch 4) and one STS dataset (300 rows, batch 6).
+    sizes, batch_sizes = (400, 200, 300), (4, 4, 6)
+    specs = [DatasetSpec(n, t, s, b) for n, t, s, b in zip(("ir_a", "ir_b", "sts_c"), ("ir", "ir", "sts"), sizes, batch_sizes)]
+    passes = dataset_passes_from_task_ratio(specs, ratio)
+    sampler = TaskBalancedBatchSampler(
+        ConcatDataset([list(range(n)) for n in sizes]), specs, world_size=world_size,
+        gradient_accumulation_steps=accumulation, dataset_passes=passes, seed=5,
+    )
+    heaviest = max(ratio.values())
+    offsets = (0, 400, 600)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        indices = [i for batch in sampler for i in batch]
+        assert len(indices) == len(set(indices))  # nothing repeats within an epoch
+        per_block = world_size * accumulation
+        for d, (spec, offset) in enumerate(zip(specs, offsets)):
+            used = sum(1 for i in indices if offset <= i < offset + spec.size)
+            full_pass_blocks = spec.size // (spec.batch_size * per_block)
+            expected_blocks = max(round(full_pass_blocks * ratio[spec.task] / heaviest), 1)
+            assert used == expected_blocks * spec.batch_size * per_block, (spec.name, epoch)
+    assert len(sampler) == len(list(sampler))
+    if ratio == {"ir": 1.0, "sts": 1.0}:  # 1:1 in passes is the unweighted sampler, batch for batch
+        plain = TaskBalancedBatchSampler(
+            ConcatDataset([list(range(n)) for n in sizes]), specs, world_size=world_size,
+            gradient_accumulation_steps=accumulation, seed=5,
+        )
+        plain.set_epoch(1)
+        assert list(plain) == list(sampler)
+
+
+def test_task_ratio_in_passes_refuses_bad_fractions_and_missing_tasks():
+    specs = [DatasetSpec("ir_set", "ir", 400, 4), DatasetSpec("sts_set", "sts", 100, 4)]
+    data = ConcatDataset([list(range(400)), list(range(100))])
+    with pytest.raises(ValueError, match="outside"):
+        TaskBalancedBatchSampler(data, specs, dataset_passes={"ir_set": 1.5})
+    with pytest.raises(ValueError, match="not both"):
+        TaskBalancedBatchSampler(data, specs, dataset_passes={"ir_set": 1.0}, dataset_weights={"ir_set": 1.0})
+    with pytest.raises(ValueError, match="no weight to task"):
+        dataset_passes_from_task_ratio(specs, {"ir": 1.0})
+    assert dataset_passes_from_task_ratio(specs, {"ir": 0.0, "sts": 2.0}) == {"ir_set": 0.0, "sts_set": 1.0}

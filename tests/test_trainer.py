@@ -125,6 +125,32 @@ def test_ratio_and_gradient_accumulation_set_the_number_of_updates(tmp_path, tin
     assert trainer.state.global_step == 4
 
 
+def test_ratio_in_passes_trains_a_fraction_of_the_light_task_and_lands_on_the_card(tmp_path, tiny_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    args = make_args(tmp_path, task_ratio="ir:1,sts:2", task_ratio_unit="passes")
+    trainer = CoDiEmbTrainer(
+        model=model, args=args, train_dataset={"toy_ir": ir_dataset(), "toy_sts": sts_dataset(n=64)}
+    )
+    trainer.train()
+    # STS (the heavier weight) makes one pass: 64/8 = 8 updates; IR makes half a pass of its 24/4 = 6 batches.
+    assert trainer.task_batch_sampler.updates_per_task() == {"ir": 3, "sts": 8}
+    assert trainer.state.global_step == 11
+    (tmp_path / "card").mkdir()
+    card = trainer.write_model_card(tmp_path / "card").read_text()
+    assert "Task ratio: ir 1.0, sts 2.0 (passes over each task's data per epoch)" in card
+
+
+def test_ratio_in_passes_refuses_a_sampling_temperature(tmp_path):
+    from hf_codiemb.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="sampling_temperature.*task_ratio_unit 'passes'"):
+        make_args(tmp_path, task_ratio="ir:1,sts:2", task_ratio_unit="passes", sampling_temperature=2.0)
+    with pytest.raises(RecipeError, match="task_ratio_unit.*'updates' or 'passes'"):
+        make_args(tmp_path, task_ratio_unit="epochs")
+
+
 @pytest.mark.parametrize(
     "datasets,overrides,loss,message",
     [
