@@ -7,6 +7,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,16 @@ class _ModelCardCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs) -> None:
         self.trainer.update_model_card_data()
+
+
+@dataclass
+class _PendingBatch:
+    """A training batch's dataset, logged components and non-finite flag (a device tensor), between its forward and
+    the check after its backward (:meth:`CoDiEmbTrainer.settle_batch`)."""
+
+    dataset_name: str
+    components: dict[str, torch.Tensor]
+    nonfinite: torch.Tensor
 
 
 class _NonFiniteUpdateCallback(TrainerCallback):
@@ -195,6 +206,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         self._loss_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self.nonfinite_batches_skipped: Counter[str] = Counter()
         self._skip_this_update = False
+        self._pending_batch: _PendingBatch | None = None
         if model is not None:
             use_codiemb_card_data(model)  # the card gets a CoDiEmb section (see update_model_card_data)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, loss=loss, **kwargs)
@@ -517,23 +529,28 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         pop_metrics = getattr(loss_fn, "pop_metrics", None)
         if callable(pop_metrics):
             components.update({f"{dataset_name}/{key}": value for key, value in pop_metrics().items()})
-        loss = self.check_loss_is_finite(model, loss, components, dataset_name)
-        self.track_loss_components(components)
+        if self.model.training:
+            # Read on the host after the backward (training_step), where transformers reads the loss anyway: no
+            # host sync between the forward and the backward.
+            self._pending_batch = _PendingBatch(dataset_name, components, ~torch.isfinite(loss.detach()).all())
+        else:
+            self.track_loss_components(components)
         if return_outputs:
             return loss, {}
         return loss
 
     def track_loss_components(self, loss: dict[str, torch.Tensor]) -> None:
-        """Accumulate each component with its own step count, so a task's loss is averaged over its own steps."""
+        """Accumulate each component with its own step count, so a task's loss is averaged over its own steps.
+
+        Device-side only (no host sync): a non-finite value is counted apart and left out of the mean; the counts
+        are read when the logs are written.
+        """
         sums = self._loss_sums["train" if self.model.training else "eval"]
         for key, value in loss.items():
-            value = value.detach().float()
-            if not torch.isfinite(value):
-                logger.warning("Non-finite loss component %s = %s skipped in the logs", key, value.item())
-                continue
-            if key not in sums:
-                sums[key] = torch.zeros(2, device=value.device)
-            sums[key] += torch.stack([value, torch.ones_like(value)])
+            value = value.detach().float().reshape(())
+            finite = torch.isfinite(value)
+            entry = torch.stack([torch.where(finite, value, torch.zeros_like(value)), finite.float(), (~finite).float()])
+            sums[key] = sums[key] + entry if key in sums else entry
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         training_type = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
@@ -546,9 +563,11 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
                 torch.distributed.all_reduce(stacked)
             logs = dict(logs)
             prefix = "" if training_type == "train" else "eval_"
-            for key, (total, count) in zip(keys, stacked.tolist()):
+            for key, (total, count, nonfinite) in zip(keys, stacked.tolist()):
                 if count:
                     logs[f"{prefix}{key}"] = round(total / count, 4)
+                if nonfinite:
+                    logger.warning("Non-finite loss component %s in %d batch(es): left out of the logs", key, nonfinite)
             self._loss_sums[training_type] = {}
         if training_type == "train" and self.nonfinite_batches_skipped:
             logs = dict(logs)
@@ -558,48 +577,55 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------------------------------- non-finite losses
-    def check_loss_is_finite(
+    def training_step(
         self,
         model: torch.nn.Module,
-        loss: torch.Tensor,
-        components: dict[str, torch.Tensor],
-        dataset_name: str,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        """Stop on a non-finite training loss, or skip its batch when ``args.skip_nonfinite_batches`` is set.
+        """transformers' training step (forward and backward), then the batch's non-finite check and logs
+        (:meth:`settle_batch`). A skipped batch returns NaN, which transformers' ``logging_nan_inf_filter`` keeps out
+        of the logged loss on every process."""
+        self._pending_batch = None
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        pending, self._pending_batch = self._pending_batch, None
+        if pending is not None and self.settle_batch(pending):
+            return torch.full_like(loss, float("nan"))
+        return loss
 
-        Evaluation losses pass unchanged. In distributed training every process learns whether any process got a
-        non-finite loss (one ``all_reduce``), so all of them stop, or all skip the update, together.
+    def settle_batch(self, batch: _PendingBatch) -> bool:
+        """Stop on a non-finite training loss, or skip its batch when ``args.skip_nonfinite_batches`` is set; log the
+        components of a finite one. Called after the batch's backward, so that the check's host sync adds none to the
+        step (transformers reads the loss on the host at that point).
+
+        In distributed training every process learns whether any process got a non-finite loss (one
+        ``all_reduce``), so all of them stop, or all skip the update, together. A skipped batch's backward has run
+        through its own graph (the same parameters and cross-process collectives as every other step, so DDP and
+        gathering stay in step); its gradients, whatever they are, are dropped before the optimizer step by
+        ``_NonFiniteUpdateCallback``, which leaves every parameter and its optimizer state untouched.
 
         Args:
-            model: The model the loss was computed with.
-            loss: The batch's total loss.
-            components: The batch's logged components (``"{dataset}/{component}"``); emptied for a skipped batch, so
-                none of its values reaches the logs.
-            dataset_name: The batch's dataset.
+            batch: The batch's dataset, logged components (``"{dataset}/{component}"``) and non-finite flag.
 
         Returns:
-            ``loss``, or for a skipped batch ``loss * 0`` (still non-finite, so the Trainer's
-            ``logging_nan_inf_filter`` keeps it out of the logged loss): its backward runs as usual, and the gradients
-            of the optimizer update that contains the batch are dropped before the optimizer step, which so leaves
-            every parameter and its optimizer state untouched.
+            Whether the batch is skipped (none of its components reaches the logs).
 
         Raises:
             NonFiniteLossError: naming the step, the dataset and the non-finite components, unless
                 ``args.skip_nonfinite_batches``.
         """
-        if not self.model.training:
-            return loss
-        nonfinite = ~torch.isfinite(loss.detach()).all()
+        nonfinite = batch.nonfinite
         if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             flag = nonfinite.to(torch.float32).reshape(1)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             nonfinite = flag[0] > 0
         if not bool(nonfinite):
-            return loss
+            self.track_loss_components(batch.components)
+            return False
         step = self.state.global_step + 1
-        bad = {key: value.detach().float() for key, value in components.items() if not torch.isfinite(value.detach()).all()}
+        bad = {key: v.detach().float() for key, v in batch.components.items() if not torch.isfinite(v.detach()).all()}
         named = ", ".join(f"{key} = {value.item() if value.numel() == 1 else value.tolist()}" for key, value in bad.items())
-        where = f"optimizer step {step} (epoch {self.state.epoch or 0:.2f}), dataset {dataset_name!r}"
+        where = f"optimizer step {step} (epoch {self.state.epoch or 0:.2f}), dataset {batch.dataset_name!r}"
         if not named:
             named = "finite here, non-finite on another process"
         if not self.args.skip_nonfinite_batches:
@@ -608,11 +634,7 @@ class CoDiEmbTrainer(SentenceTransformerTrainer):
                 "dataset, or set skip_nonfinite_batches=true to skip such batches (their optimizer update is skipped "
                 "and counted in the logs as nonfinite_batches_skipped)."
             )
-        self.nonfinite_batches_skipped[dataset_name] += 1
+        self.nonfinite_batches_skipped[batch.dataset_name] += 1
         self._skip_this_update = True
         logger.warning("Skipping a batch at %s: non-finite loss (%s)", where, named)
-        components.clear()
-        # The backward still runs through the batch's own graph (the same parameters, the same cross-process
-        # collectives as every other step, so DDP and gathering stay in step); its gradients, whatever they are, are
-        # dropped before the optimizer step by _NonFiniteUpdateCallback.
-        return loss * 0.0
+        return True

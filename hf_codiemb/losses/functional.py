@@ -21,7 +21,8 @@ def check_scores(predicted: Tensor, gold: Tensor, loss_name: str) -> tuple[Tenso
 
     Raises:
         ValueError: if the shapes differ, are not 1-D (after flattening a trailing size-1 axis), or a gold score is
-            NaN or infinite (the message names the first offending position).
+            NaN or infinite (the message names the first offending position; checked when the gold scores are in
+            host memory, since reading an accelerator's tensor would stall the training step).
     """
     if predicted.dim() == 2 and predicted.size(1) == 1:
         predicted = predicted.squeeze(1)
@@ -41,12 +42,15 @@ def check_scores(predicted: Tensor, gold: Tensor, loss_name: str) -> tuple[Tenso
         raise ValueError(f"{loss_name} expects floating-point predicted scores, got dtype {predicted.dtype}.")
     if predicted.dtype in (torch.float16, torch.bfloat16):
         predicted = predicted.float()
+    if gold.device.type == "cpu":
+        # Checked in host memory only: on an accelerator the check would stall the step (a host sync); there the
+        # trainer has refused non-finite scores per row before training, and a non-finite loss names its step.
+        finite = torch.isfinite(gold)
+        if not bool(finite.all()):
+            position = int((~finite).nonzero()[0, 0])
+            value = float(gold[position])
+            raise ValueError(f"{loss_name}: gold score at position {position} is {value} (gold scores must be finite).")
     gold = gold.to(device=predicted.device, dtype=predicted.dtype)
-    finite = torch.isfinite(gold)
-    if not bool(finite.all()):
-        position = int((~finite).nonzero()[0, 0])
-        value = float(gold[position])
-        raise ValueError(f"{loss_name}: gold score at position {position} is {value} (gold scores must be finite).")
     return predicted, gold
 
 
