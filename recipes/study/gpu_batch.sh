@@ -20,11 +20,21 @@
 # from the same rounded weights on the GPU (l3), or as a separate control row (l6, whose CPU base row exists).
 #
 # Usage (on the device machine, from the repo root):  bash recipes/study/gpu_batch.sh l6|l3 [SECONDS]
+# Equal data (issue 19 item 5): EPOCHS=5 bash recipes/study/gpu_batch.sh l6|l3 [SECONDS]: per seed (SEEDS, default
+# 42 43 44) the methods (a), (b2), (c), (e) with --epochs 5 (dev evaluation every epoch, dev-best checkpoint) and the
+# one-command trade-off set-up (t) (`codiemb tradeoff`, task_ratio_unit passes, the same epochs and seed), collected
+# as a row; every job a process of its own on the one GPU. Results: recipes/study/results-equal-data-5ep.
 set -uo pipefail
 ENCODER="$1"
 BUDGET="${2:-300}"                       # wall seconds for all jobs together; stored runs are kept if cut off
 STEPS="${STEPS:-225}"
-RESULTS="${RESULTS:-recipes/study/results-scifact}"
+EPOCHS="${EPOCHS:-}"                     # set: the equal-data study (epochs per run) instead of equal updates
+SEEDS="${SEEDS:-42 43 44}"
+if [ -n "$EPOCHS" ]; then
+  RESULTS="${RESULTS:-recipes/study/results-equal-data-${EPOCHS}ep}"
+else
+  RESULTS="${RESULTS:-recipes/study/results-scifact}"
+fi
 OUTDIR="${OUT:-outputs/gpu}"
 EXTRA="${EXTRA:-}"                       # more `codiemb train` overrides (the local dry run sets a small data cap)
 mkdir -p "$OUTDIR/logs"
@@ -63,6 +73,47 @@ EOF
 cat "$OUTDIR/env.txt"
 
 STUDY=("$PY" recipes/study/run_study.py run --max-steps "$STEPS" --results-dir "$RESULTS" --threads 2)
+if [ -n "$EPOCHS" ]; then
+  case "$ENCODER" in
+    l6) RECIPE=recipes/small/minilm-l6/scifact_stsb.yaml ;;
+    l3) RECIPE=recipes/small/paraphrase-minilm-l3/scifact_stsb.yaml ;;
+    *) echo "unknown encoder $ENCODER (l6 or l3)"; exit 2 ;;
+  esac
+  OVERRIDES=(--max_seq_length 128 --model_name_or_path "$MODEL" $EXTRA)
+  STUDY=("$PY" recipes/study/run_study.py run --epochs "$EPOCHS" --results-dir "$RESULTS" --threads 1
+         --work-dir outputs/study-eq)
+  tradeoff() {  # SEED: the trade-off set-up's two runs and fusion, then its row of the study
+    local seed="$1" dir="outputs/study-eq/tradeoff-$ENCODER-seed$1" start
+    start=$(date +%s)
+    local flags=(--num_train_epochs "$EPOCHS" --eval_strategy epoch --save_strategy epoch --eval_max_corpus 1000
+                 --seed "$seed" --report_to none --evaluate_before false --logging_steps 10 --task_ratio_unit passes
+                 "${OVERRIDES[@]}")
+    # shellcheck disable=SC2086  # TRADEOFF_EXTRA is a word list (e.g. a smaller search grid for a dry run)
+    timeout -k 10 "$BUDGET" "$PY" -m hf_codiemb.cli tradeoff "$RECIPE" --output_dir "$dir" --parallel 1 \
+      ${TRADEOFF_EXTRA:-} -- "${flags[@]}" \
+      && "$PY" recipes/study/run_study.py collect-tradeoff --recipe "$RECIPE" --epochs "$EPOCHS" --seed "$seed" \
+        --tradeoff-dir "$dir" --wall-seconds "$(( $(date +%s) - start ))" --results-dir "$RESULTS" --threads 1 \
+        --tradeoff-command "codiemb tradeoff $RECIPE --output_dir $dir --parallel 1 -- ${flags[*]}" -- "${OVERRIDES[@]}"
+  }
+  i=0
+  for seed in $SEEDS; do
+    for job in "--methods ir_only sts_cosine --seeds $seed" "--methods codiemb --seeds $seed" \
+               "--methods mixed_infonce --seeds $seed"; do
+      i=$((i + 1))
+      # shellcheck disable=SC2086  # a job is a word list
+      timeout -k 10 "$BUDGET" "${STUDY[@]}" --recipe "$RECIPE" $job -- "${OVERRIDES[@]}" > "$OUTDIR/logs/job$i.log" 2>&1 &
+      sleep 1
+    done
+    tradeoff "$seed" > "$OUTDIR/logs/tradeoff-seed$seed.log" 2>&1 &
+  done
+  wait
+  "$PY" recipes/study/run_study.py report --results-dir "$RESULTS" > "$OUTDIR/logs/report.log" 2>&1
+  grep -h -E "seed [0-9]+: |finished in|Error|Traceback" "$OUTDIR"/logs/*.log | tail -40
+  tar -czf "$OUTDIR/results.tgz" "$RESULTS" "$OUTDIR/logs" "$OUTDIR/env.txt" outputs/study-eq/tradeoff-*/tradeoff.md \
+    outputs/study-eq/tradeoff-*/model/fusion_search.* outputs/study-eq/tradeoff-*/model/fusion_front.png 2>/dev/null
+  nvidia-smi --query-gpu=name,memory.used --format=csv 2>/dev/null || true
+  exit 0
+fi
 case "$ENCODER" in
   l6)
     RECIPE=recipes/small/minilm-l6/scifact_stsb.yaml

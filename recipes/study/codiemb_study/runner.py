@@ -34,6 +34,16 @@ BASE_ROW = "base"
 #: The one-command trade-off set-up (`codiemb tradeoff`) as a row of the equal-data study (:meth:`Study.collect_tradeoff`).
 TRADEOFF_ROW = "codiemb_tradeoff"
 TRADEOFF_LABEL = "(t) `codiemb tradeoff`: IR-heavy 3:1 + STS-heavy 1:3 runs, dev-guided fusion"
+#: The label when the two runs' ratios divide passes over each task's data (``task_ratio_unit passes``).
+TRADEOFF_LABEL_PASSES = (
+    "(t) `codiemb tradeoff`: IR-heavy 3:1 + STS-heavy 1:3 runs (passes over each task's data), dev-guided fusion"
+)
+
+
+def flag_in_argv(argv: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in a command line (the last one given, as argparse reads it), or ``None``."""
+    values = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag]
+    return values[-1] if values else None
 #: What the run records keep of every dev evaluation of a training log.
 LOGGED_KEYS = ("epoch", "step", "eval_codiemb_sts_score", "eval_codiemb_ir_score", "eval_codiemb_score")
 TRADEOFF_RATIO_METHODS = {"ir-heavy": "ratio_ir3_sts1", "sts-heavy": "ratio_ir1_sts3"}
@@ -454,14 +464,29 @@ class Study:
         path = run_file(self.results_dir, self.encoder, TRADEOFF_ROW, seed)
         runs: dict[str, Any] = {}
         updates: dict[str, int] = {}
+        units = set()
         for name, key in TRADEOFF_RATIO_METHODS.items():
             done = json.loads((output / "runs" / f"{name}.done.json").read_text())
             folder = output / "runs" / name
             last = max(folder.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
             state = json.loads((last / "trainer_state.json").read_text())
-            args = self.training_args(key, seed)
+            # The run's own command line says what its task_ratio divided (the recipe's value otherwise).
+            unit = flag_in_argv(done["argv"], "--task_ratio_unit")
+            saved_overrides = self.overrides
+            if unit is not None:
+                self.overrides = [*self.overrides, "--task_ratio_unit", unit]
+            try:
+                args = self.training_args(key, seed)
+            finally:
+                self.overrides = saved_overrides
+            units.add(args.task_ratio_unit)
             setup = METHODS[key].build(self.datasets, self.tasks, args, self.score_range)
             planned = planned_updates(setup, args, self.epochs)
+            if state.get("global_step") != sum(planned.values()):
+                raise ValueError(
+                    f"{last}: the run made {state.get('global_step')} updates, this study's settings plan "
+                    f"{sum(planned.values())} ({planned}) for {self.epochs} epochs: collect it with the run's flags"
+                )
             for task, count in planned.items():
                 updates[task] = updates.get(task, 0) + count
             runs[name] = {
@@ -487,7 +512,7 @@ class Study:
             source = "OUTPUT/model/fusion_search.json, the chosen candidate (whole dev sets)"
         result = self.record(
             TRADEOFF_ROW,
-            TRADEOFF_LABEL,
+            TRADEOFF_LABEL_PASSES if units == {"passes"} else TRADEOFF_LABEL,
             seed,
             train_runtime_s=round(sum(run["seconds"] for run in runs.values()), 2),
             tradeoff_wall_s=None if wall_seconds is None else round(wall_seconds, 1),
