@@ -23,7 +23,12 @@
 # Equal data (issue 19 item 5): EPOCHS=5 bash recipes/study/gpu_batch.sh l6|l3 [SECONDS]: per seed (SEEDS, default
 # 42 43 44) the methods (a), (b2), (c), (e) with --epochs 5 (dev evaluation every epoch, dev-best checkpoint) and the
 # one-command trade-off set-up (t) (`codiemb tradeoff`, task_ratio_unit passes, the same epochs and seed), collected
-# as a row; every job a process of its own on the one GPU. Results: recipes/study/results-equal-data-5ep.
+# as a row; every job a process of its own on the one GPU. Results: recipes/study/results-equal-data-5ep (rows stored
+# there, e.g. the CPU's L3 seed 42, are skipped). One encoder per device call keeps the carry under 64 MiB:
+#   run(command="EPOCHS=5 bash recipes/study/gpu_batch.sh l6 540",
+#       carry=[".dev/whl", ".dev/call/data.tar.xz", ".dev/call/mined.jsonl.xz", ".dev/call/l6.tar.xz"])   # 60.6 MiB
+# Tested on the CPU with EPOCHS=1 SEEDS=42 EXTRA="--max_train_records 64 --ir_eval_beir TINY:dev --sts_eval TINY.tsv"
+# TRADEOFF_EXTRA="--search_p 1 --search_shares 0.5" PYTHON=<venv python> (every row stored, the report written).
 set -uo pipefail
 ENCODER="$1"
 BUDGET="${2:-300}"                       # wall seconds for all jobs together; stored runs are kept if cut off
@@ -84,6 +89,8 @@ if [ -n "$EPOCHS" ]; then
          --work-dir outputs/study-eq)
   tradeoff() {  # SEED: the trade-off set-up's two runs and fusion, then its row of the study
     local seed="$1" dir="outputs/study-eq/tradeoff-$ENCODER-seed$1" start
+    local stored="$RESULTS/$(basename "$(dirname "$RECIPE")")/runs/codiemb_tradeoff-seed$seed.json"
+    if [ -f "$stored" ]; then echo "tradeoff seed $seed: stored in $stored, skipped"; return 0; fi
     start=$(date +%s)
     local flags=(--num_train_epochs "$EPOCHS" --eval_strategy epoch --save_strategy epoch --eval_max_corpus 1000
                  --seed "$seed" --report_to none --evaluate_before false --logging_steps 10 --task_ratio_unit passes
