@@ -160,10 +160,10 @@ class RecordingTrainer(CoDiEmbTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-@pytest.mark.parametrize("ratio", [None, "ir:1,sts:3"])
-def test_planned_updates_match_the_batches_the_trainer_trains_on(tmp_path, ratio):
+@pytest.mark.parametrize("ratio,unit", [(None, "updates"), ("ir:1,sts:3", "updates"), ("ir:1,sts:3", "passes")])
+def test_planned_updates_match_the_batches_the_trainer_trains_on(tmp_path, ratio, unit):
     model = make_tiny_model(tmp_path / "tiny")
-    flags = ["--max_steps", "11", "--save_strategy", "no", "--disable_tqdm", "true"]
+    flags = ["--max_steps", "11", "--save_strategy", "no", "--disable_tqdm", "true", "--task_ratio_unit", unit]
     args = args_for(tmp_path, *flags, *(["--task_ratio", ratio] if ratio else []))
     setup = METHODS["codiemb"].build(DATASETS, TASKS, args, (0.0, 5.0))
     args.dataset_tasks = setup.tasks
@@ -418,6 +418,10 @@ def test_equal_data_updates_are_whole_epochs_of_each_methods_own_data(tmp_path):
         "ir": 9, "sts": 15
     }  # fmt: skip
     assert planned_updates(METHODS["ir_only"].build(DATASETS, TASKS, args, (0.0, 5.0)), args, epochs=2) == {"ir": 6}
+    # IR-heavy in passes: every IR batch and a third of the STS batches (round(5 / 3) = 2) per epoch.
+    heavy = args_for(tmp_path, "--task_ratio", "ir:3,sts:1", "--task_ratio_unit", "passes")
+    setup = METHODS["codiemb"].build(DATASETS, TASKS, heavy, (0.0, 5.0))
+    assert planned_updates(setup, heavy, epochs=2) == {"ir": 6, "sts": 4}
 
 
 def test_target_check_compares_the_tradeoff_row_with_the_best_specialist_base_and_mixed_infonce():
