@@ -251,9 +251,8 @@ class TaskBalancedBatchSampler(SetEpochMixin, BatchSampler):
             if any(task != "ir" for task in tasks.values()):
                 logger.info("ir_no_duplicates: IR batches are duplicate-free; STS batches are sampled as usual")
         try:
-            passes = None
-            weights = None
-            if getattr(args, "task_ratio_unit", "updates") == "passes" and args.task_ratio is not None:
+            passes = weights = None
+            if args.task_ratio_unit == "passes" and args.task_ratio is not None:
                 passes = dataset_passes_from_task_ratio(specs, args.task_ratio)
             else:
                 weights = dataset_weights_from_task_ratio(
@@ -430,6 +429,16 @@ def ir_text_columns(dataset: Dataset, args: Any, name: str) -> list[str]:
     return columns
 
 
+def check_task_ratio_matches_data(specs: Sequence[DatasetSpec], task_ratio: dict[str, float]) -> None:
+    """Refuse a ratio that gives no weight to a task present in the data, or weight to a task without data."""
+    missing = {spec.task for spec in specs} - set(task_ratio)
+    if missing:
+        raise ValueError(f"task_ratio {task_ratio} gives no weight to task(s) {sorted(missing)} present in the data")
+    for task, task_weight in task_ratio.items():
+        if task_weight > 0 and not any(spec.task == task for spec in specs):
+            raise ValueError(f"task_ratio gives weight {task_weight} to task {task!r} but no training dataset has it")
+
+
 def dataset_passes_from_task_ratio(
     specs: Sequence[DatasetSpec], task_ratio: dict[str, float]
 ) -> dict[str, float]:
@@ -439,12 +448,7 @@ def dataset_passes_from_task_ratio(
     ``weight / largest weight`` of a pass, and every dataset of a task the task's fraction (so ``"ir:1,sts:1"`` is the
     unweighted sampler: each batch once per epoch). ``"ir:3,sts:1"``: every IR batch and a third of the STS batches.
     """
-    missing = {spec.task for spec in specs} - set(task_ratio)
-    if missing:
-        raise ValueError(f"task_ratio {task_ratio} gives no weight to task(s) {sorted(missing)} present in the data")
-    for task, task_weight in task_ratio.items():
-        if task_weight > 0 and not any(spec.task == task for spec in specs):
-            raise ValueError(f"task_ratio gives weight {task_weight} to task {task!r} but no training dataset has it")
+    check_task_ratio_matches_data(specs, task_ratio)
     largest = max(task_ratio[spec.task] for spec in specs)
     if largest <= 0:
         raise ValueError(f"task_ratio {task_ratio} gives no positive weight to a task present in the data")
@@ -469,14 +473,10 @@ def dataset_weights_from_task_ratio(
     sizes = {spec.name: (spec.size // (spec.batch_size * per_block)) ** (1.0 / sampling_temperature) for spec in specs}
     if task_ratio is None:
         return sizes
-    missing = {spec.task for spec in specs} - set(task_ratio)
-    if missing:
-        raise ValueError(f"task_ratio {task_ratio} gives no weight to task(s) {sorted(missing)} present in the data")
+    check_task_ratio_matches_data(specs, task_ratio)
     weights: dict[str, float] = {}
     for task, task_weight in task_ratio.items():
         members = [spec for spec in specs if spec.task == task]
-        if not members and task_weight > 0:
-            raise ValueError(f"task_ratio gives weight {task_weight} to task {task!r} but no training dataset has it")
         total = sum(sizes[spec.name] for spec in members)
         for spec in members:
             weights[spec.name] = task_weight * sizes[spec.name] / total if total else 0.0

@@ -442,3 +442,12 @@ def test_target_check_compares_the_tradeoff_row_with_the_best_specialist_base_an
         "| within 0.5 pt of the best specialist on IR (ir_only) | scifact_dev | 0.6850 | 0.7000 | -1.50 | **no** |"
     )
     assert lines[3].endswith("| +7.60 | yes |") and lines[7].endswith("| +2.50 | yes |")
+
+
+def test_training_args_take_a_runs_extra_flags_without_changing_the_study(tiny_recipe, tmp_path):
+    """collect-tradeoff rebuilds a run's arguments with that run's own task_ratio_unit; the study keeps its overrides."""
+    study = Study(str(tiny_recipe), ["--max_seq_length", "32"], None, tmp_path / "r", tmp_path / "w", epochs=2)
+    passes = study.training_args("ratio_ir3_sts1", 1, extra_flags=["--task_ratio_unit", "passes"])
+    assert passes.task_ratio_unit == "passes" and passes.task_ratio == {"ir": 3.0, "sts": 1.0}
+    assert study.training_args("ratio_ir3_sts1", 1).task_ratio_unit == "updates"
+    assert study.overrides == ["--max_seq_length", "32"]

@@ -77,13 +77,13 @@ print("sentence-transformers", sentence_transformers.__version__, "transformers"
 EOF
 cat "$OUTDIR/env.txt"
 
+case "$ENCODER" in
+  l6) RECIPE=recipes/small/minilm-l6/scifact_stsb.yaml ;;
+  l3) RECIPE=recipes/small/paraphrase-minilm-l3/scifact_stsb.yaml ;;
+  *) echo "unknown encoder $ENCODER (l6 or l3)"; exit 2 ;;
+esac
 STUDY=("$PY" recipes/study/run_study.py run --max-steps "$STEPS" --results-dir "$RESULTS" --threads 2)
 if [ -n "$EPOCHS" ]; then
-  case "$ENCODER" in
-    l6) RECIPE=recipes/small/minilm-l6/scifact_stsb.yaml ;;
-    l3) RECIPE=recipes/small/paraphrase-minilm-l3/scifact_stsb.yaml ;;
-    *) echo "unknown encoder $ENCODER (l6 or l3)"; exit 2 ;;
-  esac
   OVERRIDES=(--max_seq_length 128 --model_name_or_path "$MODEL" $EXTRA)
   STUDY=("$PY" recipes/study/run_study.py run --epochs "$EPOCHS" --results-dir "$RESULTS" --threads 1
          --work-dir outputs/study-eq)
@@ -123,7 +123,6 @@ if [ -n "$EPOCHS" ]; then
 fi
 case "$ENCODER" in
   l6)
-    RECIPE=recipes/small/minilm-l6/scifact_stsb.yaml
     OVERRIDES=(--max_seq_length 128 --model_name_or_path "$MODEL" $EXTRA)
     JOBS=(
       "--methods ir_only --seeds 43"
@@ -140,7 +139,6 @@ Study('$RECIPE', sys.argv[1:], $STEPS, 'outputs/gpu-control', 'outputs/study').r
 " "${OVERRIDES[@]}" > "$OUTDIR/logs/control.log" 2>&1 &
     ;;
   l3)
-    RECIPE=recipes/small/paraphrase-minilm-l3/scifact_stsb.yaml
     OVERRIDES=(--model_name_or_path "$MODEL" $EXTRA)
     JOBS=()
     for seed in 42 43 44; do
@@ -148,7 +146,6 @@ Study('$RECIPE', sys.argv[1:], $STEPS, 'outputs/gpu-control', 'outputs/study').r
       JOBS+=("--methods codiemb ratio_ir3_sts1 ratio_ir1_sts1 ratio_ir1_sts3 sts_only sts_cosine --seeds $seed")
     done
     ;;
-  *) echo "unknown encoder $ENCODER (l6 or l3)"; exit 2 ;;
 esac
 
 i=0

@@ -38,12 +38,6 @@ TRADEOFF_LABEL = "(t) `codiemb tradeoff`: IR-heavy 3:1 + STS-heavy 1:3 runs, dev
 TRADEOFF_LABEL_PASSES = (
     "(t) `codiemb tradeoff`: IR-heavy 3:1 + STS-heavy 1:3 runs (passes over each task's data), dev-guided fusion"
 )
-
-
-def flag_in_argv(argv: Sequence[str], flag: str) -> str | None:
-    """The value of ``flag`` in a command line (the last one given, as argparse reads it), or ``None``."""
-    values = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag]
-    return values[-1] if values else None
 #: What the run records keep of every dev evaluation of a training log.
 LOGGED_KEYS = ("epoch", "step", "eval_codiemb_sts_score", "eval_codiemb_ir_score", "eval_codiemb_score")
 TRADEOFF_RATIO_METHODS = {"ir-heavy": "ratio_ir3_sts1", "sts-heavy": "ratio_ir1_sts3"}
@@ -208,8 +202,9 @@ class Study:
         """The study's budget as recorded in every run: ``max_steps`` or ``epochs`` (the other one None)."""
         return {"max_steps": self.max_steps, "epochs": self.epochs}
 
-    def training_args(self, key: str, seed: int, metric: str | None = None):
-        """The training arguments of one run: the recipe + overrides + the study's budget and the method's ratio.
+    def training_args(self, key: str, seed: int, metric: str | None = None, extra_flags: Sequence[str] = ()):
+        """The training arguments of one run: the recipe + overrides (+ ``extra_flags``) + the study's budget and the
+        method's ratio.
 
         Equal-data study: ``epochs`` epochs, dev evaluation and a checkpoint (model only) at every epoch, the best by
         ``metric`` loaded at the end (``save_total_limit 1`` keeps the best and the latest).
@@ -217,7 +212,7 @@ class Study:
         from hf_codiemb.recipe import parse_recipe
 
         run_dir = self.work_dir / f"{key}-seed{seed}"
-        flags = ["--config", self.recipe, *self.overrides, "--seed", str(seed), "--output_dir", str(run_dir),
+        flags = ["--config", self.recipe, *self.overrides, *extra_flags, "--seed", str(seed), "--output_dir", str(run_dir),
                  "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
         if self.epochs is not None:
             flags += [
@@ -460,6 +455,8 @@ class Study:
         ``reevaluate`` (or other dev sets), the study's own evaluation of the fused model (geometry included)."""
         from sentence_transformers import SentenceTransformer
 
+        from hf_codiemb.command_parser import flag_value
+
         output = Path(output_dir)
         path = run_file(self.results_dir, self.encoder, TRADEOFF_ROW, seed)
         runs: dict[str, Any] = {}
@@ -471,14 +468,8 @@ class Study:
             last = max(folder.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
             state = json.loads((last / "trainer_state.json").read_text())
             # The run's own command line says what its task_ratio divided (the recipe's value otherwise).
-            unit = flag_in_argv(done["argv"], "--task_ratio_unit")
-            saved_overrides = self.overrides
-            if unit is not None:
-                self.overrides = [*self.overrides, "--task_ratio_unit", unit]
-            try:
-                args = self.training_args(key, seed)
-            finally:
-                self.overrides = saved_overrides
+            unit = flag_value(done["argv"], "task_ratio_unit")
+            args = self.training_args(key, seed, extra_flags=["--task_ratio_unit", unit] if unit is not None else [])
             units.add(args.task_ratio_unit)
             setup = METHODS[key].build(self.datasets, self.tasks, args, self.score_range)
             planned = planned_updates(setup, args, self.epochs)
