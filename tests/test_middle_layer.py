@@ -145,3 +145,28 @@ def test_multi_layer_trains_lora_adapters(tmp_path):
     assert lora_grads and any(g is not None and g.abs().sum() > 0 for g in lora_grads)
     assert all(p.grad is None for name, p in model.named_parameters() if "lora_" not in name)
     del base
+
+
+@pytest.mark.parametrize("gold", [[4.5, 0.2, 3.0, 1.0, 0.9, 2.2], [0.0, 0.5, 0.9, 0.1, 0.3, 0.2], [5.0] * 6])
+def test_value_and_gradients_equal_the_row_loop_in_float64(gold):
+    """The masked mean over the kept rows (no host sync) = METHOD.md's row-by-row -log softmax over the pairs with
+    gold >= threshold, in value and in the gradients of both sides' embeddings (0 and zero gradients when none is kept)."""
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(6, 8, dtype=torch.float64, generator=generator)
+    b = torch.randn(6, 8, dtype=torch.float64, generator=generator)
+    gold = torch.tensor(gold, dtype=torch.float64)
+    a1, b1 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    ours = middle_layer_info_nce(a1, b1, gold, threshold=1.0, temperature=0.05)
+    # The loss's similarity is the cosine (it normalises the embeddings itself): the loop normalises too, so the
+    # gradients flow through the same normalisation.
+    normalize = torch.nn.functional.normalize
+    loop = hand_info_nce(normalize(a2, dim=-1), normalize(b2, dim=-1), gold, threshold=1.0, t=0.05)
+    assert ours.item() == pytest.approx(loop.item(), rel=1e-12, abs=1e-15)
+    ours.backward()
+    if loop.requires_grad:
+        loop.backward()
+        assert torch.allclose(a1.grad, a2.grad, rtol=1e-10, atol=1e-13)
+        assert torch.allclose(b1.grad, b2.grad, rtol=1e-10, atol=1e-13)
+    else:  # no kept row: the loop has no graph; ours is 0 with zero gradients
+        assert torch.all(a1.grad == 0) and torch.all(b1.grad == 0)
