@@ -451,3 +451,42 @@ def test_training_args_take_a_runs_extra_flags_without_changing_the_study(tiny_r
     assert passes.task_ratio_unit == "passes" and passes.task_ratio == {"ir": 3.0, "sts": 1.0}
     assert study.training_args("ratio_ir3_sts1", 1).task_ratio_unit == "updates"
     assert study.overrides == ["--max_seq_length", "32"]
+
+
+def test_tradeoff_variants_are_rows_of_their_own_with_their_own_target_check():
+    """A set-up collected with --variant is a row after the default one (tables, plot markers) and gets its own check."""
+    from codiemb_study.report import group_runs, row_index, target_check
+    from codiemb_study.runner import TRADEOFF_ROW, is_tradeoff_row, tradeoff_row_key
+
+    def run(method: str, seed: int | None, sts: float, ir: float) -> dict:
+        return {"method": method, "label": method, "seed": seed, "beir_ir_sets": ["scifact_dev"],
+                "metrics": {"sts/dev/spearman_cosine": sts, "ir/scifact_dev/ndcg@10": ir}}  # fmt: skip
+
+    pearson, both = tradeoff_row_key("pearson"), tradeoff_row_key("pearson_sts-ir")
+    assert (pearson, tradeoff_row_key()) == ("codiemb_tradeoff_pearson", TRADEOFF_ROW)
+    assert is_tradeoff_row(pearson) and is_tradeoff_row(TRADEOFF_ROW) and not is_tradeoff_row("codiemb")
+    with pytest.raises(ValueError, match="variant name"):
+        tradeoff_row_key("a b")
+    runs = [run(both, 1, 0.883, 0.64), run(pearson, 1, 0.881, 0.70), run(TRADEOFF_ROW, 1, 0.877, 0.69),
+            run("sts_cosine", 1, 0.88, 0.52), run("ir_only", 1, 0.81, 0.70), run("base", None, 0.80, 0.50)]  # fmt: skip
+    assert list(group_runs(runs)) == ["base", "ir_only", "sts_cosine", TRADEOFF_ROW, pearson, both]
+    keys = list(group_runs(runs))
+    assert row_index(pearson, keys) == row_index(TRADEOFF_ROW) + 1 and row_index(both, keys) == row_index(pearson, keys) + 1
+    with pytest.raises(ValueError, match="Unknown study row"):
+        row_index("nonsense", keys)
+    lines = target_check(runs, pearson).splitlines()
+    assert lines[2] == "| within 0.5 pt of the best specialist on STS (sts_cosine) | dev | 0.8810 | 0.8800 | +0.10 | yes |"
+    assert lines[4] == "| within 0.5 pt of the best specialist on IR (ir_only) | scifact_dev | 0.7000 | 0.7000 | +0.00 | yes |"
+    assert target_check(runs, both).splitlines()[4].endswith("| -6.00 | **no** |")
+    table = headline_table(runs)
+    assert [line.split(" | ")[0] for line in table.splitlines()[2:5]] == ["| base", f"| {TRADEOFF_ROW}", f"| {pearson}"]
+
+
+def test_a_collected_tradeoff_must_have_been_trained_with_the_studys_overrides():
+    from codiemb_study.runner import overrides_missing_from
+
+    argv = ["train", "recipe.yaml", "--max_seq_length", "128", "--pro_weight=0", "--rank_kl_weight", "5", "--rank_kl_weight", "0"]
+    assert overrides_missing_from(argv, ["--max_seq_length", "128", "--pro_weight", "0", "--rank_kl_weight=0"]) == []
+    assert overrides_missing_from(argv, ["--multi_layer_weight", "0", "--max_seq_length", "64"]) == [
+        "--multi_layer_weight 0", "--max_seq_length 64"
+    ]

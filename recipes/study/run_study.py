@@ -11,6 +11,9 @@
     python recipes/study/run_study.py collect-tradeoff --recipe recipes/small/paraphrase-minilm-l3/scifact_stsb.yaml \\
         --epochs 5 --seed 42 --tradeoff-dir outputs/study-eq/tradeoff-seed42 --tradeoff-command "codiemb tradeoff ..." \\
         --results-dir recipes/study/results-equal-data -- --max_seq_length 128
+    # a trade-off set-up trained with other settings, as its own row (the settings after --, as its runs had them)
+    python recipes/study/run_study.py collect-tradeoff ... --variant pearson --variant-label "Pearson-only STS loss" \
+        -- --max_seq_length 128 --pro_weight 0 --rank_kl_weight 0 --multi_layer_weight 0
     # tables (mean and spread over seeds) + the IR-vs-STS trade-off plot from the stored runs
     python recipes/study/run_study.py report --results-dir recipes/study/results-scifact
 
@@ -59,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     collect.add_argument("--wall-seconds", type=float, default=None, help="the command's measured wall time")
     collect.add_argument("--reevaluate", action="store_true",
                          help="evaluate the fused model again (default: the fusion search's whole-dev scores)")  # fmt: skip
+    collect.add_argument("--variant", default=None,
+                         help="store it as the row codiemb_tradeoff_VARIANT (a set-up trained with other settings: give "
+                              "them after --, as its runs had them)")  # fmt: skip
+    collect.add_argument("--variant-label", default=None, help="what the variant changes (the row's label)")
     collect.add_argument("--results-dir", default=DEFAULT_RESULTS)
     collect.add_argument("--threads", type=int, default=None)
     report = commands.add_parser("report", help="tables and plot from the stored runs")
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         study = Study(args.recipe, overrides, None, args.results_dir, "outputs/study", epochs=args.epochs)
         study.collect_tradeoff(args.tradeoff_dir, args.seed, args.tradeoff_command, args.wall_seconds,
-                              args.reevaluate)
+                               args.reevaluate, variant=args.variant, variant_label=args.variant_label)
         return 0
     from codiemb_study.report import write_report
 

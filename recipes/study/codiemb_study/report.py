@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from codiemb_study.methods import FUSION_ROWS, METHODS, RATIO_FUSION_ROWS, RATIO_SWEEP
-from codiemb_study.runner import BASE_ROW, TRADEOFF_ROW
+from codiemb_study.runner import BASE_ROW, TRADEOFF_ROW, is_tradeoff_row
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,17 @@ ROW_ORDER = [
 ]
 #: One distinct filled marker per row of ROW_ORDER (the same in every panel).
 MARKERS = "osDv^<>PXh*pd8H"
+
+
+def row_index(key: str, keys: Sequence[str] = ()) -> int:
+    """The place of a row in the tables and its marker: ROW_ORDER's, then the trade-off set-up's variants
+    (``codiemb_tradeoff_<variant>``, :func:`~codiemb_study.runner.tradeoff_row_key`) after the default one, by name."""
+    if key in ROW_ORDER:
+        return ROW_ORDER.index(key)
+    variants = sorted(k for k in {*keys, key} if k not in ROW_ORDER and is_tradeoff_row(k))
+    if key not in variants:
+        raise ValueError(f"Unknown study row {key!r}: not a method of codiemb_study.methods nor a trade-off variant")
+    return len(ROW_ORDER) + variants.index(key)
 
 #: (metric, column, decimals) of the geometry columns.
 GEOMETRY = [
@@ -82,7 +93,7 @@ def group_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str,
     groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for run in runs:
         groups[run["method"]].append(run)
-    return {key: groups[key] for key in ROW_ORDER if key in groups}
+    return {key: groups[key] for key in sorted(groups, key=lambda k: row_index(k, list(groups)))}
 
 
 def updates_cell(group: Sequence[Mapping[str, Any]]) -> str:
@@ -227,8 +238,11 @@ def headline_table(runs: Sequence[Mapping[str, Any]]) -> str:
         lines.append("| " + " | ".join([label, ", ".join(map(str, seeds)) or "-",
                                         *(format_cell(values(key, k)) for k in keys)]) + " |")  # fmt: skip
 
-    for key in (BASE_ROW, "codiemb", "codiemb_delta_fusion", "ratio_delta_fusion", TRADEOFF_ROW):
+    for key in (BASE_ROW, "codiemb", "codiemb_delta_fusion", "ratio_delta_fusion"):
         if key in groups:
+            row(key, groups[key][0]["label"])
+    for key in groups:
+        if is_tradeoff_row(key):
             row(key, groups[key][0]["label"])
     for metric in keys:
         candidates = [key for key in HEADLINE_BASELINES if values(key, metric)]
@@ -326,7 +340,7 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
         sts_key, ir_key = sts_keys[0], ir_keys[0]
         points: dict[str, tuple[float, float, float, float]] = {}
         for key, group in group_runs(runs).items():
-            index = ROW_ORDER.index(key)  # the same marker and colour for a method in every panel
+            index = row_index(key, [k for r in encoders.values() for k in group_runs(r)])  # same in every panel
             xs = [r["metrics"][sts_key] for r in group]
             ys = [r["metrics"][ir_key] for r in group]
             (x, sx), (y, sy) = mean_and_spread(xs), mean_and_spread(ys)
@@ -399,9 +413,8 @@ def write_report(results_dir: str | os.PathLike[str]) -> list[Path]:
     for encoder, runs in encoders.items():
         summary += [f"## {encoder} ({step_budget(runs)} per method)", "", "Headline:", "",
                     headline_table(runs), "", "Every method:", "", encoder_table(runs, False), ""]  # fmt: skip
-        check = target_check(runs)
-        if check:
-            summary += ["Issue 19's target for the one-command trade-off set-up:", "", check, ""]
+        for key in (k for k in group_runs(runs) if is_tradeoff_row(k)):
+            summary += [f"Issue 19's target for the one-command trade-off set-up `{key}`:", "", target_check(runs, key), ""]
     (results_dir / "summary.md").write_text("\n".join(summary))
     written.append(results_dir / "summary.md")
     written.append(plot_tradeoff(encoders, results_dir / "tradeoff.png"))

@@ -38,6 +38,41 @@ TRADEOFF_LABEL = "(t) `codiemb tradeoff`: IR-heavy 3:1 + STS-heavy 1:3 runs, dev
 TRADEOFF_LABEL_PASSES = (
     "(t) `codiemb tradeoff`: IR-heavy 3:1 + STS-heavy 1:3 runs (passes over each task's data), dev-guided fusion"
 )
+
+
+def tradeoff_row_key(variant: str | None = None) -> str:
+    """The study row of a ``codiemb tradeoff`` set-up: :data:`TRADEOFF_ROW`, or ``codiemb_tradeoff_<variant>`` for one
+    trained with other settings (the study's overrides after ``--``, e.g. other STS loss weights)."""
+    if variant is None:
+        return TRADEOFF_ROW
+    if not variant or not all(c.isalnum() or c in "-_" for c in variant):
+        raise ValueError(f"A trade-off variant name is letters, digits, '-' and '_', got {variant!r}")
+    return f"{TRADEOFF_ROW}_{variant}"
+
+
+def is_tradeoff_row(key: str) -> bool:
+    """Whether a study row is a ``codiemb tradeoff`` set-up (the default one or a variant)."""
+    return key == TRADEOFF_ROW or key.startswith(f"{TRADEOFF_ROW}_")
+
+
+def overrides_missing_from(run_argv: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """The study's ``--flag VALUE`` overrides that a training run's command line does not give the same value (the
+    last one given, as argparse reads it); a run collected into a study must have been trained with them."""
+    from hf_codiemb.command_parser import flag_value
+
+    missing = []
+    for index, arg in enumerate(overrides):
+        if not arg.startswith("--"):
+            continue
+        name, sep, value = arg[2:].partition("=")
+        if not sep:
+            following = overrides[index + 1] if index + 1 < len(overrides) else None
+            value = following if following is not None and not following.startswith("--") else None
+        if value is not None and flag_value(run_argv, name) != value:
+            missing.append(f"--{name} {value}")
+    return missing
+
+
 #: What the run records keep of every dev evaluation of a training log.
 LOGGED_KEYS = ("epoch", "step", "eval_codiemb_sts_score", "eval_codiemb_ir_score", "eval_codiemb_score")
 TRADEOFF_RATIO_METHODS = {"ir-heavy": "ratio_ir3_sts1", "sts-heavy": "ratio_ir1_sts3"}
@@ -444,7 +479,8 @@ class Study:
         return results
 
     def collect_tradeoff(self, output_dir: str | os.PathLike[str], seed: int, command: str,
-                         wall_seconds: float | None = None, reevaluate: bool = False) -> dict[str, Any]:  # fmt: skip
+                         wall_seconds: float | None = None, reevaluate: bool = False, variant: str | None = None,
+                         variant_label: str | None = None) -> dict[str, Any]:  # fmt: skip
         """Store a finished ``codiemb tradeoff`` set-up (run with this study's budget and ``seed``) as a row: its fused
         model evaluated on the whole dev sets by the study's own evaluation, the checkpoints its runs chose, their
         epochs and updates (each run's, summed), and their training time (the sum of the two runs' process times,
@@ -452,18 +488,29 @@ class Study:
 
         The scores are those the fusion search measured for the chosen model on the whole dev sets (one STS and one
         IR dev set, as the SciFact + STS-B recipe: the same evaluation code and sets as the study's), or, with
-        ``reevaluate`` (or other dev sets), the study's own evaluation of the fused model (geometry included)."""
+        ``reevaluate`` (or other dev sets), the study's own evaluation of the fused model (geometry included).
+
+        ``variant``: store it as the row ``codiemb_tradeoff_<variant>`` (:func:`tradeoff_row_key`), labelled with
+        ``variant_label``, beside the default set-up's row; its runs must have been trained with the study's overrides
+        (the flags after ``--``, checked against each run's recorded command line)."""
         from sentence_transformers import SentenceTransformer
 
         from hf_codiemb.command_parser import flag_value
 
         output = Path(output_dir)
-        path = run_file(self.results_dir, self.encoder, TRADEOFF_ROW, seed)
+        row = tradeoff_row_key(variant)
+        path = run_file(self.results_dir, self.encoder, row, seed)
         runs: dict[str, Any] = {}
         updates: dict[str, int] = {}
         units = set()
         for name, key in TRADEOFF_RATIO_METHODS.items():
             done = json.loads((output / "runs" / f"{name}.done.json").read_text())
+            missing = overrides_missing_from(done["argv"], self.overrides)
+            if missing:
+                raise ValueError(
+                    f"{output / 'runs' / name}: trained without the study's override(s) {', '.join(missing)}: collect "
+                    "it with the flags its runs were trained with (after --)"
+                )
             folder = output / "runs" / name
             last = max(folder.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
             state = json.loads((last / "trainer_state.json").read_text())
@@ -501,9 +548,12 @@ class Study:
             (sts_name,), (ir_name,) = list(self.sts_sets), list(self.ir_sets)
             metrics = {f"sts/{sts_name}/spearman_cosine": chosen["sts_score"], f"ir/{ir_name}/ndcg@10": chosen["ir_score"]}
             source = "OUTPUT/model/fusion_search.json, the chosen candidate (whole dev sets)"
+        label = TRADEOFF_LABEL_PASSES if units == {"passes"} else TRADEOFF_LABEL
+        if variant is not None:
+            label = f"{label}; {variant_label or variant}"
         result = self.record(
-            TRADEOFF_ROW,
-            TRADEOFF_LABEL_PASSES if units == {"passes"} else TRADEOFF_LABEL,
+            row,
+            label,
             seed,
             train_runtime_s=round(sum(run["seconds"] for run in runs.values()), 2),
             tradeoff_wall_s=None if wall_seconds is None else round(wall_seconds, 1),
