@@ -113,3 +113,23 @@ def test_tradeoff_refuses_a_recipe_it_cannot_choose_checkpoints_in(tmp_path, tin
     err = capsys.readouterr().err
     assert err.startswith("codiemb tradeoff: error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("config", sorted(REPO.glob("recipes/**/tradeoff.yaml")), ids=lambda p: p.parent.name)
+def test_shipped_tradeoff_configs_parse_and_their_training_recipe_accepts_their_flags(config, monkeypatch):
+    """A recommended set-up is `codiemb tradeoff --config FILE`: its options parse, its training recipe exists and
+    takes its train_args as `codiemb tradeoff` checks them before training (dev evaluation, checkpoints kept)."""
+    from hf_codiemb.commands.tradeoff import build_parser
+    from hf_codiemb.tradeoff import _check_recipe
+
+    monkeypatch.chdir(REPO)
+    (args,) = build_parser().parse(["--config", str(config.relative_to(REPO))])
+    assert (REPO / args.recipe).is_file() and args.output_dir
+    training = _check_recipe(args)[2]
+    # The settings the file documents: equal data per task, 5 epochs, the Pearson-only STS loss [ours].
+    assert training.task_ratio_unit == "passes" and training.num_train_epochs == 5
+    assert (training.pro_weight, training.rank_kl_weight, training.multi_layer_weight) == (0.0, 0.0, 0.0)
+    assert training.pearson_weight > 0

@@ -2,7 +2,7 @@
 
 Examples::
 
-    codiemb tradeoff recipes/small/minilm-l6/scifact_stsb_tradeoff.yaml --output_dir outputs/tradeoff
+    codiemb tradeoff --config recipes/small/paraphrase-minilm-l3/tradeoff.yaml    # a recommended set-up [ours]
     codiemb tradeoff RECIPE.yaml --output_dir out --ir_weight 0.5 --parallel 2 -- --max_steps 300 --seed 43
 
 Flags after ``--`` go to both ``codiemb train`` runs.

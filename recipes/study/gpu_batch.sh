@@ -22,8 +22,9 @@
 # Usage (on the device machine, from the repo root):  bash recipes/study/gpu_batch.sh l6|l3 [SECONDS]
 # Equal data (issue 19 item 5): EPOCHS=5 bash recipes/study/gpu_batch.sh l6|l3 [SECONDS]: per seed (SEEDS, default
 # 42 43 44) the methods (a), (b2), (c), (e) with --epochs 5 (dev evaluation every epoch, dev-best checkpoint) and the
-# one-command trade-off set-up (t) (`codiemb tradeoff`, task_ratio_unit passes, the same epochs and seed), collected
-# as a row; every job a process of its own on the one GPU. Results: recipes/study/results-equal-data-5ep (rows stored
+# one-command trade-off set-up (t) (`codiemb tradeoff`, task_ratio_unit passes, the same epochs and seed) with the
+# library's STS loss weights and with the recommended variants (TRADEOFF_VARIANTS, default "default pearson"), each
+# collected as a row; every job a process of its own on the one GPU. Results: recipes/study/results-equal-data-5ep (rows stored
 # there, e.g. the CPU's L3 seed 42, are skipped). One encoder per device call keeps the carry under 64 MiB:
 #   run(command="EPOCHS=5 bash recipes/study/gpu_batch.sh l6 540",
 #       carry=[".dev/whl", ".dev/call/data.tar.xz", ".dev/call/mined.jsonl.xz", ".dev/call/l6.tar.xz"])   # 60.6 MiB
@@ -87,20 +88,31 @@ if [ -n "$EPOCHS" ]; then
   OVERRIDES=(--max_seq_length 128 --model_name_or_path "$MODEL" $EXTRA)
   STUDY=("$PY" recipes/study/run_study.py run --epochs "$EPOCHS" --results-dir "$RESULTS" --threads 1
          --work-dir outputs/study-eq)
-  tradeoff() {  # SEED: the trade-off set-up's two runs and fusion, then its row of the study
-    local seed="$1" dir="outputs/study-eq/tradeoff-$ENCODER-seed$1" start
-    local stored="$RESULTS/$(basename "$(dirname "$RECIPE")")/runs/codiemb_tradeoff-seed$seed.json"
-    if [ -f "$stored" ]; then echo "tradeoff seed $seed: stored in $stored, skipped"; return 0; fi
+  # The trade-off set-ups run per seed: "default" (the library's STS loss weights, row codiemb_tradeoff) and variants
+  # with their own flags, each stored as the row codiemb_tradeoff_<name> (run_study.py collect-tradeoff --variant).
+  declare -A VARIANT_FLAGS=([default]="" [pearson]="--pro_weight 0 --rank_kl_weight 0 --multi_layer_weight 0")
+  declare -A VARIANT_LABELS=([pearson]="Pearson-only STS loss (pro_weight, rank_kl_weight, multi_layer_weight 0) [ours]")
+  TRADEOFF_VARIANTS="${TRADEOFF_VARIANTS:-default pearson}"
+  tradeoff() {  # SEED VARIANT: the trade-off set-up's two runs and fusion, then its row of the study
+    local seed="$1" variant="$2" start suffix="" collect_variant=()
+    [ "$variant" = default ] || { suffix="_$variant"; collect_variant=(--variant "$variant" --variant-label "${VARIANT_LABELS[$variant]}"); }
+    local dir="outputs/study-eq/tradeoff$suffix-$ENCODER-seed$seed"
+    local stored="$RESULTS/$(basename "$(dirname "$RECIPE")")/runs/codiemb_tradeoff$suffix-seed$seed.json"
+    if [ -f "$stored" ]; then echo "tradeoff$suffix seed $seed: stored in $stored, skipped"; return 0; fi
     start=$(date +%s)
+    # shellcheck disable=SC2206  # a variant's flags are a word list
+    local own=(${VARIANT_FLAGS[$variant]})
     local flags=(--num_train_epochs "$EPOCHS" --eval_strategy epoch --save_strategy epoch --eval_max_corpus 1000
                  --seed "$seed" --report_to none --evaluate_before false --logging_steps 10 --task_ratio_unit passes
-                 "${OVERRIDES[@]}")
+                 "${OVERRIDES[@]}" "${own[@]}")
     # shellcheck disable=SC2086  # TRADEOFF_EXTRA is a word list (e.g. a smaller search grid for a dry run)
     timeout -k 10 "$BUDGET" "$PY" -m hf_codiemb.cli tradeoff "$RECIPE" --output_dir "$dir" --parallel 1 \
       ${TRADEOFF_EXTRA:-} -- "${flags[@]}" \
       && "$PY" recipes/study/run_study.py collect-tradeoff --recipe "$RECIPE" --epochs "$EPOCHS" --seed "$seed" \
         --tradeoff-dir "$dir" --wall-seconds "$(( $(date +%s) - start ))" --results-dir "$RESULTS" --threads 1 \
-        --tradeoff-command "codiemb tradeoff $RECIPE --output_dir $dir --parallel 1 -- ${flags[*]}" -- "${OVERRIDES[@]}"
+        "${collect_variant[@]}" \
+        --tradeoff-command "codiemb tradeoff $RECIPE --output_dir $dir --parallel 1 -- ${flags[*]}" \
+        -- "${OVERRIDES[@]}" "${own[@]}"
   }
   i=0
   for seed in $SEEDS; do
@@ -111,13 +123,15 @@ if [ -n "$EPOCHS" ]; then
       timeout -k 10 "$BUDGET" "${STUDY[@]}" --recipe "$RECIPE" $job -- "${OVERRIDES[@]}" > "$OUTDIR/logs/job$i.log" 2>&1 &
       sleep 1
     done
-    tradeoff "$seed" > "$OUTDIR/logs/tradeoff-seed$seed.log" 2>&1 &
+    for variant in $TRADEOFF_VARIANTS; do
+      tradeoff "$seed" "$variant" > "$OUTDIR/logs/tradeoff-$variant-seed$seed.log" 2>&1 &
+    done
   done
   wait
   "$PY" recipes/study/run_study.py report --results-dir "$RESULTS" > "$OUTDIR/logs/report.log" 2>&1
   grep -h -E "seed [0-9]+: |finished in|Error|Traceback" "$OUTDIR"/logs/*.log | tail -40
-  tar -czf "$OUTDIR/results.tgz" "$RESULTS" "$OUTDIR/logs" "$OUTDIR/env.txt" outputs/study-eq/tradeoff-*/tradeoff.md \
-    outputs/study-eq/tradeoff-*/model/fusion_search.* outputs/study-eq/tradeoff-*/model/fusion_front.png 2>/dev/null
+  tar -czf "$OUTDIR/results.tgz" "$RESULTS" "$OUTDIR/logs" "$OUTDIR/env.txt" outputs/study-eq/tradeoff*/tradeoff.md \
+    outputs/study-eq/tradeoff*/model/fusion_search.* outputs/study-eq/tradeoff*/model/fusion_front.png 2>/dev/null
   nvidia-smi --query-gpu=name,memory.used --format=csv 2>/dev/null || true
   exit 0
 fi
