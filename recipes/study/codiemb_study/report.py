@@ -43,6 +43,7 @@ def row_index(key: str, keys: Sequence[str] = ()) -> int:
         raise ValueError(f"Unknown study row {key!r}: not a method of codiemb_study.methods nor a trade-off variant")
     return len(ROW_ORDER) + variants.index(key)
 
+
 #: (metric, column, decimals) of the geometry columns.
 GEOMETRY = [
     ("geometry/anisotropy", "anisotropy", 4),
@@ -332,6 +333,7 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
 
     fig, axes = plt.subplots(1, len(encoders), figsize=(max(6.2 * len(encoders), 10.0), 5.6), squeeze=False)
     colours = plt.get_cmap("tab20")
+    every_row = [key for runs in encoders.values() for key in group_runs(runs)]  # same marker in every panel
     for ax, (encoder, runs) in zip(axes[0], encoders.items()):
         sts_keys, ir_keys = metric_keys(runs)
         if not sts_keys or not ir_keys:
@@ -340,7 +342,7 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
         sts_key, ir_key = sts_keys[0], ir_keys[0]
         points: dict[str, tuple[float, float, float, float]] = {}
         for key, group in group_runs(runs).items():
-            index = row_index(key, [k for r in encoders.values() for k in group_runs(r)])  # same in every panel
+            index = row_index(key, every_row)
             xs = [r["metrics"][sts_key] for r in group]
             ys = [r["metrics"][ir_key] for r in group]
             (x, sx), (y, sy) = mean_and_spread(xs), mean_and_spread(ys)
