@@ -29,7 +29,9 @@
 #   run(command="EPOCHS=5 bash recipes/study/gpu_batch.sh l6 540",
 #       carry=[".dev/whl", ".dev/call/data.tar.xz", ".dev/call/mined.jsonl.xz", ".dev/call/l6.tar.xz"])   # 60.6 MiB
 # Tested on the CPU with EPOCHS=1 SEEDS=42 EXTRA="--max_train_records 64 --ir_eval_beir TINY:dev --sts_eval TINY.tsv"
-# TRADEOFF_EXTRA="--search_p 1 --search_shares 0.5" PYTHON=<venv python> (every row stored, the report written).
+# TRADEOFF_EXTRA="--search_p 1 --search_shares 0.5" PYTHON=<venv python> (every row stored, the report written;
+# again 2026-12-07 with the pearson variant, from a checkout without .dev/whl: 7 rows in 5 min on the 2-core CPU).
+# With 3 seeds that is 15 processes on the GPU; TRADEOFF_VARIANTS=pearson runs only the recommended set-up.
 set -uo pipefail
 ENCODER="$1"
 BUDGET="${2:-300}"                       # wall seconds for all jobs together; stored runs are kept if cut off
