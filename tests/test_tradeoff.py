@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from hf_codiemb.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def _recipe(tmp_path: Path, model_dir: Path, **overrides) -> Path:
     values = {
@@ -113,9 +115,6 @@ def test_tradeoff_refuses_a_recipe_it_cannot_choose_checkpoints_in(tmp_path, tin
     err = capsys.readouterr().err
     assert err.startswith("codiemb tradeoff: error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
-
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("config", sorted(REPO.glob("recipes/**/tradeoff.yaml")), ids=lambda p: p.parent.name)
