@@ -48,6 +48,10 @@ __all__ = [
     "format_before_after_table",
     "format_results_table",
     "geometry_metrics",
+    "identical_text_exclusions",
+    "ir_set_arguments",
+    "sts_columns",
+    "sts_set_arguments",
     "uniformity",
     "write_results",
 ]
@@ -110,7 +114,7 @@ class PromptedEmbeddingSimilarityEvaluator(EmbeddingSimilarityEvaluator):
         return config
 
 
-def _sts_columns(data: Any) -> tuple[list[str], list[str], list[float]]:
+def sts_columns(data: Any) -> tuple[list[str], list[str], list[float]]:
     """Return ``(sentences1, sentences2, scores)`` from a Dataset, a column mapping or ``(s1, s2, y)`` triples."""
     if isinstance(data, (Dataset, Mapping)):
         sentences1, sentences2, scores = list(data["sentence1"]), list(data["sentence2"]), list(data["score"])
@@ -133,7 +137,7 @@ def build_sts_evaluator(
     prompt_name: str | None = None,
 ) -> EmbeddingSimilarityEvaluator:
     """An ``EmbeddingSimilarityEvaluator`` (cosine) for an STS set, usable as the trainer's evaluator."""
-    sentences1, sentences2, scores = _sts_columns(dataset_or_pairs)
+    sentences1, sentences2, scores = sts_columns(dataset_or_pairs)
     return PromptedEmbeddingSimilarityEvaluator(
         sentences1,
         sentences2,
@@ -256,7 +260,7 @@ class ExcludingInformationRetrievalEvaluator(InformationRetrievalEvaluator):
         return super().compute_metrics(filtered)
 
 
-def _identical_text_exclusions(
+def identical_text_exclusions(
     queries: Mapping[str, str], corpus: Mapping[str, str], relevant: Mapping[str, set[str]]
 ) -> dict[str, set[str]]:
     """Corpus ids whose text equals the query's text and that are not relevant to it."""
@@ -290,7 +294,7 @@ def build_ir_evaluator(
     missing = {cid for cids in relevant.values() for cid in cids} - set(corpus)
     if missing:
         raise ValueError(f"IR set {name!r}: relevant documents missing from the corpus: {sorted(missing)[:5]}")
-    excluded = _identical_text_exclusions(queries, corpus, relevant) if ignore_identical_text else {}
+    excluded = identical_text_exclusions(queries, corpus, relevant) if ignore_identical_text else {}
     return ExcludingInformationRetrievalEvaluator(
         queries=dict(queries),
         corpus=dict(corpus),
@@ -477,7 +481,7 @@ def geometry_metrics(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _ir_set_arguments(name: str, spec: IREvalSet | tuple) -> dict[str, Any]:
+def ir_set_arguments(name: str, spec: IREvalSet | tuple) -> dict[str, Any]:
     """The :func:`evaluate_ir` arguments of an :class:`~hf_codiemb.data.IREvalSet` or ``(queries, corpus,
     relevant)``."""
     if isinstance(spec, IREvalSet):
@@ -488,7 +492,7 @@ def _ir_set_arguments(name: str, spec: IREvalSet | tuple) -> dict[str, Any]:
     raise TypeError(f"IR set {name!r}: expected an IREvalSet or (queries, corpus, relevant), got {type(spec).__name__}")
 
 
-def _sts_set_arguments(spec: Any, default_prompt: str | None) -> tuple[Any, str | None]:
+def sts_set_arguments(spec: Any, default_prompt: str | None) -> tuple[Any, str | None]:
     """``(data, prompt)`` of an :class:`~hf_codiemb.data.STSEvalSet` (its own prompt, ``None`` included: the prompt
     training derives for it), or of an STS dataset / ``(s1, s2, score)`` triples (``default_prompt``)."""
     if isinstance(spec, STSEvalSet):
@@ -504,7 +508,7 @@ def _default_geometry_inputs(
     texts: list[str] = []
     pairs: list[tuple[str, str]] = []
     for spec in sts_sets.values():
-        sentences1, sentences2, scores = _sts_columns(_sts_set_arguments(spec, None)[0])
+        sentences1, sentences2, scores = sts_columns(sts_set_arguments(spec, None)[0])
         texts.extend(sentences1 + sentences2)
         low, high = min(scores), max(scores)
         threshold = high - 0.2 * (high - low)
@@ -548,14 +552,14 @@ def evaluate_model(
     ir_sets = ir_sets or {}
     results: dict[str, Any] = {"sts": {}, "ir": {}, "geometry": {}}
     for name, spec in sts_sets.items():
-        data, prompt = _sts_set_arguments(spec, sts_prompt)
+        data, prompt = sts_set_arguments(spec, sts_prompt)
         results["sts"][name] = evaluate_sts(
             model, data, name, batch_size=batch_size, prompt=prompt, epoch=epoch, steps=steps
         )
         logger.info("STS %s: Spearman %.4f", name, results["sts"][name]["spearman_cosine"])
     for name, spec in ir_sets.items():
         results["ir"][name] = evaluate_ir(
-            model, name=name, batch_size=batch_size, epoch=epoch, steps=steps, **_ir_set_arguments(name, spec)
+            model, name=name, batch_size=batch_size, epoch=epoch, steps=steps, **ir_set_arguments(name, spec)
         )
         logger.info("IR %s: nDCG@10 %.4f", name, results["ir"][name][f"ndcg@{IR_NDCG_AT_K}"])
     if geometry_texts is None and sts_sets:

@@ -214,9 +214,9 @@ def local_retrieval_task(ir_set: IREvalSet, *, split: str | None = None, languag
     """
     from datasets import Dataset
 
-    from hf_codiemb.evaluation import _identical_text_exclusions
+    from hf_codiemb.evaluation import identical_text_exclusions
 
-    if ir_set.ignore_identical_text and _identical_text_exclusions(ir_set.queries, ir_set.corpus, ir_set.relevant):
+    if ir_set.ignore_identical_text and identical_text_exclusions(ir_set.queries, ir_set.corpus, ir_set.relevant):
         raise UsageError(
             f"IR set {ir_set.name!r} leaves out documents with the query's own text (an STS-derived set), which "
             "MTEB cannot do; it is not run as an MTEB task"
@@ -264,11 +264,11 @@ def local_sts_task(
     unchanged). Named and split as :func:`local_retrieval_task`; main score ``cosine_spearman``."""
     from datasets import Dataset
 
-    from hf_codiemb.evaluation import _sts_columns
+    from hf_codiemb.evaluation import sts_columns
 
     _, sts_base = _local_task_classes()
     split = split or _split_of(sts_set.name)
-    sentences1, sentences2, scores = _sts_columns(sts_set.data)
+    sentences1, sentences2, scores = sts_columns(sts_set.data)
     revision = _fingerprint(f"{a}\t{b}\t{y!r}" for a, b, y in zip(sentences1, sentences2, scores))
 
     def build_dataset() -> dict[str, Any]:

@@ -153,15 +153,15 @@ def build_training_evaluator(
         batch_size: Encoding batch size.
         seed: Seed of the corpus sample.
     """
-    from hf_codiemb.evaluation import _ir_set_arguments, _sts_set_arguments, build_ir_evaluator, build_sts_evaluator
+    from hf_codiemb.evaluation import build_ir_evaluator, build_sts_evaluator, ir_set_arguments, sts_set_arguments
 
     sts_evaluators = []
     for name, spec in sts_sets.items():
-        data, prompt = _sts_set_arguments(spec, sts_prompt)
+        data, prompt = sts_set_arguments(spec, sts_prompt)
         sts_evaluators.append(build_sts_evaluator(data, name, batch_size=batch_size, prompt=prompt))
     ir_evaluators = []
     for name, spec in ir_sets.items():
-        arguments = _ir_set_arguments(name, spec)
+        arguments = ir_set_arguments(name, spec)
         if max_corpus is not None and len(arguments["corpus"]) > max_corpus:
             full = len(arguments["corpus"])
             arguments["corpus"] = cap_ir_corpus(arguments["corpus"], arguments["relevant"], max_corpus, seed=seed)
