@@ -445,11 +445,16 @@ def test_target_check_compares_the_tradeoff_row_with_the_best_specialist_base_an
 
 
 def test_training_args_take_a_runs_extra_flags_without_changing_the_study(tiny_recipe, tmp_path):
-    """collect-tradeoff rebuilds a run's arguments with that run's own task_ratio_unit; the study keeps its overrides."""
+    """collect-tradeoff rebuilds a run's arguments with that run's own task_ratio_unit and task_ratio; the study keeps
+    its overrides."""
     study = Study(str(tiny_recipe), ["--max_seq_length", "32"], None, tmp_path / "r", tmp_path / "w", epochs=2)
     passes = study.training_args("ratio_ir3_sts1", 1, extra_flags=["--task_ratio_unit", "passes"])
     assert passes.task_ratio_unit == "passes" and passes.task_ratio == {"ir": 3.0, "sts": 1.0}
     assert study.training_args("ratio_ir3_sts1", 1).task_ratio_unit == "updates"
+    # A trade-off run trained with its own ratio (codiemb tradeoff --ir_heavy_ratio ir:1,sts:1) is planned with it.
+    own = study.training_args("ratio_ir3_sts1", 1, extra_flags=["--task_ratio_unit", "passes"], task_ratio="ir:1,sts:1")
+    assert own.task_ratio == {"ir": 1.0, "sts": 1.0} and own.task_ratio_unit == "passes"
+    assert study.training_args("ratio_ir3_sts1", 1).task_ratio == {"ir": 3.0, "sts": 1.0}
     assert study.overrides == ["--max_seq_length", "32"]
 
 
@@ -480,6 +485,15 @@ def test_tradeoff_variants_are_rows_of_their_own_with_their_own_target_check():
     assert target_check(runs, both).splitlines()[4].endswith("| -6.00 | **no** |")
     table = headline_table(runs)
     assert [line.split(" | ")[0] for line in table.splitlines()[2:5]] == ["| base", f"| {TRADEOFF_ROW}", f"| {pearson}"]
+
+
+def test_a_tradeoff_rows_label_names_its_runs_ratios():
+    from codiemb_study.runner import tradeoff_label
+
+    assert tradeoff_label() == "(t) `codiemb tradeoff`: IR-heavy 3:1 + STS-heavy 1:3 runs, dev-guided fusion"
+    assert tradeoff_label("sts:1,ir:1", "ir:1,sts:2.5", passes=True) == (
+        "(t) `codiemb tradeoff`: IR-heavy 1:1 + STS-heavy 1:2.5 runs (passes over each task's data), dev-guided fusion"
+    )
 
 
 def test_a_collected_tradeoff_must_have_been_trained_with_the_studys_overrides():

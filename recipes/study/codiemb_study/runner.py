@@ -33,11 +33,19 @@ logger = logging.getLogger(__name__)
 BASE_ROW = "base"
 #: The one-command trade-off set-up (`codiemb tradeoff`) as a row of the equal-data study (:meth:`Study.collect_tradeoff`).
 TRADEOFF_ROW = "codiemb_tradeoff"
-TRADEOFF_LABEL = "(t) `codiemb tradeoff`: IR-heavy 3:1 + STS-heavy 1:3 runs, dev-guided fusion"
-#: The label when the two runs' ratios divide passes over each task's data (``task_ratio_unit passes``).
-TRADEOFF_LABEL_PASSES = (
-    "(t) `codiemb tradeoff`: IR-heavy 3:1 + STS-heavy 1:3 runs (passes over each task's data), dev-guided fusion"
-)
+
+
+def tradeoff_label(ir_heavy_ratio: str = "ir:3,sts:1", sts_heavy_ratio: str = "ir:1,sts:3", passes: bool = False) -> str:
+    """The row label of a ``codiemb tradeoff`` set-up whose two runs had these ``task_ratio`` values (``passes``: they
+    divided passes over each task's data, ``task_ratio_unit passes``)."""
+
+    def short(ratio: str) -> str:
+        weights = dict(part.split(":", 1) for part in ratio.split(","))
+        return ":".join(f"{float(weights.get(task, 0)):g}" for task in ("ir", "sts"))
+
+    unit = " (passes over each task's data)" if passes else ""
+    return f"(t) `codiemb tradeoff`: IR-heavy {short(ir_heavy_ratio)} + STS-heavy {short(sts_heavy_ratio)} runs{unit}, " \
+        "dev-guided fusion"
 
 
 def tradeoff_row_key(variant: str | None = None) -> str:
@@ -237,9 +245,10 @@ class Study:
         """The study's budget as recorded in every run: ``max_steps`` or ``epochs`` (the other one None)."""
         return {"max_steps": self.max_steps, "epochs": self.epochs}
 
-    def training_args(self, key: str, seed: int, metric: str | None = None, extra_flags: Sequence[str] = ()):
+    def training_args(self, key: str, seed: int, metric: str | None = None, extra_flags: Sequence[str] = (),
+                      task_ratio: str | None = None):  # fmt: skip
         """The training arguments of one run: the recipe + overrides (+ ``extra_flags``) + the study's budget and the
-        method's ratio.
+        method's ratio (``task_ratio``: another one, e.g. a trade-off run's own).
 
         Equal-data study: ``epochs`` epochs, dev evaluation and a checkpoint (model only) at every epoch, the best by
         ``metric`` loaded at the end (``save_total_limit 1`` keeps the best and the latest).
@@ -256,8 +265,8 @@ class Study:
                 "--save_total_limit", "1", "--load_best_model_at_end", "true",
                 "--metric_for_best_model", metric or "codiemb_score", "--greater_is_better", "true",
             ]  # fmt: skip
-            if METHODS[key].task_ratio:
-                flags += ["--task_ratio", METHODS[key].task_ratio]
+            if task_ratio or METHODS[key].task_ratio:
+                flags += ["--task_ratio", task_ratio or METHODS[key].task_ratio]
             _, _, args, _ = parse_recipe(flags)
             return args
         flags += ["--max_steps", str(self.max_steps), "--logging_steps", str(max(self.max_steps // 10, 1))]
@@ -516,7 +525,10 @@ class Study:
             state = json.loads((last / "trainer_state.json").read_text())
             # The run's own command line says what its task_ratio divided (the recipe's value otherwise).
             unit = flag_value(done["argv"], "task_ratio_unit")
-            args = self.training_args(key, seed, extra_flags=["--task_ratio_unit", unit] if unit is not None else [])
+            ratio = flag_value(done["argv"], "task_ratio") or METHODS[key].task_ratio  # e.g. --ir_heavy_ratio ir:1,sts:1
+            args = self.training_args(
+                key, seed, extra_flags=["--task_ratio_unit", unit] if unit is not None else [], task_ratio=ratio
+            )
             units.add(args.task_ratio_unit)
             setup = METHODS[key].build(self.datasets, self.tasks, args, self.score_range)
             planned = planned_updates(setup, args, self.epochs)
@@ -528,7 +540,7 @@ class Study:
             for task, count in planned.items():
                 updates[task] = updates.get(task, 0) + count
             runs[name] = {
-                "task_ratio": METHODS[key].task_ratio,
+                "task_ratio": ratio,
                 "seconds": done["seconds"],
                 "epochs_trained": state.get("epoch"),
                 "steps_trained": state.get("global_step"),
@@ -548,7 +560,7 @@ class Study:
             (sts_name,), (ir_name,) = list(self.sts_sets), list(self.ir_sets)
             metrics = {f"sts/{sts_name}/spearman_cosine": chosen["sts_score"], f"ir/{ir_name}/ndcg@10": chosen["ir_score"]}
             source = "OUTPUT/model/fusion_search.json, the chosen candidate (whole dev sets)"
-        label = TRADEOFF_LABEL_PASSES if units == {"passes"} else TRADEOFF_LABEL
+        label = tradeoff_label(runs["ir-heavy"]["task_ratio"], runs["sts-heavy"]["task_ratio"], units == {"passes"})
         if variant is not None:
             label = f"{label}; {variant_label or variant}"
         result = self.record(
