@@ -504,3 +504,21 @@ def test_a_collected_tradeoff_must_have_been_trained_with_the_studys_overrides()
     assert overrides_missing_from(argv, ["--multi_layer_weight", "0", "--max_seq_length", "64"]) == [
         "--multi_layer_weight 0", "--max_seq_length 64"
     ]
+
+
+def test_checkpoint_choice_marks_the_checkpoint_each_score_would_choose(tmp_path):
+    from checkpoint_choice import capped_scores, checkpoints, table
+
+    run = tmp_path / "runs" / "ir-heavy"
+    log = [{"step": 10, "eval_codiemb_ir_score": 0.70}, {"loss": 1.0, "step": 15}, {"step": 20, "eval_codiemb_ir_score": 0.76},
+           {"step": 30, "eval_codiemb_ir_score": 0.75}]  # fmt: skip
+    for step in (10, 20, 30):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+    (run / "checkpoint-30" / "trainer_state.json").write_text(json.dumps({"log_history": log}))
+    assert [c.name for c in checkpoints(run)] == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
+    assert capped_scores(run) == {10: 0.70, 20: 0.76, 30: 0.75}
+    rows = [{"setup": "s", "epoch": e, "step": s, "capped_ir": c, "ir": w, "sts": 0.88}
+            for e, s, c, w in ((1, 10, 0.70, 0.60), (2, 20, 0.76, 0.61), (3, 30, 0.75, 0.63))]  # fmt: skip
+    lines = table(rows).splitlines()[2:]
+    assert lines[1].endswith("| 0.7600 | 0.6100 | 0.8800 | **yes** |  |")
+    assert lines[2].endswith("| 0.7500 | 0.6300 | 0.8800 |  | **yes** |")

@@ -32,13 +32,21 @@
 # TRADEOFF_EXTRA="--search_p 1 --search_shares 0.5" PYTHON=<venv python> (every row stored, the report written;
 # again 2026-12-07 with the pearson variant, from a checkout without .dev/whl: 7 rows in 5 min on the 2-core CPU).
 # With 3 seeds that is 15 processes on the GPU; TRADEOFF_VARIANTS=pearson runs only the recommended set-up.
+# EVAL_MAX_CORPUS=0: checkpoints picked on the whole IR dev corpus (recipes/study/results-equal-data-5ep/
+# checkpoint_choice.md: the 1,000-document cap can pick the worse checkpoint), rows in a folder of their own.
 set -uo pipefail
 ENCODER="$1"
 BUDGET="${2:-300}"                       # wall seconds for all jobs together; stored runs are kept if cut off
 STEPS="${STEPS:-225}"
 EPOCHS="${EPOCHS:-}"                     # set: the equal-data study (epochs per run) instead of equal updates
 SEEDS="${SEEDS:-42 43 44}"
-if [ -n "$EPOCHS" ]; then
+# Equal data: the IR dev corpus used to pick checkpoints during training, capped at EVAL_MAX_CORPUS documents
+# (default 1000, as the CPU rows stored in results-equal-data-5ep); 0 = the whole corpus, for every method and the
+# trade-off runs alike, stored in a folder of its own (the rows of one folder share one selection rule).
+EVAL_MAX_CORPUS="${EVAL_MAX_CORPUS:-1000}"
+if [ -n "$EPOCHS" ] && [ "$EVAL_MAX_CORPUS" = 0 ]; then
+  RESULTS="${RESULTS:-recipes/study/results-equal-data-${EPOCHS}ep-whole-corpus}"
+elif [ -n "$EPOCHS" ]; then
   RESULTS="${RESULTS:-recipes/study/results-equal-data-${EPOCHS}ep}"
 else
   RESULTS="${RESULTS:-recipes/study/results-scifact}"
@@ -89,7 +97,8 @@ STUDY=("$PY" recipes/study/run_study.py run --max-steps "$STEPS" --results-dir "
 if [ -n "$EPOCHS" ]; then
   OVERRIDES=(--max_seq_length 128 --model_name_or_path "$MODEL" $EXTRA)
   STUDY=("$PY" recipes/study/run_study.py run --epochs "$EPOCHS" --results-dir "$RESULTS" --threads 1
-         --work-dir outputs/study-eq)
+         --work-dir outputs/study-eq --eval-max-corpus "$EVAL_MAX_CORPUS")
+  CAP=(); [ "$EVAL_MAX_CORPUS" = 0 ] || CAP=(--eval_max_corpus "$EVAL_MAX_CORPUS")
   # The trade-off set-ups run per seed: "default" (the library's STS loss weights, row codiemb_tradeoff) and variants
   # with their own flags, each stored as the row codiemb_tradeoff_<name> (run_study.py collect-tradeoff --variant).
   declare -A VARIANT_FLAGS=([default]="" [pearson]="--pro_weight 0 --rank_kl_weight 0 --multi_layer_weight 0")
@@ -104,7 +113,7 @@ if [ -n "$EPOCHS" ]; then
     start=$(date +%s)
     # shellcheck disable=SC2206  # a variant's flags are a word list
     local own=(${VARIANT_FLAGS[$variant]})
-    local flags=(--num_train_epochs "$EPOCHS" --eval_strategy epoch --save_strategy epoch --eval_max_corpus 1000
+    local flags=(--num_train_epochs "$EPOCHS" --eval_strategy epoch --save_strategy epoch "${CAP[@]}"
                  --seed "$seed" --report_to none --evaluate_before false --logging_steps 10 --task_ratio_unit passes
                  "${OVERRIDES[@]}" "${own[@]}")
     # shellcheck disable=SC2086  # TRADEOFF_EXTRA is a word list (e.g. a smaller search grid for a dry run)
