@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         capped = capped_scores(run_dir)
         for checkpoint in checkpoints(run_dir):
             step = int(checkpoint.name.split("-")[1])
+            if step not in capped:
+                raise SystemExit(f"{checkpoint}: the run logged no dev evaluation at step {step} (eval and save steps differ)")
             key = f"{setup}/{checkpoint.name}"
             if key not in cache:
                 logger.info("Evaluating %s on the whole dev sets", checkpoint)

@@ -44,8 +44,8 @@ def tradeoff_label(ir_heavy_ratio: str = "ir:3,sts:1", sts_heavy_ratio: str = "i
         return ":".join(f"{float(weights.get(task, 0)):g}" for task in ("ir", "sts"))
 
     unit = " (passes over each task's data)" if passes else ""
-    return f"(t) `codiemb tradeoff`: IR-heavy {short(ir_heavy_ratio)} + STS-heavy {short(sts_heavy_ratio)} runs{unit}, " \
-        "dev-guided fusion"
+    runs = f"IR-heavy {short(ir_heavy_ratio)} + STS-heavy {short(sts_heavy_ratio)} runs{unit}"
+    return f"(t) `codiemb tradeoff`: {runs}, dev-guided fusion"
 
 
 def tradeoff_row_key(variant: str | None = None) -> str:
