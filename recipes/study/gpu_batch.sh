@@ -33,7 +33,9 @@
 # again 2026-12-07 with the pearson variant, from a checkout without .dev/whl: 7 rows in 5 min on the 2-core CPU).
 # With 3 seeds that is 15 processes on the GPU; TRADEOFF_VARIANTS=pearson runs only the recommended set-up.
 # EVAL_MAX_CORPUS=0: checkpoints picked on the whole IR dev corpus (recipes/study/results-equal-data-5ep/
-# checkpoint_choice.md: the 1,000-document cap can pick the worse checkpoint), rows in a folder of their own.
+# checkpoint_choice.md: the 1,000-document cap can pick the worse checkpoint), rows in a folder of their own (dry run
+# 2026-12-07 on the CPU with the caps above, EPOCHS=1 TRADEOFF_VARIANTS=pearson: 6 rows, every one with
+# eval_max_corpus null, in 3 min).
 set -uo pipefail
 ENCODER="$1"
 BUDGET="${2:-300}"                       # wall seconds for all jobs together; stored runs are kept if cut off
