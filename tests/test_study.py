@@ -504,6 +504,8 @@ def test_a_collected_tradeoff_must_have_been_trained_with_the_studys_overrides()
     assert overrides_missing_from(argv, ["--multi_layer_weight", "0", "--max_seq_length", "64"]) == [
         "--multi_layer_weight 0", "--max_seq_length 64"
     ]
+    # A switch given without a value must be on the run's command line too (either spelling).
+    assert overrides_missing_from([*argv, "--gradient-checkpointing"], ["--gradient_checkpointing", "--bf16"]) == ["--bf16"]
 
 
 def test_checkpoint_choice_marks_the_checkpoint_each_score_would_choose(tmp_path):

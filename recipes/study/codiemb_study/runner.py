@@ -65,8 +65,9 @@ def is_tradeoff_row(key: str) -> bool:
 
 def overrides_missing_from(run_argv: Sequence[str], overrides: Sequence[str]) -> list[str]:
     """The study's ``--flag VALUE`` overrides that a training run's command line does not give the same value (the
-    last one given, as argparse reads it); a run collected into a study must have been trained with them."""
-    from hf_codiemb.command_parser import flag_value
+    last one given, as argparse reads it), and its value-less ``--flag`` overrides (a switch) that the command line
+    does not give at all; a run collected into a study must have been trained with them."""
+    from hf_codiemb.command_parser import flag_value, given_on_command_line
 
     missing = []
     for index, arg in enumerate(overrides):
@@ -76,7 +77,10 @@ def overrides_missing_from(run_argv: Sequence[str], overrides: Sequence[str]) ->
         if not sep:
             following = overrides[index + 1] if index + 1 < len(overrides) else None
             value = following if following is not None and not following.startswith("--") else None
-        if value is not None and flag_value(run_argv, name) != value:
+        if value is None:
+            if not given_on_command_line(name, list(run_argv)):
+                missing.append(f"--{name}")
+        elif flag_value(run_argv, name) != value:
             missing.append(f"--{name} {value}")
     return missing
 
