@@ -509,7 +509,8 @@ def test_a_collected_tradeoff_must_have_been_trained_with_the_studys_overrides()
 
 
 def test_checkpoint_choice_marks_the_checkpoint_each_score_would_choose(tmp_path):
-    from checkpoint_choice import capped_scores, checkpoints, table
+    from checkpoint_choice import capped_scores, table
+    from hf_codiemb.fusion.selection import checkpoint_steps
 
     run = tmp_path / "runs" / "ir-heavy"
     log = [{"step": 10, "eval_codiemb_ir_score": 0.70}, {"loss": 1.0, "step": 15}, {"step": 20, "eval_codiemb_ir_score": 0.76},
@@ -517,7 +518,7 @@ def test_checkpoint_choice_marks_the_checkpoint_each_score_would_choose(tmp_path
     for step in (10, 20, 30):
         (run / f"checkpoint-{step}").mkdir(parents=True)
     (run / "checkpoint-30" / "trainer_state.json").write_text(json.dumps({"log_history": log}))
-    assert [c.name for c in checkpoints(run)] == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
+    assert [c.name for c in checkpoint_steps(run).values()] == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
     assert capped_scores(run) == {10: 0.70, 20: 0.76, 30: 0.75}
     rows = [{"setup": "s", "epoch": e, "step": s, "capped_ir": c, "ir": w, "sts": 0.88}
             for e, s, c, w in ((1, 10, 0.70, 0.60), (2, 20, 0.76, 0.61), (3, 30, 0.75, 0.63))]  # fmt: skip

@@ -27,15 +27,13 @@ from pathlib import Path
 logger = logging.getLogger("checkpoint_choice")
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """The run's ``checkpoint-<step>`` folders, by step."""
-    return sorted(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-
-
 def capped_scores(run_dir: Path) -> dict[int, float]:
-    """The IR score logged at each evaluation during training (step -> ``eval_codiemb_ir_score``)."""
-    state = json.loads((checkpoints(run_dir)[-1] / "trainer_state.json").read_text(encoding="utf-8"))
-    return {e["step"]: e["eval_codiemb_ir_score"] for e in state["log_history"] if "eval_codiemb_ir_score" in e}
+    """The IR score logged at each evaluation during training (step -> ``eval_codiemb_ir_score``), read as
+    ``codiemb fuse`` reads a run's evaluations (:func:`hf_codiemb.fusion.selection.recorded_evaluations`)."""
+    from hf_codiemb.fusion.selection import CRITERIA, recorded_evaluations
+
+    key = CRITERIA["best_ir"]
+    return {step: scores[key] for step, scores in recorded_evaluations(run_dir).items() if key in scores}
 
 
 def table(rows: list[dict]) -> str:
@@ -72,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from sentence_transformers import SentenceTransformer
 
     from codiemb_study.runner import Study
+    from hf_codiemb.fusion.selection import checkpoint_steps
 
     output = Path(args.output)
     cache_file = output.with_suffix(".json")
@@ -83,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         setup, _, folder = spec.partition("=")
         run_dir = Path(folder) / "runs" / "ir-heavy"
         capped = capped_scores(run_dir)
-        for checkpoint in checkpoints(run_dir):
-            step = int(checkpoint.name.split("-")[1])
+        for step, checkpoint in checkpoint_steps(run_dir).items():
             if step not in capped:
                 raise SystemExit(f"{checkpoint}: the run logged no dev evaluation at step {step} (eval and save steps differ)")
             key = f"{setup}/{checkpoint.name}"

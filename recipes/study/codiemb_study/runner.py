@@ -39,9 +39,11 @@ def tradeoff_label(ir_heavy_ratio: str = "ir:3,sts:1", sts_heavy_ratio: str = "i
     """The row label of a ``codiemb tradeoff`` set-up whose two runs had these ``task_ratio`` values (``passes``: they
     divided passes over each task's data, ``task_ratio_unit passes``)."""
 
+    from hf_codiemb.training_args import parse_task_ratio
+
     def short(ratio: str) -> str:
-        weights = dict(part.split(":", 1) for part in ratio.split(","))
-        return ":".join(f"{float(weights.get(task, 0)):g}" for task in ("ir", "sts"))
+        weights = parse_task_ratio(ratio)
+        return ":".join(f"{weights.get(task, 0.0):g}" for task in ("ir", "sts"))
 
     unit = " (passes over each task's data)" if passes else ""
     runs = f"IR-heavy {short(ir_heavy_ratio)} + STS-heavy {short(sts_heavy_ratio)} runs{unit}"
@@ -269,8 +271,9 @@ class Study:
                 "--save_total_limit", "1", "--load_best_model_at_end", "true",
                 "--metric_for_best_model", metric or "codiemb_score", "--greater_is_better", "true",
             ]  # fmt: skip
-            if task_ratio or METHODS[key].task_ratio:
-                flags += ["--task_ratio", task_ratio or METHODS[key].task_ratio]
+            ratio = task_ratio or METHODS[key].task_ratio
+            if ratio:
+                flags += ["--task_ratio", ratio]
             _, _, args, _ = parse_recipe(flags)
             return args
         flags += ["--max_steps", str(self.max_steps), "--logging_steps", str(max(self.max_steps // 10, 1))]
