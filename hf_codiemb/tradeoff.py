@@ -7,6 +7,11 @@ checkpoint at every evaluation; then it picks the IR-heavy run's best-IR checkpo
 checkpoint from their logs (:mod:`hf_codiemb.fusion.selection`) and searches the delta fusion's ``p`` and input shares
 on the dev sets (:func:`hf_codiemb.fusion.search.fusion_search`), writing the best candidate by ``ir_weight``.
 
+Further IR-heavy runs with their own seeds (``ir_heavy_seeds``, ours) join the fusion with their best-IR checkpoints,
+and ``sts_heavy_ratio: none`` drops the STS-heavy run: the delta fusion of differently seeded runs of one recipe is
+one of the inputs METHOD.md section 6 names (``recipes/small/paraphrase-minilm-l3/tradeoff.yaml`` measures it).
+With more than two inputs the search keeps equal shares and searches ``p`` only.
+
 The runs are ``codiemb train`` processes (``--parallel`` of them at a time, each on its own GPU where there are
 enough), so a run is exactly what ``codiemb train`` would do with the same flags. The set-up is resumable: a finished
 run (its completion record in ``OUTPUT/runs``) is not trained again, an interrupted one resumes from its latest
@@ -15,7 +20,8 @@ checkpoints of runs chosen by hand.
 
 Layout of ``OUTPUT``::
 
-    runs/ir-heavy/  runs/sts-heavy/     the two training runs (checkpoint-N folders with their dev scores)
+    runs/ir-heavy/  runs/sts-heavy/     the training runs (checkpoint-N folders with their dev scores);
+    runs/ir-heavy-seed<N>/              further IR-heavy runs (``ir_heavy_seeds``)
     runs/*.done.json                    completion records (recipe checksum, ratio, flags, exit status)
     logs/*.log                          each run's output
     model/                              the fused model: README.md (card), fusion_search.md/.json, fusion_front.png
@@ -43,8 +49,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TradeoffArguments", "TradeoffRunError", "TrainingRun", "run_tradeoff"]
 
-RUN_NAMES = ("ir-heavy", "sts-heavy")
-SELECTION = {"ir-heavy": "best_ir", "sts-heavy": "best_sts"}
+IR_HEAVY = "ir-heavy"
+STS_HEAVY = "sts-heavy"
+#: ``sts_heavy_ratio`` value (any case) that drops the STS-heavy run.
+NO_RUN = "none"
 
 
 class TradeoffRunError(CoDiEmbUserError, RuntimeError):
@@ -65,12 +73,23 @@ class TradeoffArguments:
         default="ir:3,sts:1", metadata={"help": "task_ratio of the IR-heavy run (its best-IR checkpoint is fused)."}
     )
     sts_heavy_ratio: str = field(
-        default="ir:1,sts:3", metadata={"help": "task_ratio of the STS-heavy run (its best-STS checkpoint is fused)."}
+        default="ir:1,sts:3",
+        metadata={
+            "help": "task_ratio of the STS-heavy run (its best-STS checkpoint is fused); `none`: no STS-heavy run "
+            "(then --ir_heavy_seeds names at least one more IR-heavy run)."
+        },
+    )
+    ir_heavy_seeds: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "[ours] Seeds of further IR-heavy runs (runs/ir-heavy-seed<N>, the IR-heavy ratio and flags with "
+            "--seed N); each one's best-IR checkpoint is fused too."
+        },
     )
     train_args: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Extra `codiemb train` flags for both runs (on the command line: everything after `--`, e.g. "
+            "help": "Extra `codiemb train` flags for every run (on the command line: everything after `--`, e.g. "
             "`-- --max_steps 200 --seed 43`)."
         },
     )
@@ -79,7 +98,10 @@ class TradeoffArguments:
     )
     search_shares: list[float] = field(
         default_factory=lambda: [0.25, 0.5, 0.75],
-        metadata={"help": "Shares s of the IR-heavy checkpoint in the fusion search (weights s, 1 - s)."},
+        metadata={
+            "help": "Shares s of the IR-heavy checkpoint in the fusion search (weights s, 1 - s); two runs only (with "
+            "more, the shares stay equal)."
+        },
     )
     ir_weight: float | None = field(
         default=None,
@@ -89,7 +111,7 @@ class TradeoffArguments:
     parallel: int = field(
         default=1,
         metadata={
-            "help": "Runs trained at the same time (1 or 2). With as many GPUs, each run gets its own "
+            "help": "Runs trained at the same time (1 up to the number of runs). With as many GPUs, each run gets its own "
             "(CUDA_VISIBLE_DEVICES); on CPU the runs share the cores."
         },
     )
@@ -97,10 +119,12 @@ class TradeoffArguments:
 
 @dataclass
 class TrainingRun:
-    """One training run of the set-up: its name, ratio, folder and ``codiemb train`` command line."""
+    """One training run of the set-up: its name, ratio, the selection criterion of its fused checkpoint, its folder
+    and ``codiemb train`` command line."""
 
     name: str
     task_ratio: str
+    select: str
     output_dir: Path
     log_file: Path
     record_file: Path
@@ -134,17 +158,37 @@ def _check_recipe(args: TradeoffArguments):
             "the trade-off set-up keeps every evaluated checkpoint to choose from: unset save_total_limit",
             "save_total_limit",
         )
-    parallel = args.parallel
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= len(RUN_NAMES):
-        raise RecipeError(f"must be 1 or 2, got {parallel!r}", "parallel")
     if args.ir_weight is not None and not 0.0 <= args.ir_weight <= 1.0:
         raise RecipeError(f"must lie in [0, 1], got {args.ir_weight}", "ir_weight")
     for name in ("ir_heavy_ratio", "sts_heavy_ratio"):
+        if name == "sts_heavy_ratio" and not _has_sts_heavy_run(args):
+            continue
         try:
             parse_task_ratio(getattr(args, name))
         except (TypeError, ValueError) as exc:
             raise RecipeError(str(exc).removeprefix("task_ratio: "), name) from None
+    seeds = [training_args.seed, *args.ir_heavy_seeds]
+    if len(set(seeds)) != len(seeds):
+        raise RecipeError(
+            f"the IR-heavy runs need distinct seeds, got {args.ir_heavy_seeds} beside the recipe's seed "
+            f"{training_args.seed}",
+            "ir_heavy_seeds",
+        )
+    count = len(seeds) + _has_sts_heavy_run(args)
+    if count < 2:
+        raise RecipeError(
+            "without the STS-heavy run the set-up has one run, nothing to fuse: name further IR-heavy runs with "
+            "--ir_heavy_seeds",
+            "sts_heavy_ratio",
+        )
+    parallel = args.parallel
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= count:
+        raise RecipeError(f"must be 1 to {count} (the number of runs), got {parallel!r}", "parallel")
     return model_args, data_args, training_args
+
+
+def _has_sts_heavy_run(args: TradeoffArguments) -> bool:
+    return args.sts_heavy_ratio is not None and args.sts_heavy_ratio.strip().lower() != NO_RUN
 
 
 def _fingerprint(args: TradeoffArguments, run: TrainingRun) -> dict[str, Any]:
@@ -154,15 +198,20 @@ def _fingerprint(args: TradeoffArguments, run: TrainingRun) -> dict[str, Any]:
 
 
 def plan_runs(args: TradeoffArguments, training_args: Any) -> list[TrainingRun]:
-    """The two runs of the set-up, in ``OUTPUT/runs``."""
+    """The runs of the set-up, in ``OUTPUT/runs``: the IR-heavy run, one more per ``ir_heavy_seeds`` (its seed given
+    after the user's flags, so it wins), and the STS-heavy run unless ``sts_heavy_ratio`` is ``none``."""
     output = Path(args.output_dir).absolute()
+    specs = [(IR_HEAVY, args.ir_heavy_ratio, "best_ir", [])]
+    for seed in args.ir_heavy_seeds:
+        specs.append((f"{IR_HEAVY}-seed{seed}", args.ir_heavy_ratio, "best_ir", ["--seed", str(seed)]))
+    if _has_sts_heavy_run(args):
+        specs.append((STS_HEAVY, args.sts_heavy_ratio, "best_sts", []))
     runs = []
-    for name, ratio in zip(RUN_NAMES, (args.ir_heavy_ratio, args.sts_heavy_ratio)):
+    for name, ratio, select, extra in specs:
         run_dir = output / "runs" / name
-        argv = _train_argv(args, training_args, run_dir, ratio)
-        runs.append(
-            TrainingRun(name, ratio, run_dir, output / "logs" / f"{name}.log", output / "runs" / f"{name}.done.json", argv)
-        )
+        argv = _train_argv(args, training_args, run_dir, ratio) + extra
+        log, record = output / "logs" / f"{name}.log", output / "runs" / f"{name}.done.json"
+        runs.append(TrainingRun(name, ratio, select, run_dir, log, record, argv))
     return runs
 
 
@@ -247,9 +296,9 @@ def train_runs(args: TradeoffArguments, runs: Sequence[TrainingRun]) -> None:
         )
 
 
-def _summary(args: TradeoffArguments, selections: list[Any], result: Any, command: str) -> str:
+def _summary(runs: Sequence[TrainingRun], selections: list[Any], result: Any, command: str) -> str:
     lines = [
-        "# Trade-off set-up: IR-heavy + STS-heavy runs, dev-guided fusion",
+        f"# Trade-off set-up: {' + '.join(run.name for run in runs)} runs, dev-guided fusion",
         "",
         f"Command: `{command}`",
         "",
@@ -261,10 +310,10 @@ def _summary(args: TradeoffArguments, selections: list[Any], result: Any, comman
         "| run | task_ratio | chosen checkpoint | by | dev IR (logged) | dev STS (logged) |",
         "|---|---|---|---|---|---|",
     ]
-    for name, ratio, selected in zip(RUN_NAMES, (args.ir_heavy_ratio, args.sts_heavy_ratio), selections):
+    for run, selected in zip(runs, selections):
         item = selected.to_dict()
         lines.append(
-            f"| {name} | {ratio} | step {item['step']} | {item['criterion']} | "
+            f"| {run.name} | {run.task_ratio} | step {item['step']} | {item['criterion']} | "
             f"{_fmt(item['scores'].get('eval_codiemb_ir_score'))} | {_fmt(item['scores'].get('eval_codiemb_sts_score'))} |"
         )
     chosen = result.chosen
@@ -284,7 +333,7 @@ def _fmt(value: Any) -> str:
 
 
 def run_tradeoff(args: TradeoffArguments, command: str = "codiemb tradeoff") -> Path:
-    """Train both runs (or resume them), fuse their dev-best checkpoints with a searched fusion; return the model.
+    """Train the runs (or resume them), fuse their dev-best checkpoints with a searched fusion; return the model.
 
     Raises:
         RecipeError: a recipe the set-up cannot use (no dev evaluation, ``save_total_limit``), bad options.
@@ -296,13 +345,13 @@ def run_tradeoff(args: TradeoffArguments, command: str = "codiemb tradeoff") -> 
     from hf_codiemb.pipeline import load_eval_sets
 
     if not args.recipe:
-        raise RecipeError("is required: the training recipe (YAML) of both runs", "recipe")
+        raise RecipeError("is required: the training recipe (YAML) of the runs", "recipe")
     if not args.output_dir:
         raise RecipeError("is required: the folder of the runs and the fused model", "output_dir")
     model_args, data_args, training_args = _check_recipe(args)
     runs = plan_runs(args, training_args)
     train_runs(args, runs)
-    selected = select_checkpoints([run.output_dir for run in runs], [SELECTION[run.name] for run in runs])
+    selected = select_checkpoints([run.output_dir for run in runs], [run.select for run in runs])
     model_dir = Path(args.output_dir).absolute() / "model"
     summary = Path(args.output_dir).absolute() / "tradeoff.md"
     if model_dir.is_dir() and summary.is_file():  # the fusion writes its folder atomically, then the summary
@@ -324,6 +373,6 @@ def run_tradeoff(args: TradeoffArguments, command: str = "codiemb tradeoff") -> 
         overwrite=True,
         batch_size=training_args.per_device_eval_batch_size,
     )
-    write_text_atomically(summary, _summary(args, selected, result, command))
+    write_text_atomically(summary, _summary(runs, selected, result, command))
     logger.info("Fused model: %s (%s); summary %s", model_dir, result.chosen.label, summary)
     return model_dir

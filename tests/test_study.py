@@ -494,6 +494,19 @@ def test_a_tradeoff_rows_label_names_its_runs_ratios():
     assert tradeoff_label("sts:1,ir:1", "ir:1,sts:2.5", passes=True) == (
         "(t) `codiemb tradeoff`: IR-heavy 1:1 + STS-heavy 1:2.5 runs (passes over each task's data), dev-guided fusion"
     )
+    assert tradeoff_label("ir:3,sts:1", None, passes=True, ir_heavy_runs=2) == (
+        "(t) `codiemb tradeoff`: 2 IR-heavy 3:1 (one seed each) runs (passes over each task's data), dev-guided fusion"
+    )
+
+
+def test_a_tradeoff_runs_method_follows_its_name():
+    from codiemb_study.runner import tradeoff_run_method
+
+    assert [tradeoff_run_method(n) for n in ("ir-heavy", "ir-heavy-seed43", "sts-heavy")] == [
+        "ratio_ir3_sts1", "ratio_ir3_sts1", "ratio_ir1_sts3"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="Unknown codiemb tradeoff run 'other'"):
+        tradeoff_run_method("other")
 
 
 def test_a_collected_tradeoff_must_have_been_trained_with_the_studys_overrides():

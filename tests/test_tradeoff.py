@@ -102,6 +102,60 @@ def test_tradeoff_trains_both_runs_fuses_their_dev_best_checkpoints_and_resumes(
     assert "was trained from another recipe or other flags" in capsys.readouterr().err
 
 
+def test_tradeoff_with_seeded_ir_heavy_runs_fuses_each_runs_best_ir_checkpoint(tmp_path, tiny_model_dir, capsys):
+    """`--ir_heavy_seeds 43 --sts_heavy_ratio none`: two IR-heavy runs that differ only in their seed, no STS-heavy run;
+    each run's best-IR checkpoint (as its log names it) is an input of the fusion."""
+    recipe = _recipe(tmp_path, tiny_model_dir, seed=42)
+    out = tmp_path / "tradeoff"
+    argv = ["tradeoff", str(recipe), "--output_dir", str(out), "--ir_heavy_seeds", "43", "--sts_heavy_ratio", "none",
+            "--parallel", "2", "--search_p", "1", "--search_shares", "0.5"]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(out / "model")
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "ir-heavy", "ir-heavy-seed43", "ir-heavy-seed43.done.json", "ir-heavy.done.json"
+    ]  # fmt: skip
+    records = {name: json.loads((out / "runs" / f"{name}.done.json").read_text()) for name in ("ir-heavy", "ir-heavy-seed43")}
+    # The same command line but the seed, given last (it wins over the recipe's); the same ratio for both.
+    assert records["ir-heavy-seed43"]["argv"][-2:] == ["--seed", "43"]
+    assert records["ir-heavy-seed43"]["argv"][:-2] == [
+        arg.replace("ir-heavy", "ir-heavy-seed43") if arg.endswith("ir-heavy") else arg
+        for arg in records["ir-heavy"]["argv"]
+    ]
+    states = {
+        name: json.loads((out / "runs" / name / "checkpoint-6" / "trainer_state.json").read_text())
+        for name in records
+    }
+    # Different seeds: different training (the logged losses differ).
+    losses = {name: [e["loss"] for e in state["log_history"] if "loss" in e] for name, state in states.items()}
+    assert losses["ir-heavy"] != losses["ir-heavy-seed43"]
+    search = json.loads((out / "model" / "fusion_search.json").read_text())
+    assert [(s["run"], s["criterion"], s["step"]) for s in search["selections"]] == [
+        ("ir-heavy", "best_ir", _best_step(out / "runs" / "ir-heavy", "eval_codiemb_ir_score")),
+        ("ir-heavy-seed43", "best_ir", _best_step(out / "runs" / "ir-heavy-seed43", "eval_codiemb_ir_score")),
+    ]
+    summary = (out / "tradeoff.md").read_text()
+    assert summary.startswith("# Trade-off set-up: ir-heavy + ir-heavy-seed43 runs")
+    assert "| ir-heavy-seed43 | ir:3,sts:1 | step" in summary and "sts-heavy" not in summary
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--sts_heavy_ratio", "none"], "one run, nothing to fuse: name further IR-heavy runs with --ir_heavy_seeds"),
+        (["--ir_heavy_seeds", "42"], "the IR-heavy runs need distinct seeds, got [42] beside the recipe's seed 42"),
+        (["--ir_heavy_seeds", "43", "43"], "need distinct seeds"),
+        (["--parallel", "3"], "field 'parallel': must be 1 to 2 (the number of runs), got 3"),
+        (["--sts_heavy_ratio", "ir:2,sts"], "field 'sts_heavy_ratio':"),
+    ],
+)
+def test_tradeoff_refuses_a_set_of_runs_it_cannot_fuse(tmp_path, tiny_model_dir, capsys, flags, message):
+    recipe = _recipe(tmp_path, tiny_model_dir, seed=42)
+    assert main(["tradeoff", str(recipe), "--output_dir", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("codiemb tradeoff: error: ") and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -1,11 +1,14 @@
 """``codiemb tradeoff``: the IR-heavy and STS-heavy runs of a recipe and their dev-guided fusion, in one command.
 
+``--ir_heavy_seeds`` adds IR-heavy runs with their own seeds, ``--sts_heavy_ratio none`` drops the STS-heavy run.
+
 Examples::
 
     codiemb tradeoff --config recipes/small/paraphrase-minilm-l3/tradeoff.yaml    # a recommended set-up [ours]
     codiemb tradeoff RECIPE.yaml --output_dir out --ir_weight 0.5 --parallel 2 -- --max_steps 300 --seed 43
+    codiemb tradeoff RECIPE.yaml --output_dir out --ir_heavy_seeds 43 --sts_heavy_ratio none   # two seeds, fused
 
-Flags after ``--`` go to both ``codiemb train`` runs.
+Flags after ``--`` go to every ``codiemb train`` run.
 
 Run the same command again after an interruption: finished runs are kept, interrupted ones resume from their latest
 checkpoint (see :mod:`hf_codiemb.tradeoff`).
@@ -19,7 +22,7 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-HELP = "IR-heavy + STS-heavy runs of a recipe and their dev-guided fusion, in one command."
+HELP = "IR-heavy + STS-heavy runs of a recipe (or IR-heavy runs with several seeds) and their dev-guided fusion."
 
 
 def build_parser():

@@ -35,9 +35,11 @@ BASE_ROW = "base"
 TRADEOFF_ROW = "codiemb_tradeoff"
 
 
-def tradeoff_label(ir_heavy_ratio: str = "ir:3,sts:1", sts_heavy_ratio: str = "ir:1,sts:3", passes: bool = False) -> str:
-    """The row label of a ``codiemb tradeoff`` set-up whose two runs had these ``task_ratio`` values (``passes``: they
-    divided passes over each task's data, ``task_ratio_unit passes``)."""
+def tradeoff_label(ir_heavy_ratio: str = "ir:3,sts:1", sts_heavy_ratio: str | None = "ir:1,sts:3", passes: bool = False,
+                   ir_heavy_runs: int = 1) -> str:  # fmt: skip
+    """The row label of a ``codiemb tradeoff`` set-up whose runs had these ``task_ratio`` values (``passes``: they
+    divided passes over each task's data, ``task_ratio_unit passes``); ``ir_heavy_runs`` IR-heavy runs with their own
+    seeds (``ir_heavy_seeds``), no STS-heavy run when ``sts_heavy_ratio`` is None."""
 
     from hf_codiemb.training_args import parse_task_ratio
 
@@ -46,8 +48,20 @@ def tradeoff_label(ir_heavy_ratio: str = "ir:3,sts:1", sts_heavy_ratio: str = "i
         return ":".join(f"{weights.get(task, 0.0):g}" for task in ("ir", "sts"))
 
     unit = " (passes over each task's data)" if passes else ""
-    runs = f"IR-heavy {short(ir_heavy_ratio)} + STS-heavy {short(sts_heavy_ratio)} runs{unit}"
-    return f"(t) `codiemb tradeoff`: {runs}, dev-guided fusion"
+    ir = f"IR-heavy {short(ir_heavy_ratio)}" if ir_heavy_runs == 1 else f"{ir_heavy_runs} IR-heavy {short(ir_heavy_ratio)}"
+    seeds = " (one seed each)" if ir_heavy_runs > 1 else ""
+    sts = f" + STS-heavy {short(sts_heavy_ratio)}" if sts_heavy_ratio is not None else ""
+    return f"(t) `codiemb tradeoff`: {ir}{seeds}{sts} runs{unit}, dev-guided fusion"
+
+
+def tradeoff_run_method(run_name: str) -> str:
+    """The study method a ``codiemb tradeoff`` run trains (its data and losses): ``ir-heavy``, ``ir-heavy-seed<N>``
+    (:data:`TRADEOFF_RATIO_METHODS`) and ``sts-heavy``; the run's own ``task_ratio`` is read from its command line."""
+    base = "ir-heavy" if run_name.startswith("ir-heavy-seed") else run_name
+    if base not in TRADEOFF_RATIO_METHODS:
+        raise ValueError(f"Unknown codiemb tradeoff run {run_name!r}: expected {', '.join(TRADEOFF_RATIO_METHODS)} "
+                         "or ir-heavy-seed<N>")  # fmt: skip
+    return TRADEOFF_RATIO_METHODS[base]
 
 
 def tradeoff_row_key(variant: str | None = None) -> str:
@@ -499,7 +513,7 @@ class Study:
                          variant_label: str | None = None) -> dict[str, Any]:  # fmt: skip
         """Store a finished ``codiemb tradeoff`` set-up (run with this study's budget and ``seed``) as a row: its fused
         model evaluated on the whole dev sets by the study's own evaluation, the checkpoints its runs chose, their
-        epochs and updates (each run's, summed), and their training time (the sum of the two runs' process times,
+        epochs and updates (each run's, summed), and their training time (the sum of the runs' process times,
         which include their dev evaluations; ``wall_seconds``: the whole command's wall time if measured).
 
         The scores are those the fusion search measured for the chosen model on the whole dev sets (one STS and one
@@ -519,7 +533,14 @@ class Study:
         runs: dict[str, Any] = {}
         updates: dict[str, int] = {}
         units = set()
-        for name, key in TRADEOFF_RATIO_METHODS.items():
+        names = sorted(
+            (record.name.removesuffix(".done.json") for record in (output / "runs").glob("*.done.json")),
+            key=lambda name: (name.startswith("sts-heavy"), name != "ir-heavy", name),
+        )
+        if "ir-heavy" not in names:
+            raise ValueError(f"{output / 'runs'}: no finished ir-heavy run (ir-heavy.done.json) to collect")
+        for name in names:
+            key = tradeoff_run_method(name)
             done = json.loads((output / "runs" / f"{name}.done.json").read_text())
             missing = overrides_missing_from(done["argv"], self.overrides)
             if missing:
@@ -567,7 +588,12 @@ class Study:
             (sts_name,), (ir_name,) = list(self.sts_sets), list(self.ir_sets)
             metrics = {f"sts/{sts_name}/spearman_cosine": chosen["sts_score"], f"ir/{ir_name}/ndcg@10": chosen["ir_score"]}
             source = "OUTPUT/model/fusion_search.json, the chosen candidate (whole dev sets)"
-        label = tradeoff_label(runs["ir-heavy"]["task_ratio"], runs["sts-heavy"]["task_ratio"], units == {"passes"})
+        label = tradeoff_label(
+            runs["ir-heavy"]["task_ratio"],
+            runs["sts-heavy"]["task_ratio"] if "sts-heavy" in runs else None,
+            units == {"passes"},
+            ir_heavy_runs=sum(name.startswith("ir-heavy") for name in runs),
+        )
         if variant is not None:
             label = f"{label}; {variant_label or variant}"
         result = self.record(
