@@ -31,7 +31,8 @@
 # Tested on the CPU with EPOCHS=1 SEEDS=42 EXTRA="--max_train_records 64 --ir_eval_beir TINY:dev --sts_eval TINY.tsv"
 # TRADEOFF_EXTRA="--search_p 1 --search_shares 0.5" PYTHON=<venv python> (every row stored, the report written;
 # again 2026-12-07 with the pearson variant, from a checkout without .dev/whl: 7 rows in 5 min on the 2-core CPU).
-# With 3 seeds that is 15 processes on the GPU; TRADEOFF_VARIANTS=pearson runs only the recommended set-up.
+# With 3 seeds that is 15 processes on the GPU; TRADEOFF_VARIANTS=pearson runs only the recommended set-up;
+# TRADEOFF_VARIANTS="pearson seeds" adds the two-seed set-up of tradeoff-seeds.yaml (its second run's seed: seed + 100).
 # EVAL_MAX_CORPUS=0: checkpoints picked on the whole IR dev corpus (recipes/study/results-equal-data-5ep/
 # checkpoint_choice.md: the 1,000-document cap can pick the worse checkpoint), rows in a folder of their own (dry run
 # 2026-12-07 on the CPU with the caps above, EPOCHS=1 TRADEOFF_VARIANTS=pearson: 6 rows, every one with
@@ -103,8 +104,14 @@ if [ -n "$EPOCHS" ]; then
   CAP=(); [ "$EVAL_MAX_CORPUS" = 0 ] || CAP=(--eval_max_corpus "$EVAL_MAX_CORPUS")
   # The trade-off set-ups run per seed: "default" (the library's STS loss weights, row codiemb_tradeoff) and variants
   # with their own flags, each stored as the row codiemb_tradeoff_<name> (run_study.py collect-tradeoff --variant).
-  declare -A VARIANT_FLAGS=([default]="" [pearson]="--pro_weight 0 --rank_kl_weight 0 --multi_layer_weight 0")
-  declare -A VARIANT_LABELS=([pearson]="Pearson-only STS loss (pro_weight, rank_kl_weight, multi_layer_weight 0) [ours]")
+  PEARSON="--pro_weight 0 --rank_kl_weight 0 --multi_layer_weight 0"
+  declare -A VARIANT_FLAGS=([default]="" [pearson]="$PEARSON"
+                            [seeds]="$PEARSON --ir_train_from_sts ../shared/data/stsb-en/train.tsv")
+  declare -A VARIANT_LABELS=([pearson]="Pearson-only STS loss (pro_weight, rank_kl_weight, multi_layer_weight 0) [ours]"
+                             [seeds]="Pearson-only STS loss, STS-B pairs also as IR records, two IR-heavy runs (seeds s and s + 100), no STS-heavy run [ours]")
+  # The set-up's own options of a variant (before `--`); SEED is replaced by the set-up's seed + 100 (the second
+  # IR-heavy run's seed: never one of another set-up's, so no two rows share a run).
+  declare -A VARIANT_OPTIONS=([seeds]="--sts_heavy_ratio none --ir_heavy_seeds SEED")
   TRADEOFF_VARIANTS="${TRADEOFF_VARIANTS:-default pearson}"
   tradeoff() {  # SEED VARIANT: the trade-off set-up's two runs and fusion, then its row of the study
     local seed="$1" variant="$2" start suffix="" collect_variant=()
@@ -115,16 +122,19 @@ if [ -n "$EPOCHS" ]; then
     start=$(date +%s)
     # shellcheck disable=SC2206  # a variant's flags are a word list
     local own=(${VARIANT_FLAGS[$variant]})
+    local options_text="${VARIANT_OPTIONS[$variant]:-}"
+    # shellcheck disable=SC2206  # a variant's set-up options are a word list
+    local options=(${options_text//SEED/$((seed + 100))})
     local flags=(--num_train_epochs "$EPOCHS" --eval_strategy epoch --save_strategy epoch "${CAP[@]}"
                  --seed "$seed" --report_to none --evaluate_before false --logging_steps 10 --task_ratio_unit passes
                  "${OVERRIDES[@]}" "${own[@]}")
     # shellcheck disable=SC2086  # TRADEOFF_EXTRA is a word list (e.g. a smaller search grid for a dry run)
     timeout -k 10 "$BUDGET" "$PY" -m hf_codiemb.cli tradeoff "$RECIPE" --output_dir "$dir" --parallel 1 \
-      ${TRADEOFF_EXTRA:-} -- "${flags[@]}" \
+      "${options[@]}" ${TRADEOFF_EXTRA:-} -- "${flags[@]}" \
       && "$PY" recipes/study/run_study.py collect-tradeoff --recipe "$RECIPE" --epochs "$EPOCHS" --seed "$seed" \
         --tradeoff-dir "$dir" --wall-seconds "$(( $(date +%s) - start ))" --results-dir "$RESULTS" --threads 1 \
         "${collect_variant[@]}" \
-        --tradeoff-command "codiemb tradeoff $RECIPE --output_dir $dir --parallel 1 -- ${flags[*]}" \
+        --tradeoff-command "codiemb tradeoff $RECIPE --output_dir $dir --parallel 1 ${options[*]} -- ${flags[*]}" \
         -- "${OVERRIDES[@]}" "${own[@]}"
   }
   i=0
