@@ -95,6 +95,14 @@ def test_selection_picks_the_checkpoints_the_log_names(runs):
         select_checkpoint(run_a, "best_mrr")
 
 
+def test_the_log_file_name_is_the_trainers():
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    from hf_codiemb.fusion.selection import TRAINER_STATE
+
+    assert TRAINER_STATE == TRAINER_STATE_NAME
+
+
 def test_a_run_without_recorded_evaluations_is_a_clear_error(tmp_path, tiny_model_dir, capsys):
     run = tmp_path / "run"
     folder = perturbed_copy(tiny_model_dir, run / "checkpoint-10", seed=1)

@@ -17,6 +17,7 @@ from hf_codiemb.fusion.inputs import ResolvedModel, resolve_model
 from hf_codiemb.fusion.method import FusionMethod
 from hf_codiemb.fusion.output import check_not_an_input, check_output
 from hf_codiemb.fusion.registry import get_method
+from hf_codiemb.fusion.selection import TRAINER_STATE
 from hf_codiemb.fusion.stats import WeightStatistics, preload_plotting
 from hf_codiemb.fusion.streaming import merge_weights
 from hf_codiemb.fusion.validate import FusionPlan, build_plan
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 _SKIPPED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".pkl")
 _SKIPPED_NAMES = {
     *SHARD_INDEX_FILES,
-    "trainer_state.json",
+    TRAINER_STATE,
     ADAPTER_CONFIG_FILE,
     "README.md",
     "fusion_weights.json",

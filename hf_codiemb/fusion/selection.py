@@ -31,6 +31,8 @@ from hf_codiemb.model_folder import (
 
 logger = logging.getLogger(__name__)
 
+#: The Trainer's log of a checkpoint (``transformers.trainer.TRAINER_STATE_NAME``; not imported, to keep this
+#: module light).
 TRAINER_STATE = "trainer_state.json"
 # Criterion name -> the combined score of the log it maximises.
 CRITERIA: dict[str, str] = {

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from sentence_transformers import SentenceTransformer
 
     from codiemb_study.runner import Study
-    from hf_codiemb.fusion.selection import checkpoint_steps
+    from hf_codiemb.fusion.selection import TRAINER_STATE, checkpoint_steps
 
     output = Path(args.output)
     cache_file = output.with_suffix(".json")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics = study.evaluate(SentenceTransformer(str(checkpoint), device="cpu"))
                 cache[key] = {"ir": metrics[f"ir/{ir_name}/ndcg@10"], "sts": metrics[f"sts/{sts_name}/spearman_cosine"]}
                 cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-            state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+            state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
             rows.append({"setup": setup, "step": step, "epoch": state["epoch"], "capped_ir": capped[step], **cache[key]})
     output.write_text(
         "# IR-heavy checkpoint choice: capped vs whole dev corpus\n\n"

@@ -526,6 +526,7 @@ class Study:
         from sentence_transformers import SentenceTransformer
 
         from hf_codiemb.command_parser import flag_value
+        from hf_codiemb.fusion.selection import TRAINER_STATE
 
         output = Path(output_dir)
         row = tradeoff_row_key(variant)
@@ -550,7 +551,7 @@ class Study:
                 )
             folder = output / "runs" / name
             last = max(folder.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
-            state = json.loads((last / "trainer_state.json").read_text())
+            state = json.loads((last / TRAINER_STATE).read_text())
             # The run's own command line says what its task_ratio divided (the recipe's value otherwise).
             unit = flag_value(done["argv"], "task_ratio_unit")
             ratio = flag_value(done["argv"], "task_ratio") or METHODS[key].task_ratio  # e.g. --ir_heavy_ratio ir:1,sts:1
