@@ -171,7 +171,7 @@ def test_tradeoff_refuses_a_recipe_it_cannot_choose_checkpoints_in(tmp_path, tin
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("config", sorted(REPO.glob("recipes/**/tradeoff.yaml")), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("config", sorted(REPO.glob("recipes/**/tradeoff*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_shipped_tradeoff_configs_parse_and_their_training_recipe_accepts_their_flags(config, monkeypatch):
     """A recommended set-up is `codiemb tradeoff --config FILE`: its options parse, its training recipe exists and
     takes its train_args as `codiemb tradeoff` checks them before training (dev evaluation, checkpoints kept)."""

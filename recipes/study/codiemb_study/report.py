@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import statistics
+import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -365,10 +366,13 @@ def plot_tradeoff(encoders: Mapping[str, Sequence[Mapping[str, Any]]], output: P
     for ax in axes[0]:  # every label once, even when encoders ran different methods
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    fig.tight_layout()
+    # Long row labels (the trade-off variants) are wrapped and the legend hangs below the plots, whole.
+    labels = [textwrap.fill(label, 75) for label in legend]
+    fig.legend(list(legend.values()), labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8,
+               frameon=False)  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
+    fig.savefig(output, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return output
 
