@@ -32,7 +32,9 @@
 # TRADEOFF_EXTRA="--search_p 1 --search_shares 0.5" PYTHON=<venv python> (every row stored, the report written;
 # again 2026-12-07 with the pearson variant, from a checkout without .dev/whl: 7 rows in 5 min on the 2-core CPU).
 # With 3 seeds that is 15 processes on the GPU; TRADEOFF_VARIANTS=pearson runs only the recommended set-up;
-# TRADEOFF_VARIANTS="pearson seeds" adds the two-seed set-up of tradeoff-seeds.yaml (its second run's seed: seed + 100).
+# TRADEOFF_VARIANTS="pearson seeds" adds the two-seed set-up of tradeoff-seeds.yaml (its second run's seed: seed + 100;
+# dry run 2026-12-07 on the CPU with the caps above, EPOCHS=1 TRADEOFF_VARIANTS=seeds: 6 rows, the seeds row with its
+# runs ir-heavy and ir-heavy-seed142, in 4 min).
 # EVAL_MAX_CORPUS=0: checkpoints picked on the whole IR dev corpus (recipes/study/results-equal-data-5ep/
 # checkpoint_choice.md: the 1,000-document cap can pick the worse checkpoint), rows in a folder of their own (dry run
 # 2026-12-07 on the CPU with the caps above, EPOCHS=1 TRADEOFF_VARIANTS=pearson: 6 rows, every one with
