@@ -22,6 +22,17 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
 
+def shipped_training_recipes() -> list[Path]:
+    """The training recipes under ``recipes/`` (what `codiemb train` takes): every YAML file but the accelerate
+    configs, the fusion recipes (``fuse.yaml``, tests/test_fuse_command.py) and the `codiemb tradeoff` options files
+    (``tradeoff*.yaml``, tests/test_tradeoff.py)."""
+    return sorted(
+        path
+        for path in (REPO / "recipes").rglob("*.yaml")
+        if "accelerate" not in path.parts and path.name != "fuse.yaml" and not path.name.startswith("tradeoff")
+    )
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for a torchrun rendezvous or a test server)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import shipped_training_recipes
 
 from hf_codiemb.recipe import parse_recipe
 
@@ -132,9 +133,7 @@ def test_shipped_recipes_trigger_no_deprecation_warning(monkeypatch):
 
     monkeypatch.chdir(REPO)
     cpu = ["--bf16", "false", "--use_cpu", "true", "--deepspeed", ""]
-    for recipe in sorted(REPO.glob("recipes/**/*.yaml")):
-        if "accelerate" in recipe.parts or recipe.name in ("fuse.yaml", "tradeoff.yaml"):
-            continue  # fusion recipes: tests/test_fuse_command.py; tradeoff options: tests/test_tradeoff.py
+    for recipe in shipped_training_recipes():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             parse_recipe([str(recipe), *cpu])

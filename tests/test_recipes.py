@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import shipped_training_recipes
 
 from hf_codiemb.cli import main
 from hf_codiemb.data.beir import parse_beir_spec
@@ -15,9 +16,8 @@ from hf_codiemb.recipe import parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 # Training recipes (fusion recipes, fuse.yaml, are checked in tests/test_fuse_command.py; `codiemb tradeoff` options,
-# tradeoff.yaml, in tests/test_tradeoff.py).
-NOT_TRAINING = ("fuse.yaml", "tradeoff.yaml")
-RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "accelerate" not in p.parts and p.name not in NOT_TRAINING)
+# tradeoff*.yaml, in tests/test_tradeoff.py).
+RECIPES = shipped_training_recipes()
 SHARED_DATA = REPO.parent / "shared" / "data"
 # Paper recipes assume GPUs (bf16, DeepSpeed): on this CPU machine their dry run turns those off.
 CPU_OVERRIDES = ["--bf16", "false", "--deepspeed", "", "--activation_checkpointing", "false", "--use_cpu", "true"]
