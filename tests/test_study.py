@@ -363,7 +363,8 @@ def test_equal_data_study_trains_epochs_and_keeps_the_dev_best_checkpoint(tiny_r
     scores are those of that checkpoint."""
     results, work = tmp_path / "results", tmp_path / "work"
     methods = ["ir_only", "sts_cosine", "mixed_infonce", "codiemb"]
-    study = Study(str(tiny_recipe), ["--max_seq_length", "32"], None, results, work, epochs=2, eval_max_corpus=10_000)
+    study = Study(str(tiny_recipe), ["--max_seq_length", "32"], None, results, work, epochs=2, eval_max_corpus=10_000,
+                  keep_models=True)  # fmt: skip
     study.run(methods, seeds=[1])
     expected_metric = {"ir_only": "codiemb_ir_score", "sts_cosine": "codiemb_sts_score",
                        "mixed_infonce": "codiemb_score", "codiemb": "codiemb_score"}  # fmt: skip
@@ -390,6 +391,13 @@ def test_equal_data_study_trains_epochs_and_keeps_the_dev_best_checkpoint(tiny_r
     epochs = {json.loads((runs_dir / f"{key}-seed1.json").read_text())["epochs_trained"] for key in methods}
     assert epochs == {2.0}, "every method saw the same number of epochs"
     assert not any(work.rglob("checkpoint-*")), "training folders are removed after evaluation"
+    # keep_models: each run's evaluated model is kept, and scores what its record says (evaluated again here).
+    assert sorted(p.name for p in study.kept_model_dir("ir_only", 1).parent.iterdir()) == sorted(f"{k}-seed1" for k in methods)
+    from sentence_transformers import SentenceTransformer
+
+    kept = study.evaluate(SentenceTransformer(str(study.kept_model_dir("ir_only", 1)), device="cpu"))
+    stored = json.loads((runs_dir / "ir_only-seed1.json").read_text())["metrics"]
+    assert {k: kept[k] for k in stored} == pytest.approx(stored, abs=1e-5)
     assert not (runs_dir / "codiemb_delta_fusion-seed1.json").exists()  # (f) belongs to the equal-updates study
 
     # Resume, and no mixing of budgets: a stored equal-data run is not redone, nor reused by an equal-updates study.

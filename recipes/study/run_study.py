@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="with --epochs: IR dev corpus cap during training (final scores: whole corpus); 0 = none")  # fmt: skip
     run.add_argument("--results-dir", default=DEFAULT_RESULTS)
     run.add_argument("--work-dir", default="outputs/study")
+    run.add_argument("--keep-models", action="store_true",
+                     help="keep each run's evaluated model in WORK_DIR/<encoder>/models/<method>-seed<seed>")  # fmt: skip
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     collect = commands.add_parser("collect-tradeoff", help="store a finished `codiemb tradeoff` as a row (--epochs)")
     collect.add_argument("--recipe", required=True)
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         study = Study(args.recipe, overrides, args.max_steps, args.results_dir, args.work_dir, epochs=args.epochs,
-                      eval_max_corpus=args.eval_max_corpus or None)  # fmt: skip
+                      eval_max_corpus=args.eval_max_corpus or None, keep_models=args.keep_models)  # fmt: skip
         study.run(args.methods or list(METHODS), args.seeds)
         return 0
     if args.command == "collect-tradeoff":

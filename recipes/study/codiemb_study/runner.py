@@ -10,7 +10,8 @@ the whole dev sets for the tables; the run record keeps every dev evaluation of 
 Each finished run writes one JSON file ``<results_dir>/<encoder>/runs/<method>-seed<seed>.json`` (metrics on the
 recipe's dev sets, training time, optimizer updates per task, the command); a run whose file exists is skipped, so
 an interrupted study resumes where it stopped. Training folders go to ``work_dir`` and are deleted after evaluation
-(the study keeps numbers, not models), except the final models of the (h) inputs, kept until (h) is stored.
+(the study keeps numbers, not models), except the final models of the (h) inputs, kept until (h) is stored, and, with
+``keep_models``, each run's evaluated model in ``work_dir/<encoder>/models/<method>-seed<seed>``.
 """
 
 from __future__ import annotations
@@ -227,6 +228,7 @@ class Study:
         *,
         epochs: int | None = None,
         eval_max_corpus: int | None = DEFAULT_EVAL_MAX_CORPUS,
+        keep_models: bool = False,
     ) -> None:
         from hf_codiemb.pipeline import load_eval_sets, load_training_data
         from hf_codiemb.recipe import parse_recipe
@@ -244,6 +246,9 @@ class Study:
         self.max_steps = max_steps
         self.epochs = epochs
         self.eval_max_corpus = eval_max_corpus if epochs is not None else None
+        #: Keep each trained run's evaluated model (the dev-best checkpoint in the equal-data study) in
+        #: :meth:`kept_model_dir`, e.g. to fuse two seeds of a method later; by default only numbers are kept.
+        self.keep_models = keep_models
         self.encoder = encoder_name(recipe)
         self.results_dir = Path(results_dir)
         self.work_dir = Path(work_dir) / self.encoder
@@ -407,6 +412,8 @@ class Study:
             self.run_fusion(seed, Path(args.output_dir))
         if key in RATIO_FUSION_INPUTS:  # (h) fuses the final models of these runs: kept until it is stored
             trainer.model.save(str(self.final_model_dir(key, seed)))
+        if self.keep_models:
+            trainer.model.save(str(self.kept_model_dir(key, seed)))
         shutil.rmtree(args.output_dir, ignore_errors=True)
         return result
 
@@ -419,6 +426,10 @@ class Study:
                 f"{path} was trained for {had}, this study asks for {asks}: use another --results-dir, or remove "
                 "the stored runs to redo them"
             )
+
+    def kept_model_dir(self, key: str, seed: int) -> Path:
+        """Where a run's evaluated model is kept with ``keep_models`` (the one its stored scores are of)."""
+        return self.work_dir / "models" / f"{key}-seed{seed}"
 
     def final_model_dir(self, key: str, seed: int) -> Path:
         """Where the final model of an (h) input run waits for the fusion."""
