@@ -34,7 +34,9 @@
 # With 3 seeds that is 15 processes on the GPU; TRADEOFF_VARIANTS=pearson runs only the recommended set-up;
 # TRADEOFF_VARIANTS="pearson seeds" adds the two-seed set-up of tradeoff-seeds.yaml (its second run's seed: seed + 100;
 # dry run 2026-12-07 on the CPU with the caps above, EPOCHS=1 TRADEOFF_VARIANTS=seeds: 6 rows, the seeds row with its
-# runs ir-heavy and ir-heavy-seed142, in 4 min).
+# runs ir-heavy and ir-heavy-seed142, in 4 min). On l3 the CPU rows of that variant (set-up seeds 42 and 44, pairs
+# 42/43 and 44/45) are stored, so a GPU call adds set-up seed 43 only (pair 43/143: its first run is the same seed as
+# the 42/43 pair's second run, trained again; the row's label names the CPU pairs).
 # EVAL_MAX_CORPUS=0: checkpoints picked on the whole IR dev corpus (recipes/study/results-equal-data-5ep/
 # checkpoint_choice.md: the 1,000-document cap can pick the worse checkpoint), rows in a folder of their own (dry run
 # 2026-12-07 on the CPU with the caps above, EPOCHS=1 TRADEOFF_VARIANTS=pearson: 6 rows, every one with
