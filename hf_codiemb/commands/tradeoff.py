@@ -4,7 +4,8 @@
 
 Examples::
 
-    codiemb tradeoff --config recipes/small/paraphrase-minilm-l3/tradeoff.yaml    # a recommended set-up [ours]
+    codiemb tradeoff --config recipes/small/paraphrase-minilm-l3/tradeoff-seeds.yaml   # the recommended set-up [ours]
+    codiemb tradeoff --config recipes/small/paraphrase-minilm-l3/tradeoff.yaml         # IR-heavy + STS-heavy runs
     codiemb tradeoff RECIPE.yaml --output_dir out --ir_weight 0.5 --parallel 2 -- --max_steps 300 --seed 43
     codiemb tradeoff RECIPE.yaml --output_dir out --ir_heavy_seeds 43 --sts_heavy_ratio none   # two seeds, fused
 
