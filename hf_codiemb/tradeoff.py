@@ -9,7 +9,7 @@ on the dev sets (:func:`hf_codiemb.fusion.search.fusion_search`), writing the be
 
 Further IR-heavy runs with their own seeds (``ir_heavy_seeds``, ours) join the fusion with their best-IR checkpoints,
 and ``sts_heavy_ratio: none`` drops the STS-heavy run: the delta fusion of differently seeded runs of one recipe is
-one of the inputs METHOD.md section 6 names (``recipes/small/paraphrase-minilm-l3/tradeoff.yaml`` measures it).
+one of the inputs METHOD.md section 6 names (``recipes/small/paraphrase-minilm-l3/tradeoff-seeds.yaml`` measures it).
 With more than two inputs the search keeps equal shares and searches ``p`` only.
 
 The runs are ``codiemb train`` processes (``--parallel`` of them at a time, each on its own GPU where there are
@@ -47,12 +47,31 @@ from hf_codiemb.errors import CoDiEmbUserError, RecipeError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TradeoffArguments", "TradeoffRunError", "TrainingRun", "run_tradeoff"]
+__all__ = ["TradeoffArguments", "TradeoffRunError", "TrainingRun", "finished_run_names", "is_ir_heavy_run", "run_tradeoff"]
 
 IR_HEAVY = "ir-heavy"
 STS_HEAVY = "sts-heavy"
 #: ``sts_heavy_ratio`` value (any case) that drops the STS-heavy run.
 NO_RUN = "none"
+DONE_SUFFIX = ".done.json"
+
+
+def _seeded_run_name(seed: int) -> str:
+    """The folder name of the IR-heavy run with its own ``seed`` (``ir_heavy_seeds``)."""
+    return f"{IR_HEAVY}-seed{seed}"
+
+
+def is_ir_heavy_run(name: str) -> bool:
+    """Whether a run of the set-up (its folder name) is an IR-heavy one: ``ir-heavy`` or ``ir-heavy-seed<N>``."""
+    return name == IR_HEAVY or name.startswith(_seeded_run_name(""))
+
+
+def finished_run_names(folder: str | Path) -> list[str]:
+    """The set-up's finished runs, by their completion records (``NAME.done.json``) in ``folder`` (a set-up's
+    ``runs/``, or a folder its records were copied to), in the order :func:`plan_runs` makes them: ``ir-heavy``, the
+    seeded IR-heavy runs (by name), ``sts-heavy``."""
+    names = [path.name.removesuffix(DONE_SUFFIX) for path in Path(folder).glob(f"*{DONE_SUFFIX}")]
+    return sorted(names, key=lambda name: (name == STS_HEAVY, name != IR_HEAVY, name))
 
 
 class TradeoffRunError(CoDiEmbUserError, RuntimeError):
@@ -160,9 +179,7 @@ def _check_recipe(args: TradeoffArguments):
         )
     if args.ir_weight is not None and not 0.0 <= args.ir_weight <= 1.0:
         raise RecipeError(f"must lie in [0, 1], got {args.ir_weight}", "ir_weight")
-    for name in ("ir_heavy_ratio", "sts_heavy_ratio"):
-        if name == "sts_heavy_ratio" and not _has_sts_heavy_run(args):
-            continue
+    for name in ("ir_heavy_ratio", "sts_heavy_ratio") if _has_sts_heavy_run(args) else ("ir_heavy_ratio",):
         try:
             parse_task_ratio(getattr(args, name))
         except (TypeError, ValueError) as exc:
@@ -203,14 +220,14 @@ def plan_runs(args: TradeoffArguments, training_args: Any) -> list[TrainingRun]:
     output = Path(args.output_dir).absolute()
     specs = [(IR_HEAVY, args.ir_heavy_ratio, "best_ir", [])]
     for seed in args.ir_heavy_seeds:
-        specs.append((f"{IR_HEAVY}-seed{seed}", args.ir_heavy_ratio, "best_ir", ["--seed", str(seed)]))
+        specs.append((_seeded_run_name(seed), args.ir_heavy_ratio, "best_ir", ["--seed", str(seed)]))
     if _has_sts_heavy_run(args):
         specs.append((STS_HEAVY, args.sts_heavy_ratio, "best_sts", []))
     runs = []
     for name, ratio, select, extra in specs:
         run_dir = output / "runs" / name
         argv = _train_argv(args, training_args, run_dir, ratio) + extra
-        log, record = output / "logs" / f"{name}.log", output / "runs" / f"{name}.done.json"
+        log, record = output / "logs" / f"{name}.log", output / "runs" / f"{name}{DONE_SUFFIX}"
         runs.append(TrainingRun(name, ratio, select, run_dir, log, record, argv))
     return runs
 

@@ -138,6 +138,18 @@ def test_tradeoff_with_seeded_ir_heavy_runs_fuses_each_runs_best_ir_checkpoint(t
     assert "| ir-heavy-seed43 | ir:3,sts:1 | step" in summary and "sts-heavy" not in summary
 
 
+def test_finished_runs_are_listed_in_the_order_they_are_planned(tmp_path):
+    from hf_codiemb.tradeoff import finished_run_names, is_ir_heavy_run
+
+    for name in ("sts-heavy", "ir-heavy-seed43", "ir-heavy", "ir-heavy-seed142"):
+        (tmp_path / f"{name}.done.json").write_text("{}")
+    (tmp_path / "ir-heavy-seed44").mkdir()  # a run without a completion record is not finished
+    assert finished_run_names(tmp_path) == ["ir-heavy", "ir-heavy-seed142", "ir-heavy-seed43", "sts-heavy"]
+    assert [is_ir_heavy_run(n) for n in ("ir-heavy", "ir-heavy-seed43", "sts-heavy", "ir-heavyish")] == [
+        True, True, False, False
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from codiemb_study.runner import Study
     from hf_codiemb.fusion.selection import TRAINER_STATE, checkpoint_steps
+    from hf_codiemb.tradeoff import IR_HEAVY
 
     output = Path(args.output)
     cache_file = output.with_suffix(".json")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for spec in args.setup:
         setup, _, folder = spec.partition("=")
-        run_dir = Path(folder) / "runs" / "ir-heavy"
+        run_dir = Path(folder) / "runs" / IR_HEAVY
         capped = capped_scores(run_dir)
         for step, checkpoint in checkpoint_steps(run_dir).items():
             if step not in capped:

@@ -19,16 +19,11 @@ import re
 import shutil
 from pathlib import Path
 
+from hf_codiemb.tradeoff import finished_run_names
+
 STUDY_ROWS = ("base encoder (no training)", "(a) IR only: InfoNCE", "(b2) CosineSimilarityLoss, STS only",
               "(c) mixed-task batches, one InfoNCE loss", "(e) CoDiEmb (task-balanced, task losses)",
               "(h) delta fusion (p=1, element) of the IR:STS 3:1 + 1:3 runs")  # fmt: skip
-
-
-def run_names(folder: Path) -> list[str]:
-    """The set-up's finished runs (``NAME.done.json`` in ``folder``, a set-up's ``runs/`` or a copy's folder):
-    ``ir-heavy``, ``ir-heavy-seed<N>``..., ``sts-heavy``."""
-    names = [path.name.removesuffix(".done.json") for path in folder.glob("*.done.json")]
-    return sorted(names, key=lambda name: (name.startswith("sts-heavy"), name != "ir-heavy", name))
 
 
 def copy_results(output: Path, dest: Path) -> None:
@@ -38,7 +33,7 @@ def copy_results(output: Path, dest: Path) -> None:
         shutil.copy(output / "tradeoff.md", dest / "tradeoff.md")
     for name in ("README.md", "fusion_search.md", "fusion_search.json", "fusion_front.png"):
         shutil.copy(output / "model" / name, dest / ("model_card.md" if name == "README.md" else name))
-    for run in run_names(output / "runs"):
+    for run in finished_run_names(output / "runs"):
         folder = output / "runs" / run
         shutil.copy(output / "runs" / f"{run}.done.json", dest / f"{run}.done.json")
         shutil.copy(folder / "eval_results.json", dest / f"{run}.eval_results.json")
@@ -58,7 +53,7 @@ def summary(dest: Path, encoder: str, study_summary: Path, command: str, machine
     lines = [f"# `codiemb tradeoff` on {encoder}: SciFact + STS-B (issue 19)", "", f"Command: `{command}`", "",
              f"Machine: {machine}", "", "## Dev scores during training (every evaluation; IR on the capped corpus)", "",
              "| run | step | STS-B dev Spearman | SciFact dev nDCG@10 | codiemb_score |", "|---|---|---|---|---|"]  # fmt: skip
-    for run in run_names(dest):
+    for run in finished_run_names(dest):
         state = json.loads((dest / f"{run}.trainer_state.json").read_text())
         for entry in state["log_history"]:
             if "eval_codiemb_score" in entry:
@@ -77,7 +72,7 @@ def summary(dest: Path, encoder: str, study_summary: Path, command: str, machine
         )
     lines += ["", "Each run's final model (whole dev sets, `eval_results.json`):", "",
               "| run | STS-B dev Spearman | SciFact dev nDCG@10 |", "|---|---|---|"]  # fmt: skip
-    for run in run_names(dest):
+    for run in finished_run_names(dest):
         results = json.loads((dest / f"{run}.eval_results.json").read_text())
         sts = next(iter(results["sts"].values()))["spearman_cosine"]
         ir = next(iter(results["ir"].values()))["ndcg@10"]

@@ -58,7 +58,9 @@ def tradeoff_label(ir_heavy_ratio: str = "ir:3,sts:1", sts_heavy_ratio: str | No
 def tradeoff_run_method(run_name: str) -> str:
     """The study method a ``codiemb tradeoff`` run trains (its data and losses): ``ir-heavy``, ``ir-heavy-seed<N>``
     (:data:`TRADEOFF_RATIO_METHODS`) and ``sts-heavy``; the run's own ``task_ratio`` is read from its command line."""
-    base = "ir-heavy" if run_name.startswith("ir-heavy-seed") else run_name
+    from hf_codiemb.tradeoff import IR_HEAVY, is_ir_heavy_run
+
+    base = IR_HEAVY if is_ir_heavy_run(run_name) else run_name
     if base not in TRADEOFF_RATIO_METHODS:
         raise ValueError(f"Unknown codiemb tradeoff run {run_name!r}: expected {', '.join(TRADEOFF_RATIO_METHODS)} "
                          "or ir-heavy-seed<N>")  # fmt: skip
@@ -538,6 +540,7 @@ class Study:
 
         from hf_codiemb.command_parser import flag_value
         from hf_codiemb.fusion.selection import TRAINER_STATE
+        from hf_codiemb.tradeoff import finished_run_names, is_ir_heavy_run
 
         output = Path(output_dir)
         row = tradeoff_row_key(variant)
@@ -545,10 +548,7 @@ class Study:
         runs: dict[str, Any] = {}
         updates: dict[str, int] = {}
         units = set()
-        names = sorted(
-            (record.name.removesuffix(".done.json") for record in (output / "runs").glob("*.done.json")),
-            key=lambda name: (name.startswith("sts-heavy"), name != "ir-heavy", name),
-        )
+        names = finished_run_names(output / "runs")
         if "ir-heavy" not in names:
             raise ValueError(f"{output / 'runs'}: no finished ir-heavy run (ir-heavy.done.json) to collect")
         for name in names:
@@ -604,7 +604,7 @@ class Study:
             runs["ir-heavy"]["task_ratio"],
             runs["sts-heavy"]["task_ratio"] if "sts-heavy" in runs else None,
             units == {"passes"},
-            ir_heavy_runs=sum(name.startswith("ir-heavy") for name in runs),
+            ir_heavy_runs=sum(map(is_ir_heavy_run, runs)),
         )
         if variant is not None:
             label = f"{label}; {variant_label or variant}"
