@@ -36,7 +36,7 @@
 # dry run 2026-12-07 on the CPU with the caps above, EPOCHS=1 TRADEOFF_VARIANTS=seeds: 6 rows, the seeds row with its
 # runs ir-heavy and ir-heavy-seed142, in 4 min). On l3 the CPU rows of that variant (set-up seeds 42 and 44, pairs
 # 42/43 and 44/45) are stored, so a GPU call adds set-up seed 43 only (pair 43/143: its first run is the same seed as
-# the 42/43 pair's second run, trained again; the row's label names the CPU pairs).
+# the 42/43 pair's second run, trained again; each run record's command names its pair).
 # EVAL_MAX_CORPUS=0: checkpoints picked on the whole IR dev corpus (recipes/study/results-equal-data-5ep/
 # checkpoint_choice.md: the 1,000-document cap can pick the worse checkpoint), rows in a folder of their own (dry run
 # 2026-12-07 on the CPU with the caps above, EPOCHS=1 TRADEOFF_VARIANTS=pearson: 6 rows, every one with
@@ -112,7 +112,7 @@ if [ -n "$EPOCHS" ]; then
   declare -A VARIANT_FLAGS=([default]="" [pearson]="$PEARSON"
                             [seeds]="$PEARSON --ir_train_from_sts ../shared/data/stsb-en/train.tsv")
   declare -A VARIANT_LABELS=([pearson]="Pearson-only STS loss (pro_weight, rank_kl_weight, multi_layer_weight 0) [ours]"
-                             [seeds]="Pearson-only STS loss, STS-B pairs also as IR records, two IR-heavy runs (seeds s and s + 100), no STS-heavy run [ours]")
+                             [seeds]="STS-B pairs also as IR records, Pearson-only STS loss [ours]")
   # The set-up's own options of a variant (before `--`); SEED is replaced by the set-up's seed + 100 (the second
   # IR-heavy run's seed: never one of another set-up's, so no two rows share a run).
   declare -A VARIANT_OPTIONS=([seeds]="--sts_heavy_ratio none --ir_heavy_seeds SEED")
