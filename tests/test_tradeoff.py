@@ -198,3 +198,24 @@ def test_shipped_tradeoff_configs_parse_and_their_training_recipe_accepts_their_
     assert training.task_ratio_unit == "passes" and training.num_train_epochs == 5
     assert (training.pro_weight, training.rank_kl_weight, training.multi_layer_weight) == (0.0, 0.0, 0.0)
     assert training.pearson_weight > 0
+
+
+def test_a_recipe_given_first_replaces_the_options_files_recipe(monkeypatch):
+    """`codiemb tradeoff OTHER_RECIPE --config FILE` runs FILE's set-up on OTHER_RECIPE (docs/usage.md): the recipe
+    given first wins over the file's `recipe`, the file's ratios, seeds and train_args stay, and flags after `--`
+    come after the file's train_args (so they win)."""
+    from hf_codiemb.commands.tradeoff import build_parser
+    from hf_codiemb.tradeoff import _check_recipe
+
+    monkeypatch.chdir(REPO)
+    config = "recipes/small/paraphrase-minilm-l3/tradeoff-seeds.yaml"
+    other = "recipes/small/minilm-l6/scifact_stsb.yaml"
+    (from_file,) = build_parser().parse(["--config", config])
+    (args,) = build_parser().parse([other, "--config", config, "--output_dir", "elsewhere"])
+    assert from_file.recipe != other and args.recipe == other and args.output_dir == "elsewhere"
+    for name in ("ir_heavy_ratio", "sts_heavy_ratio", "ir_heavy_seeds", "search_p", "ir_weight", "train_args"):
+        assert getattr(args, name) == getattr(from_file, name), name
+    args.train_args = [*args.train_args, "--num_train_epochs", "2"]  # what `run` does with the flags after `--`
+    model_args, _, training = _check_recipe(args)
+    assert model_args.model_name_or_path == "packaged:all-minilm-l6-v2"  # the L6 recipe's model, not L3's
+    assert training.num_train_epochs == 2 and training.task_ratio_unit == "passes" and training.pro_weight == 0.0
