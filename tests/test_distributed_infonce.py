@@ -49,3 +49,5 @@ def test_gathered_loss_and_grads_equal_single_process(tmp_path):
         for prefix in ("", "cached_"):
             message = (tmp_path / f"{prefix}error_rank{rank}.txt").read_text()
             assert "same local batch size" in message and "rank 1: batch=2" in message, message
+            name = "CachedMultiPositiveInfoNCELoss" if prefix else "MultiPositiveInfoNCELoss"
+            assert f"{name}(gather_across_devices=True)" in message, message  # the loss the user configured

@@ -4,17 +4,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from sentence_transformers.base.losses.gradcache import (
     CachedLossMixin,
     _validate_mini_batch_num_tokens,
     has_static_embedding_input,
 )
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
-from sentence_transformers.util import all_gather_with_grad, cos_sim
+from sentence_transformers.util import cos_sim
 from torch import Tensor, nn
 
-from ._common import check_same_sizes_across_ranks, function_name
+from ._common import function_name
 from .false_negatives import MarginStrategy
 from .multi_positive_info_nce import (
     InBatchPositives,
@@ -265,28 +264,9 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
             if self._guide_embeddings is None:
                 raise ValueError(f"{type(self).__name__} has a guide: call it through forward().")
             guide = self.loss.split_columns(self._guide_embeddings)
-        offset = 0
-        if self.loss.gathers():
-            check_same_sizes_across_ranks(
-                {
-                    "batch": batch_size,
-                    "positives": positives.size(1),
-                    "negatives": 0 if negatives is None else negatives.size(1),
-                    "dim": queries.size(1),
-                },
-                type(self).__name__,
-                queries.device,
-            )
-            positives = all_gather_with_grad(positives)
-            if negatives is not None:
-                negatives = all_gather_with_grad(negatives)
-            if guide is not None:
-                guide = (
-                    guide[0],
-                    all_gather_with_grad(guide[1]),
-                    None if guide[2] is None else all_gather_with_grad(guide[2]),
-                )
-            offset = dist.get_rank() * batch_size
+        positives, negatives, guide, offset = self.loss.gather_passages(
+            queries, positives, negatives, guide, loss_name=type(self).__name__
+        )
 
         inputs = [tensor for tensor in (queries, positives, negatives) if tensor is not None]
         if with_backward:

@@ -442,6 +442,41 @@ class MultiPositiveInfoNCELoss(nn.Module):
             self.gather_across_devices and self.in_batch_negatives and dist.is_available() and dist.is_initialized()
         )
 
+    def gather_passages(
+        self,
+        queries: Tensor,
+        positives: Tensor,
+        negatives: Tensor | None,
+        guide: tuple[Tensor, Tensor, Tensor | None] | None = None,
+        loss_name: str | None = None,
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor | None] | None, int]:
+        """The passages of every rank, when this batch gathers them (:meth:`gathers`); else the local ones.
+
+        Checks first that every rank holds the same batch, candidate and embedding sizes (a mismatch would hang or
+        mis-align the collective; the error names ``loss_name``), then gathers the positives, the negatives and the
+        guide's passage columns with gradients (``all_gather_with_grad``). Returns ``(positives, negatives, guide,
+        query_offset)``: the offset is the row of this rank's first query among the gathered passages (0 when
+        nothing is gathered). The queries stay local.
+        """
+        if not self.gathers():
+            return positives, negatives, guide, 0
+        check_same_sizes_across_ranks(
+            {
+                "batch": queries.size(0),
+                "positives": positives.size(1),
+                "negatives": 0 if negatives is None else negatives.size(1),
+                "dim": queries.size(1),
+            },
+            loss_name or type(self).__name__,
+            queries.device,
+        )
+        positives = all_gather_with_grad(positives)
+        if negatives is not None:
+            negatives = all_gather_with_grad(negatives)
+        if guide is not None:
+            guide = (guide[0], all_gather_with_grad(guide[1]), None if guide[2] is None else all_gather_with_grad(guide[2]))
+        return positives, negatives, guide, dist.get_rank() * queries.size(0)
+
     def teacher_scores(self, labels: Tensor | None, batch_size: int, num_candidates: int) -> Tensor:
         """The labels of a batch as its ``(B, P + N)`` teacher scores (``distill_weight > 0``), checked."""
         if labels is None:
@@ -477,28 +512,7 @@ class MultiPositiveInfoNCELoss(nn.Module):
             if guide_embeddings is None:
                 raise ValueError(f"{type(self).__name__} has a guide: pass guide_embeddings (see embed_with_guide).")
             guide = self.split_columns(guide_embeddings)
-        offset = 0
-        if self.gathers():
-            check_same_sizes_across_ranks(
-                {
-                    "batch": queries.size(0),
-                    "positives": positives.size(1),
-                    "negatives": 0 if negatives is None else negatives.size(1),
-                    "dim": queries.size(1),
-                },
-                type(self).__name__,
-                queries.device,
-            )
-            positives = all_gather_with_grad(positives)
-            if negatives is not None:
-                negatives = all_gather_with_grad(negatives)
-            if guide is not None:
-                guide = (
-                    guide[0],
-                    all_gather_with_grad(guide[1]),
-                    None if guide[2] is None else all_gather_with_grad(guide[2]),
-                )
-            offset = dist.get_rank() * queries.size(0)
+        positives, negatives, guide, offset = self.gather_passages(queries, positives, negatives, guide)
         options = {
             "temperature": self.temperature,
             "in_batch_negatives": self.in_batch_negatives,
