@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SENTENCE_TRANSFORMERS_LOSS_TASKS",
     "check_column_length",
+    "check_deepspeed",
     "check_loss_tasks",
     "check_matryoshka_dims",
     "check_model_selection",
@@ -211,4 +212,25 @@ def check_model_selection(args: CoDiEmbTrainingArguments, has_evaluator: bool) -
             f"metric_for_best_model {metric!r} is a score of the dev sets, but this run has none: give sts_eval, "
             "ir_eval or ir_eval_beir (or pass a CoDiEmbEvaluator as evaluator=)",
             "metric_for_best_model",
+        )
+
+
+def check_deepspeed(args: CoDiEmbTrainingArguments) -> None:
+    """Refuse DeepSpeed ZeRO-3 before anything is loaded or written (ZeRO-1, the paper's, and ZeRO-2 are tested).
+
+    Measured on 2 CPU processes with DeepSpeed 0.19.8: with ``torchrun ... --deepspeed`` the model fails to load
+    (``zero.Init`` checks the batch sizes before the process group exists); with ``accelerate launch`` the run trains
+    but saves no weights unless ``stage3_gather_16bit_weights_on_model_save`` is set, and with it the final
+    evaluation's reload of the model on the main process fails in ``zero.Init``'s collectives (the other processes
+    have finished). The check reads the
+    configuration transformers holds for the run (``--deepspeed`` or accelerate's DeepSpeed plugin).
+    """
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        raise RecipeError(
+            "DeepSpeed ZeRO-3 is not supported by codiemb train (its model loading and saving fail here): use "
+            "ZeRO-1 as the paper (recipes/accelerate/ds_zero1.json, recipes/accelerate/deepspeed_zero1.yaml) or "
+            "ZeRO-2 (zero_optimization.stage 2)",
+            "deepspeed",
         )

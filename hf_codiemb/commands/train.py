@@ -44,10 +44,11 @@ def dry_run(model_args, data_args, training_args) -> int:
     from hf_codiemb.pipeline import load_eval_sets, load_training_data
     from hf_codiemb.sampler import TaskBalancedBatchSampler
     from hf_codiemb.training_args import num_negatives_for
-    from hf_codiemb.training_checks import check_model_selection, validate_training_dataset
+    from hf_codiemb.training_checks import check_deepspeed, check_model_selection, validate_training_dataset
 
     # The output folder and the resume value, as the real run checks them (nothing is deleted here).
     check_output_outside_inputs(model_args, data_args, training_args)
+    check_deepspeed(training_args)
     resume_from = prepare_output_dir(training_args, dry_run=True)
     path = resolve_model_path(model_args.model_name_or_path)
     if Path(path).is_dir():
@@ -221,7 +222,7 @@ def run(argv: list[str]) -> int:
     from hf_codiemb.pipeline import load_eval_sets, load_training_data, training_prompts
     from hf_codiemb.recipe import parse_recipe
     from hf_codiemb.trainer import CoDiEmbTrainer
-    from hf_codiemb.training_checks import check_model_selection
+    from hf_codiemb.training_checks import check_deepspeed, check_model_selection
 
     model_args, data_args, training_args, run_args = parse_recipe(argv)
     if run_args.dry_run:
@@ -230,6 +231,7 @@ def run(argv: list[str]) -> int:
     # Before any work: lock output_dir, resume from the latest complete checkpoint, or refuse to overwrite a used
     # output_dir (with --overwrite_output_dir its old checkpoints are deleted only once everything is checked).
     check_output_outside_inputs(model_args, data_args, training_args)
+    check_deepspeed(training_args)
     resume_from = prepare_output_dir(training_args)
     # Ctrl-C or a full disk from here on: one line naming the complete checkpoint and the command that resumes.
     declare_output(output_dir, kept=lambda: resume_note(argv, output_dir.absolute()))

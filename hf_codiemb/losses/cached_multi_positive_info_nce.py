@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -186,6 +186,8 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
         self._metrics: dict[str, Tensor] = {}
         self._guide_embeddings: list[Tensor] | None = None
         self._distill_total: Tensor | None = None
+        self._deepspeed_params: list[nn.Parameter] | None = None
+        self._minibatches_embedded = self._minibatches_replayed = 0
         self.mini_batch_size = mini_batch_size
         self.mini_batch_num_tokens = mini_batch_num_tokens
         self.show_progress_bar = show_progress_bar
@@ -227,6 +229,10 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
             )
         if self.guide is not None:
             self._guide_embeddings = self.loss.embed_with_guide(sentence_features, self.mini_batch_size)
+        # Under DeepSpeed, step (3) replays the mini-batches one backward pass each: see embed_minibatch_iter.
+        self._deepspeed_params = deepspeed_trainable_parameters(self.model) if torch.is_grad_enabled() else None
+        mark_gradients_ready(self._deepspeed_params, True)  # a replay cut short must not leave reductions off
+        self._minibatches_embedded = self._minibatches_replayed = 0
         try:
             loss = self.forward_cached(sentence_features, labels)
         finally:
@@ -236,6 +242,37 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
         # The total carries the GradCache backward hook: both components are taken from it, so their sum is it.
         distill = self._distill_total
         return {"info_nce": loss - distill, "distill_kl": distill}
+
+    def embed_minibatch_iter(
+        self,
+        sentence_feature: dict[str, Tensor],
+        with_grad: bool,
+        copy_random_state: bool,
+        random_states: list[Any] | None = None,
+        ranges: list[tuple[int, int]] | None = None,
+    ) -> Iterator[tuple[Tensor, Any]]:
+        """sentence-transformers' mini-batch embedding, counting the mini-batches of step (1) and, under DeepSpeed,
+        holding ZeRO's gradient reduction back until the last mini-batch of step (3).
+
+        Step (3) back-propagates each mini-batch on its own, so every parameter's gradient arrives once per
+        mini-batch; ZeRO's gradient hooks (ZeRO-2, or ZeRO-1 with ``overlap_comm`` / ``contiguous_gradients``, as
+        ``recipes/accelerate/ds_zero1.json``) reduce a parameter's gradient once per step and stop at the second
+        arrival ("Gradient computed twice for this partition", sentence-transformers issue #3173). DeepSpeed's own
+        tiled computations solve the same problem with the parameters' ``ds_grad_is_ready`` flag: False while the
+        gradients accumulate, True for the last piece, whose arrival reduces the accumulated sum once.
+        """
+        for item in super().embed_minibatch_iter(sentence_feature, with_grad, copy_random_state, random_states, ranges):
+            if not with_grad:
+                self._minibatches_embedded += 1
+            elif self._deepspeed_params is not None:
+                self._minibatches_replayed += 1
+                mark_gradients_ready(self._deepspeed_params, self._minibatches_replayed >= self._minibatches_embedded)
+            try:
+                yield item
+            except GeneratorExit:  # closed (each column's iterator is, at its end; or after an error): reductions
+                # back on; the next replayed mini-batch sets its own flag before its backward
+                mark_gradients_ready(self._deepspeed_params, True)
+                raise
 
     def pop_metrics(self) -> dict[str, Tensor]:
         """What the last batch measured besides the loss (``masked_candidates`` with ``margin``), then forgotten."""
@@ -343,3 +380,18 @@ class CachedMultiPositiveInfoNCELoss(CachedLossMixin, nn.Module):
     @property
     def citation(self) -> str:
         return self.loss.citation + GRADCACHE_CITATION
+
+
+def deepspeed_trainable_parameters(model: nn.Module) -> list[nn.Parameter] | None:
+    """The trainable parameters of the model a ``DeepSpeedEngine`` wraps (the Trainer hands losses the wrapped
+    model), or None when ``model`` is not a DeepSpeed engine (DeepSpeed is not imported for the check)."""
+    if not any(cls.__name__ == "DeepSpeedEngine" for cls in type(model).__mro__):
+        return None
+    return [param for param in model.module.parameters() if param.requires_grad]
+
+
+def mark_gradients_ready(parameters: list[nn.Parameter] | None, ready: bool) -> None:
+    """Set DeepSpeed's ``ds_grad_is_ready`` on ``parameters``: ZeRO reduces a parameter's gradient when it arrives
+    only while the flag is True (an absent flag counts as True)."""
+    for param in parameters or ():
+        param.ds_grad_is_ready = ready

@@ -7,13 +7,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sentence_transformers.sentence_transformer.model import SentenceTransformer
 from sentence_transformers.util import cos_sim
 from torch import Tensor, nn
 
 
 def _sentence_transformer(model: nn.Module) -> nn.Module:
-    """The SentenceTransformer inside a DDP/DeepSpeed wrapper (``.module``), or ``model`` itself."""
-    while not hasattr(model, "_first_module") and hasattr(model, "module"):
+    """The SentenceTransformer inside a DDP/DeepSpeed wrapper (``.module``), or ``model`` itself.
+
+    Unwrapped by type, not by attribute: ``DeepSpeedEngine`` forwards unknown attributes to the model it wraps, so it
+    "has" every attribute of a SentenceTransformer but not its indexing (``model[0]``).
+    """
+    while not isinstance(model, SentenceTransformer) and isinstance(getattr(model, "module", None), nn.Module):
         model = model.module
     return model
 

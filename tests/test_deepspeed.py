@@ -1,0 +1,123 @@
+"""`codiemb train` under DeepSpeed ZeRO (the paper's engine), on 2 CPU ranks (gloo): the same model as plain DDP.
+
+Two failures this guards against, both met on the first DeepSpeed run of the recipes:
+- the middle-layer term of STS steps (``multi_layer_weight``, on by default as in the reference) indexed the model
+  it was given, a ``DeepSpeedEngine``, which forwards attributes but not ``model[0]``;
+- the GradCache IR loss (``ir_mini_batch_size``) back-propagates each mini-batch on its own, and ZeRO's gradient
+  hooks (ZeRO-2, or ZeRO-1 with ``overlap_comm`` / ``contiguous_gradients`` as ``ds_zero1.json``) refused the second
+  gradient of a parameter in one step ("Gradient computed twice for this partition").
+Each run trains IR and STS steps (the middle-layer term included); the ZeRO runs must end with the weights of the
+DDP run trained on the same data, seed and loss.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import free_port
+from safetensors.torch import load_file
+from test_distributed_cli import run_launcher
+from tiny_models import make_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("deepspeed", reason="DeepSpeed is in the dev extra (pip install -e '.[dev]')")
+
+
+def train(tmp_path: Path, name: str, *flags: str) -> Path:
+    out = tmp_path / name
+    run_launcher(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), "-m", "hf_codiemb.cli", "train", "--config", str(tmp_path / "recipe.yaml"),
+         "--output_dir", str(out), *flags]
+    )  # fmt: skip
+    return out
+
+
+@pytest.mark.distributed
+def test_zero_1_and_2_train_the_cached_ir_loss_and_the_middle_layer_term_as_ddp_does(tmp_path):
+    make_tiny_model(tmp_path / "tiny")
+    (tmp_path / "recipe.yaml").write_text(
+        f"model_name_or_path: {tmp_path / 'tiny' / 'model'}\n"
+        "ir_train: [demo:ir_train.jsonl]\nsts_train: [demo:sts_train.jsonl]\nsts_eval: [demo:sts_dev.jsonl]\n"
+        "ir_eval_from_sts: false\nmax_train_records: 48\nmax_eval_records: 8\nir_batch_size: 4\n"
+        "ir_mini_batch_size: 2\nsts_batch_size: 8\nnum_negatives: 2\nmax_steps: 4\nsave_strategy: steps\n"
+        "save_steps: 4\nreport_to: [none]\nlogging_steps: 1\nevaluate_before: false\n"
+        "eval_strategy: 'no'\n"
+    )
+    zero2 = json.loads((REPO / "recipes/accelerate/ds_zero1.json").read_text())
+    zero2["zero_optimization"]["stage"] = 2
+    (tmp_path / "ds_zero2.json").write_text(json.dumps(zero2))
+    shipped = json.loads((REPO / "recipes/accelerate/ds_zero1.json").read_text())["zero_optimization"]
+    assert shipped["stage"] == 1 and shipped["overlap_comm"] and shipped["contiguous_gradients"]  # hooks on
+
+    ddp = train(tmp_path, "ddp")
+    runs = {
+        "zero1": train(tmp_path, "zero1", "--deepspeed", "recipes/accelerate/ds_zero1.json"),
+        "zero2": train(tmp_path, "zero2", "--deepspeed", str(tmp_path / "ds_zero2.json")),
+    }
+    expected = load_file(ddp / "model.safetensors")
+    start = load_file(tmp_path / "tiny" / "model" / "model.safetensors")
+    moved = max((expected[key] - start[key]).abs().max().item() for key in expected if key in start)
+    assert moved > 1e-4  # the runs train: a difference of 1e-6 below is not "nothing happened"
+    for name, out in [("ddp", ddp), *runs.items()]:
+        history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+        tasks = {key for entry in history for key in entry if key.endswith("_train/loss")}
+        assert tasks == {"ir_train/loss", "sts_train/loss"}, (name, history)  # both kinds of step ran
+    for name, out in runs.items():
+        # DeepSpeed's own checkpoint: the optimizer states sharded over the two ranks (ZeRO), not DDP's optimizer.pt.
+        shards = sorted(path.name for path in (out / "checkpoint-4" / "global_step4").glob("*optim_states.pt"))
+        assert len(shards) == 2 and "zero_pp_rank_1" in shards[1], (name, shards)
+        weights = load_file(out / "model.safetensors")
+        assert weights.keys() == expected.keys()
+        for key, value in expected.items():
+            torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=0, msg=f"{name}: {key}")
+
+
+@pytest.mark.distributed
+def test_accelerate_launch_with_the_shipped_zero1_config_trains(tmp_path):
+    """The paper's launch line (recipes/accelerate/deepspeed_zero1.yaml, ``accelerate launch``) on 2 CPU processes:
+    one job, ZeRO-1's sharded optimizer states in the checkpoint, IR (GradCache) and STS steps."""
+    make_tiny_model(tmp_path / "tiny")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {tmp_path / 'tiny' / 'model'}\n"
+        "ir_train: [demo:ir_train.jsonl]\nsts_train: [demo:sts_train.jsonl]\nsts_eval: [demo:sts_dev.jsonl]\n"
+        "ir_eval_from_sts: false\nmax_train_records: 48\nmax_eval_records: 8\nir_batch_size: 4\n"
+        "ir_mini_batch_size: 2\nsts_batch_size: 8\nnum_negatives: 2\nmax_steps: 4\nsave_strategy: steps\n"
+        f"save_steps: 4\nreport_to: [none]\nlogging_steps: 1\nevaluate_before: false\noutput_dir: {tmp_path / 'out'}\n"
+    )
+    output = run_launcher(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/deepspeed_zero1.yaml",
+         "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "hf_codiemb.cli", "train",
+         "--config", str(recipe)]
+    )  # fmt: skip
+    assert output.count("Model saved to") == 1
+    shards = sorted(path.name for path in (tmp_path / "out" / "checkpoint-4" / "global_step4").glob("*optim_states.pt"))
+    assert len(shards) == 2, shards
+    history = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    assert {key for entry in history for key in entry if key.endswith("_train/loss")} == {"ir_train/loss", "sts_train/loss"}
+
+
+def test_zero_3_is_refused_before_anything_is_written(tmp_path):
+    """ZeRO-3 fails at model loading or saving (see check_deepspeed): one line naming the field, no output folder.
+    In a subprocess: transformers keeps the DeepSpeed configuration of parsed arguments in a process-wide reference."""
+    import subprocess
+
+    zero3 = json.loads((REPO / "recipes/accelerate/ds_zero1.json").read_text())
+    zero3["zero_optimization"]["stage"] = 3
+    (tmp_path / "ds_zero3.json").write_text(json.dumps(zero3))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_codiemb.cli", "train", "recipes/default/config.yaml", "--deepspeed",
+         str(tmp_path / "ds_zero3.json"), "--output_dir", str(out), "--max_train_records", "16"],
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "ZeRO-3 is not supported" in error and "deepspeed" in error and "Traceback" not in proc.stderr, error
+    assert not out.exists()
