@@ -20,9 +20,10 @@ autocast on a GPU (fp32 on the CPU). The variants run alternately on the same ba
 Reported per variant: median ms per update, real (non-padding) tokens/s, peak GPU memory
 (``torch.cuda.max_memory_allocated``; not measured on the CPU), the CoDiEmb / plain ratios, and the collator's time
 per batch (tokenisation included) against the step. On a GPU also: the largest IR batch that fits with and without
-GradCache (doubling search, activation checkpointing on), and one ZeRO-1 training step through
-``accelerate launch --config_file recipes/accelerate/deepspeed_zero1.yaml --num_processes 1`` (skipped, with the
-reason, when deepspeed is not installed). ``--time-budget`` stops starting new measurements once spent (what was
+GradCache (doubling search, activation checkpointing on). On a GPU and with ``--tiny`` on the CPU: one ZeRO-1
+training run (an IR and an STS update) through ``accelerate launch --config_file recipes/accelerate/deepspeed_zero1.yaml
+--num_processes 1``, with the uncached IR loss and with GradCache (skipped, with the reason, when deepspeed is not
+installed). ``--time-budget`` stops starting new measurements once spent (what was
 skipped is listed); the parts run in the order of the list above, encoder by encoder.
 
     python tests/benchmarks/bench_gpu_step.py --output tests/benchmarks/results/gpu_step.md          # on a GPU
@@ -495,41 +496,46 @@ def search_batch(encoder: Encoder, model, optimizer, device: str, workdir: Path,
         )
 
 
-def zero1_step(encoder: Encoder, opts, report: Report, clock) -> None:
-    """One CoDiEmbTrainer.train() update under ``accelerate launch`` with the ZeRO-1 config (one process)."""
+def zero1_step(encoder: Encoder, opts, report: Report, clock, mini_batch: int = 0) -> None:
+    """One CoDiEmbTrainer.train() run (2 updates) under ``accelerate launch`` with the ZeRO-1 config (one process);
+    ``mini_batch`` > 0: the GradCache IR loss with that mini-batch."""
+    label = f"{encoder.name}, IR GradCache mini-batch {mini_batch}" if mini_batch else f"{encoder.name}, IR uncached"
     try:
         import deepspeed  # noqa: F401
     except ImportError as error:
-        report.zero_rows.append(f"| {encoder.name} | skipped: deepspeed is not installed ({error}) | - |")
+        report.zero_rows.append(f"| {label} | skipped: deepspeed is not installed ({error}) | - |")
         return
     if clock.spent():
-        report.skipped.append(f"{encoder.name} ZeRO-1 step (time budget)")
+        report.skipped.append(f"{label}: ZeRO-1 run (time budget)")
         return
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
         str(ROOT / "recipes/accelerate/deepspeed_zero1.yaml"), "--num_processes", "1", __file__, "--zero1-worker",
-        "--encoders", encoder.name, "--tokenizer", str(opts.tokenizer),
+        "--encoders", encoder.name, "--tokenizer", str(opts.tokenizer), "--mini-batch", str(mini_batch),
     ]
     start = time.perf_counter()
     result = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True, timeout=max(60, clock.left()))
     seconds = time.perf_counter() - start
     tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or [""]
     status = "ok" if result.returncode == 0 else f"failed (exit {result.returncode}): {tail[0][:200]}"
-    report.zero_rows.append(f"| {encoder.name} | {status} | {seconds:.0f} s |")
+    report.zero_rows.append(f"| {label} | {status} | {seconds:.0f} s |")
 
 
 def zero1_worker(opts) -> int:
-    """Inside ``accelerate launch``: two CoDiEmb updates (IR then STS) with bf16 and activation checkpointing."""
+    """Inside ``accelerate launch``: two CoDiEmb updates (IR then STS) with activation checkpointing; on a GPU in bf16
+    (the CPU run in fp32); ``--mini-batch`` > 0: the IR step with GradCache (``ir_mini_batch_size``)."""
     from datasets import Dataset
 
     from hf_codiemb import CoDiEmbTrainer, CoDiEmbTrainingArguments
 
     encoder = load_encoder(opts.encoders[0])
     with tempfile.TemporaryDirectory() as workdir:
-        model = build_model(encoder, opts.tokenizer, "cuda", Path(workdir), checkpointing=False)
+        cuda = torch.cuda.is_available()
+        model = build_model(encoder, opts.tokenizer, "cuda" if cuda else "cpu", Path(workdir), checkpointing=False)
         settings = encoder.settings
         args = CoDiEmbTrainingArguments(
-            output_dir=str(Path(workdir) / "out"), report_to=[], bf16=True, activation_checkpointing=True,
+            output_dir=str(Path(workdir) / "out"), report_to=[], bf16=cuda, activation_checkpointing=True,
+            ir_mini_batch_size=opts.mini_batch or None,
             ir_batch_size=settings["ir_batch_size"], sts_batch_size=settings["sts_batch_size"],
             num_positives=settings["num_positives"], num_negatives=settings["num_negatives"], max_steps=2,
             save_strategy="no", disable_tqdm=True, task_ratio="ir:1,sts:1", logging_steps=1,
@@ -604,7 +610,7 @@ def render(report: Report, opts, device: str, command: str, seconds: float) -> s
         ]
     if report.zero_rows:
         lines += ["", "One ZeRO-1 training run (2 updates) through `accelerate launch` (one process):", "",
-                  "| encoder | result | wall |", "|---|---|---|", *report.zero_rows]
+                  "| encoder, IR loss | result | wall |", "|---|---|---|", *report.zero_rows]
     if report.skipped:
         lines += ["", "Skipped: " + "; ".join(report.skipped)]
     return "\n".join(lines) + "\n"
@@ -634,7 +640,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--long-query-share", type=float, default=0.05, help="share of queries of 100-300 words")
     parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=True, help="largest-batch search (GPU)")
     parser.add_argument("--search-cap", type=int, default=256, help="largest IR batch tried (queries)")
-    parser.add_argument("--zero1", action=argparse.BooleanOptionalAction, default=True, help="the ZeRO-1 step (GPU)")
+    parser.add_argument("--zero1", action=argparse.BooleanOptionalAction, default=True, help="the ZeRO-1 runs (GPU, or --tiny)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (1: a shared machine's "
                         "second thread made every step wait, see bench_cached_info_nce.py)")
     parser.add_argument("--time-budget", type=float, default=420.0, help="seconds; no new measurement starts after")
@@ -670,9 +676,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in opts.encoders:
                 measure_encoder(load_encoder(name), checkpointing, opts, opts.device, Path(workdir), report, clock)
                 write_table(report, opts, command, clock)  # after every part: a run stopped by force keeps its rows
-    if opts.device.startswith("cuda") and opts.zero1:
+    if opts.zero1 and (opts.device.startswith("cuda") or opts.tiny):
         for name in opts.encoders:
-            zero1_step(load_encoder(name), opts, report, clock)
+            for mini_batch in dict.fromkeys([0, opts.mini_batch]):
+                zero1_step(load_encoder(name), opts, report, clock, mini_batch)
     text = write_table(report, opts, command, clock)
     sys.stdout.write(text)
     sys.stdout.write("\n".join(["", "CoDiEmb / plain:", *report.ratios, ""]))
