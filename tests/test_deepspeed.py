@@ -6,8 +6,8 @@ Two failures this guards against, both met on the first DeepSpeed run of the rec
 - the GradCache IR loss (``ir_mini_batch_size``) back-propagates each mini-batch on its own, and ZeRO's gradient
   hooks (ZeRO-2, or ZeRO-1 with ``overlap_comm`` / ``contiguous_gradients`` as ``ds_zero1.json``) refused the second
   gradient of a parameter in one step ("Gradient computed twice for this partition").
-Each run trains IR and STS steps (the middle-layer term included); the ZeRO runs must end with the weights of the
-DDP run trained on the same data, seed and loss.
+Each run trains IR and STS steps (the middle-layer term included) with gradient accumulation and activation
+checkpointing; the ZeRO runs must end with the weights of the DDP run trained on the same data, seed and loss.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_zero_1_and_2_train_the_cached_ir_loss_and_the_middle_layer_term_as_ddp_
         "ir_eval_from_sts: false\nmax_train_records: 48\nmax_eval_records: 8\nir_batch_size: 4\n"
         "ir_mini_batch_size: 2\nsts_batch_size: 8\nnum_negatives: 2\nmax_steps: 4\nsave_strategy: steps\n"
         "save_steps: 4\nreport_to: [none]\nlogging_steps: 1\nevaluate_before: false\n"
-        "eval_strategy: 'no'\n"
+        "eval_strategy: 'no'\ngradient_accumulation_steps: 2\nactivation_checkpointing: true\n"  # as the paper recipes
     )
     zero2 = json.loads((REPO / "recipes/accelerate/ds_zero1.json").read_text())
     zero2["zero_optimization"]["stage"] = 2
