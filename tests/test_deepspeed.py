@@ -121,3 +121,22 @@ def test_zero_3_is_refused_before_anything_is_written(tmp_path):
     error = proc.stderr.strip().splitlines()[-1]
     assert "ZeRO-3 is not supported" in error and "deepspeed" in error and "Traceback" not in proc.stderr, error
     assert not out.exists()
+
+
+@pytest.mark.distributed
+def test_lora_adapters_start_and_end_the_same_under_zero_1_as_under_ddp(tmp_path):
+    """LoRA adapters are created before the Trainer: `codiemb train` seeds first, so DeepSpeed's set-up (which draws
+    random numbers DDP's does not) no longer changes their random initialisation (lora_A differed by 0.1 before)."""
+    make_tiny_model(tmp_path / "tiny")
+    (tmp_path / "recipe.yaml").write_text(
+        f"model_name_or_path: {tmp_path / 'tiny' / 'model'}\n"
+        "ir_train: [demo:ir_train.jsonl]\nsts_train: [demo:sts_train.jsonl]\nsts_eval: [demo:sts_dev.jsonl]\n"
+        "ir_eval_from_sts: false\nmax_train_records: 32\nmax_eval_records: 8\nir_batch_size: 4\nsts_batch_size: 8\n"
+        "num_negatives: 2\nmax_steps: 2\nsave_strategy: 'no'\nreport_to: [none]\nevaluate_before: false\n"
+        "eval_strategy: 'no'\nlora_r: 4\nlora_alpha: 8\n"
+    )
+    ddp = load_file(train(tmp_path, "ddp") / "adapter_model.safetensors")
+    zero1 = load_file(train(tmp_path, "zero1", "--deepspeed", "recipes/accelerate/ds_zero1.json") / "adapter_model.safetensors")
+    assert ddp.keys() == zero1.keys() and any("lora_A" in key for key in ddp)
+    for key, value in ddp.items():
+        torch.testing.assert_close(zero1[key], value, atol=1e-5, rtol=0, msg=key)

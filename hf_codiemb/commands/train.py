@@ -212,6 +212,7 @@ def write_dimension_results(model, dims, sts_sets, ir_sets, output_dir: Path, **
 def run(argv: list[str]) -> int:
     """Entry point of `codiemb train`."""
     from sentence_transformers import SentenceTransformer
+    from transformers import set_seed
 
     from hf_codiemb.checkpoints import delete_previous_checkpoints, prepare_output_dir
     from hf_codiemb.evaluation import evaluate_model, format_before_after_table, write_results
@@ -250,6 +251,9 @@ def run(argv: list[str]) -> int:
     evaluator = training_evaluator(data_args, training_args, sts_sets, ir_sets, sts_prompt)
     check_model_selection(training_args, has_evaluator=evaluator is not None)
 
+    # Seeded before the model is built (as transformers' example scripts): new weights (LoRA adapters, a new pooling
+    # head) start the same under any launcher; DeepSpeed's set-up draws random numbers that DDP's does not.
+    set_seed(training_args.seed)
     model = load_model(model_args)
     before = None
     # Under torchrun / accelerate launch every rank runs this script: evaluate (and later save results) once.
