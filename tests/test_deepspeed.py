@@ -140,3 +140,30 @@ def test_lora_adapters_start_and_end_the_same_under_zero_1_as_under_ddp(tmp_path
     assert ddp.keys() == zero1.keys() and any("lora_A" in key for key in ddp)
     for key, value in ddp.items():
         torch.testing.assert_close(zero1[key], value, atol=1e-5, rtol=0, msg=key)
+
+
+@pytest.mark.distributed
+def test_a_run_resumed_from_its_zero_1_checkpoint_ends_like_the_uninterrupted_run(tmp_path):
+    """Paper-scale runs are long: a ZeRO-1 run (GradCache IR loss) resumed from its step-2 checkpoint (DeepSpeed's
+    sharded optimizer states, the RNG states, the batch order) ends with the weights of the run that was not
+    interrupted."""
+    import shutil
+
+    make_tiny_model(tmp_path / "tiny")
+    (tmp_path / "recipe.yaml").write_text(
+        f"model_name_or_path: {tmp_path / 'tiny' / 'model'}\n"
+        "ir_train: [demo:ir_train.jsonl]\nsts_train: [demo:sts_train.jsonl]\nsts_eval: [demo:sts_dev.jsonl]\n"
+        "ir_eval_from_sts: false\nmax_train_records: 48\nmax_eval_records: 8\nir_batch_size: 4\n"
+        "ir_mini_batch_size: 2\nsts_batch_size: 8\nnum_negatives: 2\nmax_steps: 4\nsave_strategy: steps\n"
+        "save_steps: 2\nreport_to: [none]\nevaluate_before: false\neval_strategy: 'no'\n"
+    )
+    zero1 = ("--deepspeed", "recipes/accelerate/ds_zero1.json")
+    whole = train(tmp_path, "whole", *zero1)
+    assert (whole / "checkpoint-2" / "global_step2").is_dir()
+    shutil.copytree(whole / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")  # as if stopped after step 2
+    resumed = train(tmp_path, "resumed", *zero1, "--resume_from_checkpoint", "last")
+    expected, weights = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    start = load_file(whole / "checkpoint-2" / "model.safetensors")
+    assert max((expected[key] - start[key]).abs().max().item() for key in expected) > 1e-5  # steps 3-4 moved it
+    for key, value in expected.items():
+        torch.testing.assert_close(weights[key], value, atol=1e-6, rtol=0, msg=key)
