@@ -75,7 +75,7 @@ def test_zero_1_and_2_train_the_cached_ir_loss_and_the_middle_layer_term_as_ddp_
         weights = load_file(out / "model.safetensors")
         assert weights.keys() == expected.keys()
         for key, value in expected.items():
-            torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=0, msg=f"{name}: {key}")
+            torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=0, msg=lambda text, name=name, key=key: f"{name}: {key}: {text}")
 
 
 @pytest.mark.distributed
@@ -139,7 +139,7 @@ def test_lora_adapters_start_and_end_the_same_under_zero_1_as_under_ddp(tmp_path
     zero1 = load_file(train(tmp_path, "zero1", "--deepspeed", "recipes/accelerate/ds_zero1.json") / "adapter_model.safetensors")
     assert ddp.keys() == zero1.keys() and any("lora_A" in key for key in ddp)
     for key, value in ddp.items():
-        torch.testing.assert_close(zero1[key], value, atol=1e-5, rtol=0, msg=key)
+        torch.testing.assert_close(zero1[key], value, atol=1e-5, rtol=0, msg=lambda text, key=key: f"{key}: {text}")
 
 
 @pytest.mark.distributed
@@ -166,4 +166,4 @@ def test_a_run_resumed_from_its_zero_1_checkpoint_ends_like_the_uninterrupted_ru
     start = load_file(whole / "checkpoint-2" / "model.safetensors")
     assert max((expected[key] - start[key]).abs().max().item() for key in expected) > 1e-5  # steps 3-4 moved it
     for key, value in expected.items():
-        torch.testing.assert_close(weights[key], value, atol=1e-6, rtol=0, msg=key)
+        torch.testing.assert_close(weights[key], value, atol=1e-6, rtol=0, msg=lambda text, key=key: f"{key}: {text}")
